@@ -1,0 +1,111 @@
+"""Distribution files (one JSON object a line: `id` + `distribution`), the 341-item baselines, reports, plots."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from capo.errors import DataError
+from capo.io import iter_jsonl, write_jsonl
+from capo.loaders import check_distribution, load_nli341
+from capo.metrics import distribution_report
+from capo.schema import NLI
+
+BASELINES = ("uniform", "mnli_onehot", "mnli_dist", "varierr_dist", "chaosnli")
+# Distribution name in `Item.distributions` behind each baseline (uniform is built here).
+_BASELINE_SOURCE = {"mnli_onehot": "mnli_onehot", "mnli_dist": "mnli", "varierr_dist": "varierr", "chaosnli": "chaosnli"}
+
+
+def read_distributions(path: str | Path, n_labels: int = 3) -> dict[str, list[float]]:
+    """id -> distribution, validated (right length, non-negative, sums to 1, unique ids)."""
+    out: dict[str, list[float]] = {}
+    for line, row in iter_jsonl(path):
+        where = {"path": str(path), "line": line}
+        item_id = row.get("id")
+        if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
+            raise DataError("missing or invalid id", field="id", **where)
+        item_id = str(item_id)
+        if item_id in out:
+            raise DataError("duplicate id", field="id", item=item_id, **where)
+        out[item_id] = check_distribution(row.get("distribution"), n_labels, {**where, "item": item_id}, "distribution")
+    if not out:
+        raise DataError("no distributions in file", path=str(path))
+    return out
+
+
+def write_distributions(path: str | Path, distributions: Mapping[str, Sequence[float]], extra: Mapping[str, dict] | None = None) -> None:
+    extra = extra or {}
+    write_jsonl(
+        path, ({"id": i, "distribution": [float(x) for x in d], **extra.get(i, {})} for i, d in distributions.items())
+    )
+
+
+def join(
+    human: Mapping[str, Sequence[float]], model: Mapping[str, Sequence[float]], *, human_name="human", model_name="model"
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Align two id -> distribution maps; ids present in one but not the other are an error."""
+    missing = sorted(set(human) - set(model))
+    extra = sorted(set(model) - set(human))
+    if missing or extra:
+        first = (missing or extra)[0]
+        which = f"in {human_name} but not in {model_name}" if missing else f"in {model_name} but not in {human_name}"
+        raise DataError(f"ids do not match: {len(missing) + len(extra)} mismatched, e.g. {first!r} is {which}")
+    ids = sorted(human)
+    return ids, np.array([human[i] for i in ids]), np.array([model[i] for i in ids])
+
+
+def baseline_distributions(items=None) -> dict[str, dict[str, list[float]]]:
+    """Each baseline's id -> distribution on the 341-item set, plus `human` (ChaosNLI) to compare against."""
+    items = load_nli341() if items is None else items
+    out = {"human": {i.id: i.distributions["chaosnli"] for i in items}}
+    out["uniform"] = {i.id: [1 / 3] * 3 for i in items}
+    for name, source in _BASELINE_SOURCE.items():
+        out[name] = {i.id: i.distributions[source] for i in items}
+    return out
+
+
+def baseline_report(items=None) -> dict[str, dict[str, float]]:
+    dists = baseline_distributions(items)
+    report = {}
+    for name in BASELINES:
+        _, h, m = join(dists["human"], dists[name])
+        report[name] = distribution_report(h, m)
+    return report
+
+
+def format_table(report: Mapping[str, Mapping[str, float]], columns: Sequence[str] = ("kl", "jsd", "tvd", "dcorr")) -> str:
+    """A Markdown table, one row per source."""
+    lines = ["| source | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for name, row in report.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.4f}" for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def ternary_plot(named: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path, title: str = "") -> None:
+    """Scatter each named set of [E, N, C] distributions on one triangle, one panel per name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])  # E, N, C
+    fig, axes = plt.subplots(1, len(named), figsize=(3.2 * len(named), 3.2), squeeze=False)
+    for ax, (name, dists) in zip(axes[0], named.items()):
+        xy = np.array(list(dists.values())) @ corners
+        ax.fill(*corners.T, facecolor="none", edgecolor="black", linewidth=0.8)
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.5)
+        for (x, y), label, dx, dy in zip(corners, NLI.short, (-0.05, 0.02, -0.015), (-0.05, -0.05, 0.03)):
+            ax.text(x + dx, y + dy, label.upper())
+        ax.set_title(name, fontsize=9)
+        ax.set_aspect("equal")
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,71 @@
+"""Compare distributions: the 341-item baselines against ChaosNLI, or any two distribution files.
+
+    python eval/distributions.py --baselines [--json] [--plot out.png] [--csv out.csv]
+    python eval/distributions.py --human H.jsonl --model M.jsonl [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+from capo.cli import run_main
+from capo.distributions import baseline_distributions, baseline_report, format_table, join, read_distributions, ternary_plot
+from capo.errors import DataError
+from capo.io import atomic_write_text
+from capo.metrics import distribution_report
+
+
+@run_main
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baselines", action="store_true", help="score the 341-item baselines against ChaosNLI")
+    parser.add_argument("--human", help="human distribution JSONL (id, distribution)")
+    parser.add_argument("--model", help="model distribution JSONL (id, distribution)")
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
+    parser.add_argument("--classification", action="store_true", help="add accuracy/F1 against argmax(human), soft CE")
+    parser.add_argument("--plot", help="write a ternary plot (PNG)")
+    parser.add_argument("--csv", help="also write the table as CSV")
+    args = parser.parse_args(argv)
+
+    if args.baselines == bool(args.human or args.model):
+        raise DataError("give either --baselines, or both --human and --model")
+    if args.baselines:
+        report = baseline_report()
+        if args.classification:
+            dists = baseline_distributions()
+            for name in report:
+                _, h, m = join(dists["human"], dists[name])
+                report[name] = distribution_report(h, m, classification=True)
+        plotted = {k: v for k, v in baseline_distributions().items() if k != "human"} if args.plot else None
+    else:
+        if not (args.human and args.model):
+            raise DataError("--human and --model go together")
+        human, model = read_distributions(args.human), read_distributions(args.model)
+        _, h, m = join(human, model, human_name=args.human, model_name=args.model)
+        report = {Path(args.model).stem: distribution_report(h, m, classification=args.classification)}
+        plotted = {"human": human, Path(args.model).stem: model} if args.plot else None
+
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        columns = list(next(iter(report.values())))
+        print(format_table(report, columns))
+    if args.csv:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        columns = list(next(iter(report.values())))
+        writer.writerow(["source", *columns])
+        for name, row in report.items():
+            writer.writerow([name, *(f"{row[c]:.6f}" for c in columns)])
+        atomic_write_text(args.csv, buffer.getvalue())
+    if plotted is not None:
+        ternary_plot(plotted, args.plot, title="341 VariErr items: [E, N, C] distributions")
+    return report
+
+
+if __name__ == "__main__":
+    main()
