@@ -29,7 +29,7 @@ class DataError(Exception):
         text = ": ".join(where + [self.message]) if where else self.message
         return " ".join(text.split())  # one line, always
 
-    def at(self, **where) -> "DataError":
+    def at(self, **where) -> DataError:
         """The same error with location parts filled in (those already set win)."""
         merged = {k: getattr(self, k) for k in ("path", "line", "item", "field")}
         for key, value in where.items():

@@ -242,7 +242,7 @@ def load_lewidi(path: str | Path) -> list[Item]:
         elif task == "nli" and isinstance(soft, dict):
             # One Bernoulli per label (annotators may give several labels): not a distribution over classes.
             meta["label_presence"] = [float(soft[lab]["1"]) for lab in space.labels]
-        items.append(Item(id=str(item_id), task=task, inputs=inputs, annotations=annotations, meta=meta))
+        items.append(Item(id=str(item_id), task=task, inputs=inputs, annotations=annotations, distributions=distributions, meta=meta))
     return items
 
 

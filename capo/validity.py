@@ -27,8 +27,8 @@ def peer_majority(item: Item, annotation: Annotation) -> bool:
 
 
 def unanimous(item: Item, annotation: Annotation) -> bool:
-    """Every recorded vote, the author's included, says the pair makes sense (and there is at least one)."""
-    return not item.validated or (bool(annotation.votes) and all(annotation.votes.values()))
+    """Every recorded vote says the pair makes sense, and the author's own vote is among them."""
+    return not item.validated or (annotation.annotator in annotation.votes and all(annotation.votes.values()))
 
 
 def not_error_label(item: Item, annotation: Annotation) -> bool:

@@ -13,7 +13,14 @@ import json
 from pathlib import Path
 
 from capo.cli import run_main
-from capo.distributions import baseline_distributions, baseline_report, format_table, join, read_distributions, ternary_plot
+from capo.distributions import (
+    baseline_distributions,
+    baseline_report,
+    format_table,
+    join,
+    read_distributions,
+    ternary_plot,
+)
 from capo.errors import DataError
 from capo.io import atomic_write_text
 from capo.metrics import distribution_report

@@ -1,0 +1,64 @@
+"""Prompt and response rendering shared by the corpus LM, SFT/CAPO data and generation.
+
+A response is always `Label: <label>\nExplanation: <text>`; `parse_response` is its inverse.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from capo.schema import TASK_INPUTS, Annotation, Item, label_space
+
+INSTRUCTIONS = {
+    "nli": (
+        "Read the context and the statement. Decide whether the statement is true (entailment), undetermined "
+        "(neutral) or false (contradiction) given the context, and explain why. "
+        "Answer as 'Label: <entailment|neutral|contradiction>' and then 'Explanation: <one or two sentences>'."
+    ),
+    "paraphrase": (
+        "Read the two questions. Rate how much they are paraphrases of each other on a scale from -5 (clearly "
+        "not) to 5 (clearly the same question), and explain why. "
+        "Answer as 'Label: <-5..5>' and then 'Explanation: <one or two sentences>'."
+    ),
+}
+INPUT_NAMES = {"premise": "Context", "hypothesis": "Statement", "question1": "Question 1", "question2": "Question 2"}
+_RESPONSE = re.compile(r"^\s*Label:\s*(?P<label>[^\n]*?)\s*\n\s*Explanation:\s*(?P<explanation>.*?)\s*$", re.DOTALL)
+
+
+def render_inputs(item: Item) -> str:
+    return "\n".join(f"{INPUT_NAMES[name]}: {item.inputs[name]}" for name in TASK_INPUTS[item.task])
+
+
+def render_response(label: str, explanation: str) -> str:
+    return f"Label: {label}\nExplanation: {explanation.strip()}"
+
+
+def user_prompt(item: Item, few_shot: Sequence[tuple[Item, Annotation]] = ()) -> str:
+    """Instruction, optional worked examples (from the target annotator's own training history), the item."""
+    parts = [INSTRUCTIONS[item.task]]
+    for example_item, annotation in few_shot:
+        parts.append(
+            f"Example:\n{render_inputs(example_item)}\n{render_response(annotation.label, annotation.explanation)}"
+        )
+    parts.append(render_inputs(item))
+    return "\n\n".join(parts)
+
+
+def prompt_messages(item: Item, few_shot: Sequence[tuple[Item, Annotation]] = ()) -> list[dict[str, str]]:
+    return [{"role": "user", "content": user_prompt(item, few_shot)}]
+
+
+def response_messages(label: str, explanation: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": render_response(label, explanation)}]
+
+
+def parse_response(text: str, task: str) -> tuple[str, str] | None:
+    """(label, explanation) from a generated response, or None when it does not follow the format."""
+    match = _RESPONSE.match(text)
+    if not match or not match["explanation"]:
+        return None
+    try:
+        return label_space(task).normalise(match["label"]), match["explanation"]
+    except ValueError:
+        return None

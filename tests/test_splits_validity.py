@@ -1,0 +1,85 @@
+import pytest
+
+from capo.errors import DataError
+from capo.loaders import load_dataset, load_varierr
+from capo.schema import Annotation, Item
+from capo.splits import history, predefined_split, split_items
+from capo.validity import not_error_label, own_vote, peer_majority, predicate, unanimous
+
+
+@pytest.fixture(scope="module")
+def varierr():
+    return load_varierr()
+
+
+def test_split_is_item_disjoint_complete_and_seeded(varierr):
+    split = split_items(varierr, seed=3)
+    train, dev, test = map(set, (split.train, split.dev, split.test))
+    assert not (train & dev or train & test or dev & test)
+    assert train | dev | test == {i.id for i in varierr}
+    assert (len(train), len(dev), len(test)) == (400, 50, 50)
+    assert split_items(list(reversed(varierr)), seed=3) == split  # independent of input order
+    assert split_items(varierr, seed=4) != split
+
+
+def test_history_never_contains_held_out_items(varierr):
+    split = split_items(varierr, seed=0)
+    rows = history(varierr, "A2", split.train)
+    assert rows and all(item.id in split.train and a.annotator == "A2" for item, a in rows)
+    assert {item.id for item, _ in rows}.isdisjoint(set(split.dev) | set(split.test))
+
+
+def test_history_rejects_unknown_annotator(varierr):
+    with pytest.raises(DataError, match="unknown annotator 'A9' \\(valid: A1, A2, A3, A4\\)"):
+        history(varierr, "A9")
+
+
+def test_predefined_lewidi_split():
+    items = load_dataset("lewidi-ven-dev") + load_dataset("lewidi-ven-test")
+    items = [i for i in items if i.id not in {"23751", "144753", "72870", "46198"}]  # keys reused across splits
+    split = predefined_split(items)
+    assert len(split.dev) == 50 and not split.train
+
+
+def _item(votes: dict, author="A1", label="neutral", error_labels=(), self_corrected=False):
+    annotation = Annotation(author, label, "because", votes=votes, self_corrected=self_corrected)
+    return Item("x", "nli", {"premise": "p", "hypothesis": "h"}, [annotation], error_labels=error_labels, validated=True), annotation
+
+
+@pytest.mark.parametrize(
+    "votes,own,majority,all_yes",
+    [
+        ({"A1": True, "A2": True, "A3": True, "A4": True}, True, True, True),
+        ({"A1": False, "A2": True, "A3": True, "A4": False}, False, True, False),
+        ({"A1": True, "A2": True, "A3": False, "A4": False}, True, False, False),  # 1 of 3 peers
+        ({"A1": True, "A2": True, "A3": False}, True, False, False),  # tie among peers is not a majority
+        ({"A2": True}, False, True, False),  # own vote missing
+        ({}, False, False, False),
+    ],
+)
+def test_validity_predicates(votes, own, majority, all_yes):
+    item, annotation = _item(votes)
+    assert own_vote(item, annotation) is own
+    assert peer_majority(item, annotation) is majority
+    assert unanimous(item, annotation) is all_yes
+
+
+def test_error_label_and_combined_predicates():
+    item, annotation = _item({"A1": True, "A2": True, "A3": True}, error_labels=("neutral",), self_corrected=True)
+    assert not not_error_label(item, annotation)
+    assert not predicate("peer_majority_not_self_corrected")(item, annotation)
+    assert predicate("peer_majority+own_vote")(item, annotation)
+    with pytest.raises(DataError, match="unknown validity predicate"):
+        predicate("peer_minority")
+
+
+def test_unvalidated_sources_count_every_response_as_valid():
+    item = load_dataset("lewidi-par-dev")[0]
+    assert all(p(item, a) for a in item.annotations for p in (own_vote, peer_majority, unanimous))
+
+
+def test_varierr_self_corrected_pairs_fail_own_vote(varierr):
+    pairs = [(i, a) for i in varierr for a in i.annotations]
+    # self_corrected means the author did not validate their own pair.
+    assert all(not own_vote(i, a) for i, a in pairs if a.self_corrected)
+    assert all(own_vote(i, a) for i, a in pairs if not a.self_corrected)
