@@ -100,10 +100,10 @@ def train_tokenizer(texts: list[str], vocab_size: int):
         eos_token="<|end|>",
         pad_token="<|pad|>",
         unk_token=None,
+        padding_side="left",  # generation and last-position scoring read the final position
         additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
     )
     fast.chat_template = CHAT_TEMPLATE
-    fast.padding_side = "left"  # generation and last-position scoring read the final position
     return fast
 
 
