@@ -1,0 +1,41 @@
+import pytest
+
+from capo.loaders import load_dataset, load_varierr
+from capo.prompts import parse_response, render_response, user_prompt
+
+
+def test_nli_prompt_shows_instruction_inputs_and_few_shot_examples():
+    items = load_varierr()
+    item, example = items[0], items[1]
+    text = user_prompt(item, few_shot=[(example, example.annotations[0])])
+    assert text.index("entailment") < text.index("Example:") < text.index(f"Context: {item.inputs['premise']}")
+    assert f"Statement: {item.inputs['hypothesis']}" in text
+    assert render_response(example.annotations[0].label, example.annotations[0].explanation) in text
+
+
+def test_paraphrase_prompt_uses_questions():
+    item = load_dataset("lewidi-par-dev")[0]
+    text = user_prompt(item)
+    assert f"Question 1: {item.inputs['question1']}" in text and "-5" in text
+
+
+@pytest.mark.parametrize(
+    "text,task,expected",
+    [
+        ("Label: neutral\nExplanation: Not said.", "nli", ("neutral", "Not said.")),
+        ("  Label: N \nExplanation:  multi\nline ", "nli", ("neutral", "multi\nline")),
+        ("Label: +3\nExplanation: similar", "paraphrase", ("3", "similar")),
+        ("Label: maybe\nExplanation: hmm", "nli", None),
+        ("Label: 7\nExplanation: off the scale", "paraphrase", None),
+        ("Explanation: no label", "nli", None),
+        ("Label: entailment\nExplanation:", "nli", None),
+    ],
+)
+def test_parse_response(text, task, expected):
+    assert parse_response(text, task) == expected
+
+
+def test_render_parse_round_trip_on_real_annotations():
+    for item in load_varierr()[:50]:
+        for a in item.annotations:
+            assert parse_response(render_response(a.label, a.explanation), "nli") == (a.label, a.explanation.strip())
