@@ -1,0 +1,214 @@
+"""Training data for one target annotator: SFT rows and CAPO (cross-annotator preference) pairs.
+
+SFT rows are conversational prompt/completion rows, one per (item, label) the target gave. A CAPO pair prefers the
+target's own valid response on an item (chosen) over another annotator's valid response on the same item (rejected),
+so the preference step learns what is specific to the target rather than what is merely correct.
+
+Only items of the training split are ever used here: dev/test items never enter SFT or CAPO data (they feed the
+held-out evaluation sets built by the same functions with `split="dev"` / `"test"`).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from capo.errors import DataError
+from capo.prompts import prompt_messages, response_messages
+from capo.schema import Annotation, Item, check_annotator, label_space
+from capo.splits import SPLITS, history, split_items
+from capo.validity import Predicate, predicate
+
+REJECTED_FROM = ("all", "same_label", "different_label")
+# Which data set a task reads by default; LeWiDi files carry their own split, VariErr is split by seed.
+DEFAULT_DATASET = {"nli": "varierr", "paraphrase": "lewidi-par"}
+DATASET_TASK = {"varierr": "nli", "lewidi-ven": "nli", "lewidi-par": "paraphrase"}
+DEFAULT_VALIDITY = "peer_majority_not_self_corrected"
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """The items of one data set, already cut into train/dev/test (a LeWiDi split may be empty)."""
+
+    task: str
+    dataset: str
+    splits: dict[str, list[Item]]
+
+    def items(self, split: str) -> list[Item]:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r} (valid: {', '.join(SPLITS)})")
+        return self.splits[split]
+
+
+def load_task_data(task: str, dataset: str | None = None, split_seed: int = 0) -> TaskData:
+    """VariErr split item-disjointly with `split_seed` (the corpus LM is pre-trained on split seed 0's train items);
+    LeWiDi data sets use their predefined split files (keys repeat across LeWiDi files, so splits stay separate)."""
+    from capo.loaders import DATASETS, load_dataset
+
+    label_space(task)  # unknown task -> one-line error listing the valid ones
+    dataset = dataset or DEFAULT_DATASET[task]
+    if dataset not in DATASET_TASK:
+        raise DataError(f"unknown dataset {dataset!r} (valid: {', '.join(DATASET_TASK)})")
+    if DATASET_TASK[dataset] != task:
+        raise DataError(f"dataset {dataset!r} is a {DATASET_TASK[dataset]} data set, not {task}")
+    if dataset == "varierr":
+        items = load_dataset("varierr")
+        split = split_items(items, seed=split_seed)
+        return TaskData(task, dataset, {name: split.select(items, name) for name in SPLITS})
+    splits = {name: load_dataset(f"{dataset}-{name}") if f"{dataset}-{name}" in DATASETS else [] for name in SPLITS}
+    return TaskData(task, dataset, splits)
+
+
+def normalise_text(text: str) -> str:
+    """Case-, whitespace- and punctuation-insensitive form used to drop pairs whose two texts are the same."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _few_shot(
+    train_history: Sequence[tuple[Item, Annotation]], item: Item, k: int, rng: random.Random
+) -> list[tuple[Item, Annotation]]:
+    if k <= 0:
+        return []
+    pool = [(i, a) for i, a in train_history if i.id != item.id]  # never show the item's own answer as an example
+    return rng.sample(pool, min(k, len(pool)))
+
+
+def sft_rows(
+    items: Sequence[Item],
+    annotator: str,
+    *,
+    few_shot: int = 0,
+    few_shot_pool: Sequence[Item] = (),
+    valid: Predicate | None = None,
+    seed: int = 0,
+) -> list[dict]:
+    """One conversational prompt/completion row per (item, label) the annotator gave on `items`.
+
+    `few_shot_pool` should be the training items: few-shot examples come only from the target's training history.
+    """
+    check_annotator(annotator)
+    rng = random.Random(seed)
+    pool_history = history(few_shot_pool, annotator) if few_shot else []
+    rows = []
+    for item, annotation in history(items, annotator, valid=valid or (lambda *_: True)):
+        rows.append(
+            {
+                "id": item.id,
+                "annotator": annotator,
+                "label": annotation.label,
+                "prompt": prompt_messages(item, _few_shot(pool_history, item, few_shot, rng)),
+                "completion": response_messages(annotation.label, annotation.explanation),
+            }
+        )
+    return rows
+
+
+def capo_pairs(
+    items: Sequence[Item],
+    annotator: str,
+    *,
+    rejected_from: str = "all",
+    chosen_valid: str = DEFAULT_VALIDITY,
+    rejected_valid: str = DEFAULT_VALIDITY,
+    max_pairs_per_item: int | None = None,
+    few_shot: int = 0,
+    few_shot_pool: Sequence[Item] = (),
+    seed: int = 0,
+) -> list[dict]:
+    """Cross-annotator preference pairs for `annotator` on `items` (pass the training split).
+
+    chosen = the target's response on an item that passes `chosen_valid`; rejected = another annotator's response on
+    the same item that passes `rejected_valid`, restricted by `rejected_from` (all others, same label only, different
+    label only). Pairs whose two texts are identical after normalisation are dropped; at most `max_pairs_per_item`
+    pairs per item are kept, sampled with `seed`. Same inputs and seed -> the same rows in the same order.
+    """
+    check_annotator(annotator)
+    if rejected_from not in REJECTED_FROM:
+        raise DataError(f"unknown rejected_from {rejected_from!r} (valid: {', '.join(REJECTED_FROM)})")
+    if max_pairs_per_item is not None and max_pairs_per_item < 1:
+        raise DataError(f"max_pairs_per_item must be at least 1, got {max_pairs_per_item}")
+    chosen_ok, rejected_ok = predicate(chosen_valid), predicate(rejected_valid)
+    pool_history = history(few_shot_pool, annotator) if few_shot else []
+    rng = random.Random(seed)
+    rows = []
+    for item in sorted(items, key=lambda i: i.id):  # input order must not change the output
+        candidates = []
+        for chosen in item.by_annotator(annotator):
+            if not chosen_ok(item, chosen):
+                continue
+            for rejected in item.annotations:
+                if rejected.annotator in (None, annotator) or not rejected_ok(item, rejected):
+                    continue
+                same = rejected.label == chosen.label
+                if (rejected_from == "same_label" and not same) or (rejected_from == "different_label" and same):
+                    continue
+                if normalise_text(chosen.explanation) == normalise_text(rejected.explanation) and same:
+                    continue
+                candidates.append((chosen, rejected))
+        if not candidates:
+            continue
+        if max_pairs_per_item is not None and len(candidates) > max_pairs_per_item:
+            keep = sorted(rng.sample(range(len(candidates)), max_pairs_per_item))
+            candidates = [candidates[k] for k in keep]
+        prompt = prompt_messages(item, _few_shot(pool_history, item, few_shot, rng))
+        for chosen, rejected in candidates:
+            rows.append(
+                {
+                    "id": item.id,
+                    "annotator": annotator,
+                    "rejected_annotator": rejected.annotator,
+                    "chosen_label": chosen.label,
+                    "rejected_label": rejected.label,
+                    "prompt": prompt,
+                    "chosen": response_messages(chosen.label, chosen.explanation),
+                    "rejected": response_messages(rejected.label, rejected.explanation),
+                }
+            )
+    return rows
+
+
+def _tokenise(tokenizer, messages: list[dict], generation_prompt: bool = False) -> list[int]:
+    return list(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt,
+                                              return_dict=True)["input_ids"])
+
+
+def split_prompt_completion(tokenizer, prompt: list[dict], completion: list[dict]) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) of prompt + completion, cut where TRL cuts: after the tokenised prompt.
+
+    Raises DataError when the prompt alone does not tokenise to a prefix of prompt + completion (the model would
+    then train on a context it never sees at inference)."""
+    prompt_ids = _tokenise(tokenizer, prompt, generation_prompt=True)
+    full_ids = _tokenise(tokenizer, prompt + completion)
+    if full_ids[: len(prompt_ids)] != prompt_ids:
+        raise DataError("the tokenised prompt is not a prefix of the tokenised prompt + response (chat template?)")
+    return prompt_ids, full_ids[len(prompt_ids) :]
+
+
+def render_masked(tokenizer, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> str:
+    """Tokens separated by '|'; tokens that carry loss are wrapped in [[...]]."""
+    show = lambda ids: [tokenizer.decode([t]).replace("\n", "\\n") for t in ids]
+    return "|".join(show(prompt_ids) + [f"[[{t}]]" for t in show(completion_ids)])
+
+
+def preview(rows: Sequence[dict], tokenizer, n: int) -> str:
+    """The first `n` rows tokenised with the loss mask visible; fails if a pair's prompts tokenise differently."""
+    blocks = []
+    for k, row in enumerate(rows):
+        where = {"item": row.get("id")}
+        try:
+            if "completion" in row:
+                prompt_ids, completion_ids = split_prompt_completion(tokenizer, row["prompt"], row["completion"])
+                views = {"completion": (prompt_ids, completion_ids)}
+            else:
+                views = {side: split_prompt_completion(tokenizer, row["prompt"], row[side]) for side in ("chosen", "rejected")}
+                if views["chosen"][0] != views["rejected"][0]:
+                    raise DataError("chosen and rejected prompts tokenise differently")
+        except DataError as err:
+            raise err.at(**where) from None
+        if k < n:
+            lines = [f"--- row {k}: item {row.get('id')} ({len(next(iter(views.values()))[0])} prompt tokens)"]
+            lines += [f"{side} ({len(c)} loss tokens): {render_masked(tokenizer, p, c)}" for side, (p, c) in views.items()]
+            blocks.append("\n".join(lines))
+    return "\n".join(blocks)

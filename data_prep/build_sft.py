@@ -1,0 +1,55 @@
+"""Build SFT rows (conversational prompt/completion) for one target annotator.
+
+    python data_prep/build_sft.py --annotator A2 --task nli --output runs/data/sft_A2_nli.jsonl
+        [--split train] [--few_shot 0] [--preview 3 --model models/corpus-lm]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from capo.cli import run_main
+from capo.io import write_jsonl
+from capo.pairs import load_task_data, preview, sft_rows
+from capo.schema import check_annotator
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--annotator", required=True, help="target annotator: A1..A4")
+    parser.add_argument("--task", default="nli", help="nli or paraphrase")
+    parser.add_argument("--dataset", help="varierr | lewidi-ven (nli), lewidi-par (paraphrase); default per task")
+    parser.add_argument("--split", default="train", help="train (training data) or dev/test (held-out evaluation)")
+    parser.add_argument("--split_seed", type=int, default=0, help="VariErr item split seed (the corpus LM uses 0)")
+    parser.add_argument("--few_shot", type=int, default=0, help="k worked examples from the target's train history")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", help="JSONL file to write (atomically)")
+    parser.add_argument("--preview", type=int, default=0, metavar="N",
+                        help="print N tokenised examples with the loss mask ([[...]]); fail on prompt mismatches")
+    parser.add_argument("--model", default="models/corpus-lm", help="tokenizer (hub id or folder) for --preview")
+
+
+def finish(rows: list[dict], args: argparse.Namespace) -> None:
+    if args.preview:
+        from transformers import AutoTokenizer
+
+        print(preview(rows, AutoTokenizer.from_pretrained(args.model), args.preview))
+    if args.output:
+        write_jsonl(args.output, rows)
+    print(f"{len(rows)} rows for {args.annotator} ({args.task}, {args.split})" + (f" -> {args.output}" if args.output else ""))
+
+
+@run_main
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    check_annotator(args.annotator)
+    data = load_task_data(args.task, args.dataset, args.split_seed)
+    rows = sft_rows(data.items(args.split), args.annotator, few_shot=args.few_shot, few_shot_pool=data.items("train"),
+                    seed=args.seed)
+    finish(rows, args)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

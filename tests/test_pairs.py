@@ -1,0 +1,160 @@
+"""SFT rows and CAPO pairs: validity, rejected_from modes, normalised duplicates, caps, split isolation, determinism,
+prompt rendering and the tokenised preview."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_script
+
+from capo.errors import DataError
+from capo.pairs import capo_pairs, load_task_data, normalise_text, preview, sft_rows, split_prompt_completion
+from capo.prompts import parse_response, render_inputs, user_prompt
+from capo.schema import Annotation, Item
+
+
+def _vote(ok_peers: int, peers: int, author: str) -> dict[str, bool]:
+    others = [a for a in ("A1", "A2", "A3", "A4") if a != author][:peers]
+    return {author: True, **{voter: k < ok_peers for k, voter in enumerate(others)}}
+
+
+def _item(item_id: str = "i1") -> Item:
+    return Item(
+        id=item_id,
+        task="nli",
+        inputs={"premise": f"A man sleeps ({item_id}).", "hypothesis": "A person rests."},
+        annotations=[
+            Annotation("A2", "entailment", "Sleeping is resting.", _vote(3, 3, "A2")),
+            Annotation("A2", "neutral", "He may be restless.", _vote(2, 3, "A2")),
+            Annotation("A1", "entailment", "sleeping  is RESTING", _vote(3, 3, "A1")),  # duplicate of A2's, normalised
+            Annotation("A3", "entailment", "A sleeping man rests.", _vote(2, 3, "A3")),
+            Annotation("A4", "contradiction", "Sleeping is not resting.", _vote(1, 3, "A4")),  # peers reject it
+            Annotation("A1", "neutral", "Not sure he rests.", _vote(3, 3, "A1"), self_corrected=True),
+        ],
+        validated=True,
+    )
+
+
+def _keys(rows):
+    return {(r["chosen_label"], r["rejected_annotator"], r["rejected_label"]) for r in rows}
+
+
+def test_validity_and_duplicates():
+    rows = capo_pairs([_item()], "A2")
+    # A4's response fails the peer majority, A1's neutral was self-corrected, A1's entailment equals A2's text.
+    assert _keys(rows) == {("entailment", "A3", "entailment"), ("neutral", "A3", "entailment"),
+                           ("neutral", "A1", "entailment")}
+    assert all(r["annotator"] == "A2" and r["id"] == "i1" for r in rows)
+    loose = capo_pairs([_item()], "A2", rejected_valid="any")
+    assert ("entailment", "A4", "contradiction") in _keys(loose)
+    assert ("entailment", "A1", "neutral") in _keys(loose)
+    assert ("entailment", "A1", "entailment") not in _keys(loose)  # identical after normalisation: always dropped
+    assert normalise_text("Sleeping is resting.") == normalise_text("sleeping  is RESTING")
+
+
+def test_rejected_from_modes():
+    kw = {"rejected_valid": "any"}
+    same = capo_pairs([_item()], "A2", rejected_from="same_label", **kw)
+    different = capo_pairs([_item()], "A2", rejected_from="different_label", **kw)
+    everything = capo_pairs([_item()], "A2", rejected_from="all", **kw)
+    assert same and different
+    assert all(r["chosen_label"] == r["rejected_label"] for r in same)
+    assert all(r["chosen_label"] != r["rejected_label"] for r in different)
+    assert len(same) + len(different) == len(everything)
+    with pytest.raises(DataError, match="valid: all, same_label, different_label"):
+        capo_pairs([_item()], "A2", rejected_from="others")
+
+
+def test_unvalidated_items_count_every_response_as_valid():
+    item = _item()
+    item.validated = False
+    assert ("entailment", "A4", "contradiction") in _keys(capo_pairs([item], "A2"))
+
+
+def test_cap_and_determinism():
+    items = [_item(f"i{k}") for k in range(6)]
+    capped = capo_pairs(items, "A2", rejected_valid="any", max_pairs_per_item=2, seed=3)
+    assert {r["id"] for r in capped} == {f"i{k}" for k in range(6)}
+    assert max(sum(r["id"] == i for r in capped) for i in {r["id"] for r in capped}) == 2
+    again = capo_pairs(list(reversed(items)), "A2", rejected_valid="any", max_pairs_per_item=2, seed=3)
+    assert json.dumps(capped) == json.dumps(again)
+    other_seeds = [capo_pairs(items, "A2", rejected_valid="any", max_pairs_per_item=2, seed=s) for s in range(4, 8)]
+    assert any(json.dumps(rows) != json.dumps(capped) for rows in other_seeds)
+
+
+def test_pair_rendering_shares_the_prompt():
+    row = capo_pairs([_item()], "A2")[0]
+    assert row["prompt"] == [{"role": "user", "content": user_prompt(_item())}]
+    chosen, rejected = row["chosen"][0], row["rejected"][0]
+    assert chosen["role"] == rejected["role"] == "assistant"
+    assert parse_response(chosen["content"], "nli") == (row["chosen_label"], "Sleeping is resting." if
+                                                        row["chosen_label"] == "entailment" else "He may be restless.")
+    assert parse_response(rejected["content"], "nli")[0] == row["rejected_label"]
+
+
+def test_sft_rows_one_per_label():
+    rows = sft_rows([_item()], "A2")
+    assert [r["label"] for r in rows] == ["entailment", "neutral"]
+    assert rows[1]["completion"] == [{"role": "assistant", "content": "Label: neutral\nExplanation: He may be restless."}]
+    with pytest.raises(DataError, match="valid: A1, A2, A3, A4"):
+        sft_rows([_item()], "A5")
+
+
+def test_split_isolation_and_few_shot_from_training_history():
+    data = load_task_data("nli")
+    train_ids = {i.id for i in data.items("train")}
+    held_out = {i.id for s in ("dev", "test") for i in data.items(s)}
+    assert train_ids and held_out and not train_ids & held_out
+    pairs = capo_pairs(data.items("train"), "A1")
+    rows = sft_rows(data.items("train"), "A1", few_shot=2, few_shot_pool=data.items("train"))
+    assert pairs and rows
+    assert {r["id"] for r in pairs} <= train_ids and {r["id"] for r in rows} <= train_ids
+    by_id = {i.id: i for i in data.items("train")}
+    for row in rows[:20]:
+        text = row["prompt"][0]["content"]
+        assert text.count("Example:") == 2
+        assert by_id[row["id"]].inputs["hypothesis"] not in text.split("Example:", 1)[1].rsplit("\n\n", 1)[0]
+    held = {i.id: i for s in ("dev", "test") for i in data.items(s)}
+    assert not any(render_inputs(i) in row["prompt"][0]["content"] for row in rows for i in held.values())
+    paraphrase = load_task_data("paraphrase")
+    assert paraphrase.items("train") and paraphrase.items("dev") and not paraphrase.items("test")
+    with pytest.raises(DataError, match="valid: nli, paraphrase"):
+        load_task_data("sentiment")
+
+
+def test_cli_byte_identical_and_errors(tmp_path):
+    out_a, out_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for out in (out_a, out_b):
+        result = run_script("data_prep/build_pairs.py", "--annotator", "A3", "--max_pairs_per_item", "2", "--seed", "5",
+                            "--output", out)
+        assert result.returncode == 0, result.stderr
+    assert out_a.read_bytes() == out_b.read_bytes()
+    rows = [json.loads(line) for line in out_a.read_text().splitlines()]
+    assert rows and all(r["annotator"] == "A3" != r["rejected_annotator"] for r in rows)
+    bad = run_script("data_prep/build_pairs.py", "--annotator", "A9", "--output", tmp_path / "c.jsonl")
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown annotator 'A9' (valid: A1, A2, A3, A4)"
+    assert not (tmp_path / "c.jsonl").exists()
+    bad = run_script("data_prep/build_sft.py", "--annotator", "A1", "--task", "ner")
+    assert bad.returncode == 2 and "valid: nli, paraphrase" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_preview_shows_loss_mask_and_rejects_prompt_mismatch(corpus_lm, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
+    rows = capo_pairs([_item()], "A2")
+    prompt_ids, completion_ids = split_prompt_completion(tokenizer, rows[0]["prompt"], rows[0]["chosen"])
+    assert tokenizer.decode(prompt_ids).endswith("<|assistant|>\n")
+    assert tokenizer.decode(completion_ids).startswith("Label: ")
+    text = preview(rows, tokenizer, 1)
+    assert "[[Label]]" in text and "Sleeping" not in text.split("[[Label]]")[0].split("<|assistant|>")[-1]
+    assert text.count("--- row") == 1
+    # A template that renders the prompt differently depending on the response breaks the shared prefix.
+    tokenizer.chat_template = ("{% if messages[-1]['content'].startswith('Label: n') %}!{% endif %}"
+                               + tokenizer.chat_template)
+    with pytest.raises(DataError, match="item i1"):
+        preview(rows, tokenizer, 1)
+    result = run_script("data_prep/build_sft.py", "--annotator", "A4", "--preview", "2", "--model", corpus_lm)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("--- row") == 2 and "[[Label]]" in result.stdout
