@@ -1,0 +1,268 @@
+"""Model judgment distributions (MJDs), the EMNLP 2024 method: an LLM's first-token scores of the option letters.
+
+For every item, a multiple-choice prompt shows the context, the statement, optionally some explanations
+("comments"), and the three NLI labels as options A/B/C. The next-token scores of the letters at the answer position
+(read once, no decoding) are mapped back to labels, normalised per prompt, and averaged over
+
+- all 6 orders of the options (so no label profits from a letter's position), and
+- the explanation orders: `serial` puts k explanations in one prompt and averages over their ordered
+  permutations (all of them, or a seeded sample of `max_orders` when there are more); `parallel` puts one
+  explanation in each prompt and averages over the explanations; `none` shows no explanation.
+
+Every distribution comes back in [entailment, neutral, contradiction] order. Scoring is pluggable
+(`capo.mjd_scoring`): the fast Hugging Face scorer reuses shared prompt prefixes through the KV cache; any
+`capo.inference.base.Backend` (vLLM included) can score through its `score_next_token`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from scipy.special import softmax
+
+from capo.errors import DataError
+from capo.schema import NLI, Item
+
+OPTION_LETTERS: tuple[str, ...] = ("A", "B", "C")
+OPTION_NAMES: tuple[str, ...] = ("Entailment", "Neutral", "Contradiction")  # index = NLI label index
+# Option order o shows label o[j] at letter j; itertools order, so the identity order comes first.
+OPTION_ORDERS: tuple[tuple[int, ...], ...] = tuple(itertools.permutations(range(len(NLI))))
+MODES = ("none", "serial", "parallel")
+NORMALISATIONS = ("p_norm", "p_softmax", "prob")
+
+INSTRUCTION = (
+    "Is the statement true (entailment), undetermined (neutral) or false (contradiction) given the context? "
+    "Pick ONE of the options below and begin your answer with its letter."
+)
+INSTRUCTION_WITH_COMMENTS = (
+    "Read the comments below and base your choice on them, carefully and fairly. " + INSTRUCTION
+)
+
+
+@dataclass
+class MJDSettings:
+    """How prompts are built and scores turned into one distribution per item."""
+
+    mode: str = "serial"  # none | serial | parallel
+    k: int | None = None  # serial: explanations per prompt (None: all of the item's; capped at the item's count)
+    explicit: bool = False  # append "So I choose <label>." to each explanation
+    max_orders: int = 24  # most explanation orders per item; above it a seeded sample of distinct orders
+    normalisation: str = "p_softmax"  # p_norm | p_softmax | prob
+    temperature: float = 20.0  # p_softmax only
+    seed: int = 0  # for sampling explanation orders (per item, so sharding does not change the sample)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise DataError(f"unknown mode {self.mode!r} (valid: {', '.join(MODES)})", field="mode")
+        if self.normalisation not in NORMALISATIONS:
+            raise DataError(
+                f"unknown normalisation {self.normalisation!r} (valid: {', '.join(NORMALISATIONS)})", field="normalisation"
+            )
+        if self.k is not None and self.k < 1:
+            raise DataError(f"k must be at least 1, got {self.k}", field="k")
+        if self.max_orders < 1:
+            raise DataError(f"max_orders must be at least 1, got {self.max_orders}", field="max_orders")
+        if not self.temperature > 0:
+            raise DataError(f"temperature must be positive, got {self.temperature}", field="temperature")
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """One prompt of an item: which label sits at each letter, and which explanations are shown, in order."""
+
+    item_id: str
+    option_order: tuple[int, ...]
+    explanations: tuple[int, ...] = ()
+
+
+@dataclass
+class ItemMJD:
+    id: str
+    distribution: list[float]  # [E, N, C]
+    prompts: list[dict] = field(default_factory=list)  # audit: per prompt, its spec and raw letter scores
+
+
+class Scorer(Protocol):
+    """Next-token scores of the option letters A, B, C after each rendered prompt: shape (prompts, 3)."""
+
+    def score(self, prompts: Sequence[str]) -> np.ndarray: ...
+
+
+# --- prompts --------------------------------------------------------------------------------------------------
+
+
+def explanation_orders(n: int, mode: str, k: int | None, max_orders: int, rng: random.Random) -> list[tuple[int, ...]]:
+    """The explanation index tuples to show, one per prompt (before crossing with the 6 option orders)."""
+    if mode == "none":
+        return [()]
+    if n == 0:
+        raise DataError("no explanations to show (use mode 'none')", field="explanations")
+    size = 1 if mode == "parallel" else min(k or n, n)
+    total = math.perm(n, size)
+    if total <= max_orders:
+        return list(itertools.permutations(range(n), size))
+    chosen: dict[tuple[int, ...], None] = {}  # insertion-ordered set: the sample order is part of the seed
+    while len(chosen) < max_orders:
+        chosen.setdefault(tuple(rng.sample(range(n), size)), None)
+    return list(chosen)
+
+
+def prompt_specs(item_id: str, n_explanations: int, settings: MJDSettings) -> list[PromptSpec]:
+    # Seeded by (seed, item id) so that any item subset or shard draws the same orders for an item.
+    rng = random.Random(f"{settings.seed}:{item_id}")
+    orders = explanation_orders(n_explanations, settings.mode, settings.k, settings.max_orders, rng)
+    return [PromptSpec(item_id, option, order) for order in orders for option in OPTION_ORDERS]
+
+
+def user_message(item: Item, explanations: Sequence[tuple[str, str]], spec: PromptSpec, explicit: bool = False) -> str:
+    """The multiple-choice question (plain text, before any chat template)."""
+    lines = [INSTRUCTION_WITH_COMMENTS if spec.explanations else INSTRUCTION]
+    lines.append(f"Context: {item.inputs['premise'].strip()}")
+    lines.append(f"Statement: {item.inputs['hypothesis'].strip()}")
+    for number, index in enumerate(spec.explanations, start=1):
+        text, label = explanations[index]
+        comment = f"Comment {number}: {text.strip()}"
+        if explicit:
+            comment += f" So I choose {OPTION_NAMES[NLI.index(label)]}."
+        lines.append(comment)
+    lines.extend(f"{letter}. {OPTION_NAMES[label]}" for letter, label in zip(OPTION_LETTERS, spec.option_order))
+    lines.append("Answer:")
+    return "\n".join(lines)
+
+
+def chat_renderer(tokenizer, use_chat_template: bool = True) -> Callable[[str], str]:
+    """user message -> the exact text the model reads (its chat template with the generation prompt)."""
+    if not use_chat_template:
+        return lambda content: content + "\n"
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template "
+            "(set chat_template: false to score the plain prompt)", field="chat_template"
+        )
+    return lambda content: tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def letter_token_ids(tokenizer, prompt: str, letters: Sequence[str] = OPTION_LETTERS) -> list[int]:
+    """Token id of each option letter *at the answer position*; error unless they are single and distinct.
+
+    Checked in context (prompt + letter tokenizes as prompt tokens + exactly one token), which also covers
+    SentencePiece tokenizers where a bare "A" would become "▁A".
+    """
+    base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = []
+    for letter in letters:
+        full = tokenizer(prompt + letter, add_special_tokens=False)["input_ids"]
+        if len(full) != len(base) + 1 or full[: len(base)] != base:
+            raise DataError(
+                f"option letter {letter!r} is not a single token after the prompt for tokenizer "
+                f"{getattr(tokenizer, 'name_or_path', '?')!r}", field="option letters"
+            )
+        ids.append(full[-1])
+    if len(set(ids)) != len(ids):
+        raise DataError(f"option letters {list(letters)} map to the same token ids {ids}", field="option letters")
+    return ids
+
+
+# --- scores -> distributions ----------------------------------------------------------------------------------
+
+
+def normalise(scores: np.ndarray, method: str, temperature: float = 20.0) -> np.ndarray:
+    """Per-row distribution from raw scores (last axis): p_norm = s / sum(s), p_softmax = softmax(s / T), prob = softmax(s)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if method == "p_norm":
+        if (scores <= 0).any():
+            bad = float(scores[scores <= 0].flat[0])
+            raise DataError(
+                f"p_norm needs positive scores, got {bad:.4g} (this model's letter logits can be <= 0, and "
+                "log-probabilities always are): use p_softmax or prob", field="normalisation"
+            )
+        return scores / scores.sum(axis=-1, keepdims=True)
+    if method == "p_softmax":
+        return softmax(scores / temperature, axis=-1)
+    if method == "prob":
+        return softmax(scores, axis=-1)
+    raise DataError(f"unknown normalisation {method!r} (valid: {', '.join(NORMALISATIONS)})", field="normalisation")
+
+
+def to_label_order(letter_scores: np.ndarray, option_orders: Sequence[Sequence[int]]) -> np.ndarray:
+    """Scores per letter (A, B, C) -> scores per label [E, N, C], row by row."""
+    letter_scores = np.asarray(letter_scores)
+    out = np.empty_like(letter_scores)
+    for row, order in enumerate(option_orders):
+        out[row, list(order)] = letter_scores[row]
+    return out
+
+
+def item_explanations(items: Sequence[Item], source: str | Mapping[str, Sequence[tuple[str, str]]]) -> dict[str, list[tuple[str, str]]]:
+    """Each item's (explanation, label) pairs: `human` (the item's annotations), `none`, or an id -> pairs map."""
+    if source == "none":
+        return {item.id: [] for item in items}
+    if source == "human":
+        return {item.id: [(a.explanation, a.label) for a in item.annotations] for item in items}
+    if isinstance(source, str):
+        raise DataError(f"unknown explanation source {source!r} (valid: human, none, or a loaded file)", field="explanations")
+    missing = [item.id for item in items if item.id not in source]
+    if missing:
+        raise DataError(f"no explanations for {len(missing)} item(s)", item=missing[0], field="explanations")
+    return {item.id: [(text, NLI.normalise(label)) for text, label in source[item.id]] for item in items}
+
+
+def estimate_mjds(
+    items: Sequence[Item],
+    explanations: Mapping[str, Sequence[tuple[str, str]]],
+    scorer: Scorer,
+    settings: MJDSettings,
+    render: Callable[[str], str],
+    keep_prompts: bool = False,
+) -> list[ItemMJD]:
+    """One MJD per item ([E, N, C]), in input order. All prompts of all items go to the scorer in one call, so it
+    can sort, deduplicate and share prefixes across items."""
+    specs: list[PromptSpec] = []
+    texts: list[str] = []
+    counts: list[int] = []
+    if len({item.id for item in items}) != len(items):
+        raise DataError("duplicate item ids in the input", field="id")
+    for item in items:
+        if item.task != "nli":
+            raise DataError(f"MJDs are defined for NLI items, not {item.task!r}", item=item.id, field="task")
+        pairs = explanations.get(item.id, [])
+        try:
+            item_specs = prompt_specs(item.id, len(pairs), settings)
+        except DataError as err:
+            raise err.at(item=item.id) from None
+        specs.extend(item_specs)
+        counts.append(len(item_specs))
+        texts.extend(render(user_message(item, pairs, spec, settings.explicit)) for spec in item_specs)
+    letter_scores = np.asarray(scorer.score(texts), dtype=np.float64)
+    if letter_scores.shape != (len(texts), len(OPTION_LETTERS)):
+        raise DataError(f"scorer returned shape {letter_scores.shape}, expected {(len(texts), len(OPTION_LETTERS))}")
+    label_scores = to_label_order(letter_scores, [s.option_order for s in specs])
+
+    results, start = [], 0
+    for item, count in zip(items, counts):
+        block = slice(start, start + count)
+        try:
+            probs = normalise(label_scores[block], settings.normalisation, settings.temperature)
+        except DataError as err:
+            raise err.at(item=item.id) from None
+        prompts = []
+        if keep_prompts:
+            prompts = [
+                {
+                    "options": "".join(NLI.short[label].upper() for label in spec.option_order),
+                    "explanations": list(spec.explanations),
+                    "letter_scores": [float(x) for x in letter_scores[row]],
+                }
+                for row, spec in zip(range(block.start, block.stop), specs[block])
+            ]
+        results.append(ItemMJD(item.id, [float(x) for x in probs.mean(axis=0)], prompts))
+        start += count
+    return results

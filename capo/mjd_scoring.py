@@ -1,0 +1,183 @@
+"""Scoring engines for MJDs: next-token scores of the option letters after each prompt.
+
+`HFScorer` works on a transformers causal LM directly: one forward pass per distinct token sequence, reading
+only the last position's logits (`logits_to_keep=1`, no `generate`). Prompts are tokenized, deduplicated and put
+in a prefix tree (a radix trie over token ids); each tree node's tokens are encoded once into a KV cache that its
+children continue from (`DynamicCache` rows gathered per child, explicit position ids and attention masks, so
+left-padded rows and rows padded in the middle line up). Prefixes are cut on token ids, never on text, so the
+tokens the model reads are exactly those of the full prompt. The 6 option orders of an item share everything up to
+the options; explanation permutations share their leading explanations; all prompts share the instruction.
+`min_shared_tokens` pushes short shared segments down into their children (fewer, larger forward passes); set it
+very large to score every distinct prompt in one plain length-sorted forward pass (no prefix reuse).
+
+`BackendScorer` is the generic path: any `capo.inference.base.Backend` (e.g. vLLM) through `score_next_token`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from capo.errors import DataError
+from capo.mjd import OPTION_LETTERS, letter_token_ids
+
+
+@dataclass
+class _Node:
+    tokens: list[int]
+    ends: list[int]  # indices of the distinct sequences that end at this node's last token
+    children: list[_Node] = field(default_factory=list)
+
+
+def _adjacent_common_prefix(seqs: Sequence[Sequence[int]], block: int = 4096) -> list[int]:
+    """lcp[i] = length of the common prefix of seqs[i-1] and seqs[i] (lcp[0] = 0), vectorised in blocks."""
+    lcp = [0] * len(seqs)
+    for start in range(1, len(seqs), block):
+        stop = min(len(seqs), start + block)
+        rows = seqs[start - 1 : stop]
+        width = max(map(len, rows)) + 1
+        grid = np.full((len(rows), width), -1, dtype=np.int64)  # -1 never equals a token id: stops at the end
+        for r, seq in enumerate(rows):
+            grid[r, : len(seq)] = seq
+        grid[:, -1] = -2 - np.arange(len(rows))  # distinct sentinels, so identical rows still stop
+        differs = grid[1:] != grid[:-1]
+        lcp[start:stop] = differs.argmax(axis=1).tolist()
+    return lcp
+
+
+def build_prefix_tree(sequences: Sequence[Sequence[int]], min_shared_tokens: int = 1) -> list[_Node]:
+    """Roots of a radix trie over distinct, non-empty token sequences; `ends` index into `sequences`.
+
+    A node without ends whose tokens are fewer than `min_shared_tokens` is merged into its children.
+    """
+    if len(set(map(tuple, sequences))) != len(sequences):
+        raise ValueError("sequences must be distinct")
+    if any(len(s) == 0 for s in sequences):
+        raise ValueError("sequences must be non-empty")
+    order = sorted(range(len(sequences)), key=lambda i: tuple(sequences[i]))
+    seqs = [list(sequences[i]) for i in order]
+    lcp = _adjacent_common_prefix(seqs)
+
+    def build(lo: int, hi: int, depth: int) -> _Node:
+        shared = min(lcp[lo + 1 : hi]) if hi - lo > 1 else len(seqs[lo])
+        node = _Node(seqs[lo][depth:shared], [])
+        if len(seqs[lo]) == shared:  # a sequence that is a prefix of the others sorts first
+            node.ends.append(order[lo])
+            lo += 1
+        start = lo
+        for i in range(lo + 1, hi + 1):
+            if i == hi or lcp[i] == shared:
+                node.children.append(build(start, i, shared))
+                start = i
+        return node
+
+    def collapse(node: _Node, carried: list[int]) -> list[_Node]:
+        tokens = carried + node.tokens
+        if not node.ends and len(tokens) < min_shared_tokens:
+            return [leaf for child in node.children for leaf in collapse(child, tokens)]
+        node.tokens = tokens
+        node.children = [leaf for child in node.children for leaf in collapse(child, [])]
+        return [node]
+
+    return collapse(build(0, len(seqs), 0), []) if seqs else []
+
+
+class HFScorer:
+    """Letter scores (raw logits) from a transformers causal LM, with prefix-tree KV-cache reuse."""
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 32, min_shared_tokens: int = 16,
+                 letters: Sequence[str] = OPTION_LETTERS) -> None:
+        if min_shared_tokens < 1:
+            raise DataError(f"min_shared_tokens must be at least 1, got {min_shared_tokens}", field="min_shared_tokens")
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.min_shared_tokens, self.letters = min_shared_tokens, tuple(letters)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.stats: dict[str, int] = {}
+
+    def score(self, prompts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        if not prompts:
+            return np.zeros((0, len(self.letters)))
+        self.letter_ids = letter_token_ids(self.tokenizer, prompts[0], self.letters)
+        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        distinct: dict[tuple[int, ...], int] = {}
+        slot = [distinct.setdefault(tuple(ids), len(distinct)) for ids in encoded]  # identical prompts: once
+        sequences = list(distinct)
+        if any(not s for s in sequences):
+            raise DataError("a prompt tokenizes to nothing", field="prompt")
+        roots = build_prefix_tree(sequences, self.min_shared_tokens)
+        self.stats = {"prompts": len(prompts), "distinct_prompts": len(sequences),
+                      "prompt_tokens": sum(map(len, sequences)), "computed_tokens": 0, "padded_tokens": 0,
+                      "attended_pairs": 0, "forward_passes": 0}
+        scores = np.full((len(sequences), len(self.letters)), np.nan)
+        with torch.inference_mode():
+            self._run(roots, None, scores)
+        return scores[slot]
+
+    def _gather(self, cache, rows):
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        if any(type(layer) is not DynamicLayer for layer in cache.layers):
+            raise DataError("prefix reuse needs a full-attention model (plain DynamicCache layers); set "
+                            "min_shared_tokens very large to score without it", field="min_shared_tokens")
+        return DynamicCache([(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
+
+    def _run(self, nodes: list[tuple[_Node, int]] | list[_Node], parent, scores: np.ndarray) -> None:
+        """Encode `nodes` in length-sorted batches on top of `parent` = (cache, mask, lengths) or None; recurse."""
+        import torch
+
+        device = self.model.device
+        pairs = [(n, -1) if isinstance(n, _Node) else n for n in nodes]
+        pairs.sort(key=lambda pair: len(pair[0].tokens))
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start : start + self.batch_size]
+            width = len(chunk[-1][0].tokens)
+            input_ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            seg_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, (node, _) in enumerate(chunk):  # left-pad within the segment: the last column is always real
+                input_ids[r, width - len(node.tokens) :] = torch.tensor(node.tokens)
+                seg_mask[r, width - len(node.tokens) :] = 1
+            input_ids, seg_mask = input_ids.to(device), seg_mask.to(device)
+            if parent is None:
+                cache, mask, base = None, seg_mask, torch.zeros(len(chunk), 1, dtype=torch.long, device=device)
+            else:
+                rows = torch.tensor([row for _, row in chunk], device=device)
+                cache = self._gather(parent[0], rows)
+                mask = torch.cat([parent[1][rows], seg_mask], dim=1)
+                base = parent[2][rows]
+            position_ids = (base + seg_mask.cumsum(dim=1) - 1).masked_fill(seg_mask == 0, 1)
+            has_children = any(node.children for node, _ in chunk)
+            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                             past_key_values=cache, use_cache=has_children, logits_to_keep=1)
+            letter_logits = out.logits[:, -1, self.letter_ids].float().cpu().numpy()
+            for r, (node, _) in enumerate(chunk):
+                for end in node.ends:
+                    scores[end] = letter_logits[r]
+            real = int(seg_mask.sum())
+            self.stats["forward_passes"] += 1
+            self.stats["computed_tokens"] += real
+            self.stats["padded_tokens"] += seg_mask.numel() - real
+            self.stats["attended_pairs"] += int((seg_mask.sum(1) * mask.sum(1)).sum())
+            if has_children:
+                children = [(child, r) for r, (node, _) in enumerate(chunk) for child in node.children]
+                self._run(children, (out.past_key_values, mask, base + seg_mask.sum(dim=1, keepdim=True)), scores)
+            del out, cache
+
+
+class BackendScorer:
+    """The generic path: letter scores from any `capo.inference.base.Backend`, identical prompts sent once."""
+
+    def __init__(self, backend, adapter: str | None = None, letters: Sequence[str] = OPTION_LETTERS) -> None:
+        self.backend, self.adapter, self.letters = backend, adapter, list(letters)
+
+    def score(self, prompts: Sequence[str]) -> np.ndarray:
+        distinct = list(dict.fromkeys(prompts))
+        index = {prompt: i for i, prompt in enumerate(distinct)}
+        scores = np.asarray(self.backend.score_next_token(distinct, self.letters, self.adapter), dtype=np.float64)
+        if scores.shape != (len(distinct), len(self.letters)):
+            raise DataError(f"backend returned scores of shape {scores.shape}, expected {(len(distinct), len(self.letters))}")
+        return scores[[index[p] for p in prompts]]
