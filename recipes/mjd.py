@@ -1,0 +1,36 @@
+"""Model judgment distributions (the EMNLP 2024 MJD method): next-token scores of the option letters A/B/C, averaged
+over the 6 option orders and the explanation orders, one [E, N, C] distribution per item.
+
+    python recipes/mjd.py --config recipes/configs/mjd_tiny.yaml --output_dir runs/mjd_tiny
+    accelerate launch --num_processes 2 recipes/mjd.py --config recipes/configs/mjd_tiny.yaml --output_dir DIR
+    python eval/distributions.py --human DIR/human_chaosnli.jsonl --model DIR/mjd.jsonl
+
+Writes DIR/mjd.jsonl (`id`, `distribution`), DIR/human_chaosnli.jsonl (when the items carry ChaosNLI),
+optionally DIR/raw_scores.jsonl, per-process shards under DIR/shards/ and DIR/run_manifest.json. A killed run
+restarted with the same arguments resumes; under `accelerate launch` items are sharded across processes.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
+
+from capo.cli import run_main
+from capo.mjd_run import MJDScriptArguments, run_mjd
+
+
+def make_parser():
+    from trl import TrlParser
+
+    return TrlParser((MJDScriptArguments,))
+
+
+@run_main
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = make_parser().parse_args_and_config(argv)
+    return run_mjd(args)
+
+
+if __name__ == "__main__":
+    main()
