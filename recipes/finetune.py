@@ -1,0 +1,41 @@
+"""Fine-tune a sequence-classification encoder on soft labels and score it on ChaosNLI dev/test.
+
+    python recipes/finetune.py --source chaosnli --output_dir runs/ft/chaosnli
+    python recipes/finetune.py --config recipes/configs/finetune_cpu.yaml --source path/to/mjd.jsonl \\
+        --output_dir runs/ft/mjd --seed 1 --max_steps 10
+
+Defaults are the papers' settings (`capo.finetune.PAPER_TRAINING_DEFAULTS`); a `--config` YAML replaces them, and
+every `transformers.TrainingArguments` field given on the command line wins over both. A killed run resumes from
+its last checkpoint when started again with the same output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from transformers import TrainingArguments
+from trl import TrlParser
+
+from capo.cli import run_main
+from capo.errors import DataError
+from capo.finetune import PAPER_TRAINING_DEFAULTS, FinetuneArguments, finetune
+
+
+@run_main
+def main(argv: list[str] | None = None) -> dict:
+    parser = TrlParser((FinetuneArguments, TrainingArguments))
+    parser.set_defaults_with_config(**PAPER_TRAINING_DEFAULTS)
+    try:
+        script, training = parser.parse_args_and_config(args=argv)
+    except (OSError, ValueError) as err:  # unreadable or unknown keys in the --config file
+        raise DataError(" ".join(str(err).split())) from None
+    metrics = finetune(script, training)
+    print(json.dumps({k: metrics[k] for k in ("source", "seed", "best_step", "dev", "test")}, indent=2))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
