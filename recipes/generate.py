@@ -1,0 +1,40 @@
+"""Per-annotator explanations for a set of items: one record per (item, annotator), sharded and resumable.
+
+    python recipes/generate.py --config recipes/configs/generate_tiny.yaml --output_dir runs/generate/tiny
+    python recipes/generate.py --model meta-llama/Llama-3.1-8B-Instruct --dataset varierr --split test \\
+        --adapters A1=runs/capo/nli/A1 A2=runs/capo/nli/A2 --dtype bfloat16 --output_dir runs/generate/llama
+    accelerate launch --num_processes 4 recipes/generate.py --config ...   # items sharded across processes/GPUs
+
+A killed run started again with the same arguments skips the finished shards and ends with exactly the records an
+uninterrupted run writes (`generations.jsonl`). See `capo.generation` for the output layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from trl import TrlParser
+
+from capo.cli import run_main
+from capo.errors import DataError
+from capo.generation import GenerateArguments, run_generation
+
+
+@run_main
+def main(argv: list[str] | None = None) -> dict:
+    parser = TrlParser((GenerateArguments,))
+    try:
+        (args,) = parser.parse_args_and_config(args=argv)
+    except (OSError, ValueError) as err:  # unreadable config, or keys that are not arguments
+        raise DataError(" ".join(str(err).split())) from None
+    summary = run_generation(args)
+    if summary["merged"]:
+        print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

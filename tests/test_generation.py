@@ -1,0 +1,129 @@
+"""Generation at scale: records per (item, annotator), resume after a real SIGKILL, multi-process sharding, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+
+import pytest
+import torch
+from conftest import ROOT, run_script
+from transformers import AutoModelForCausalLM
+
+from capo.errors import DataError
+from capo.generation import KILL_AFTER_ENV, MERGED, GenerateArguments, run_generation, shard_path
+from capo.prompts import parse_response
+
+pytestmark = pytest.mark.slow
+
+
+def make_adapter(base_path, out_dir, seed: int):
+    """A random (untrained, non-zero) LoRA adapter: it changes the model's outputs, saved like a trained one."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_path),
+                           LoraConfig(r=4, lora_alpha=4, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def argv(corpus_lm, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen-adapters")
+    adapters = [f"{name}={make_adapter(corpus_lm, root / name, seed)}" for name, seed in (("A1", 1), ("A2", 2))]
+    # 6 held-out items x (A1, A2, base) = 18 records in 5 shards of 4.
+    return ["--model", str(corpus_lm), "--dataset", "varierr", "--split", "test", "--limit", "6",
+            "--adapters", *adapters, "--base", "true", "--dtype", "float32", "--batch_size", "8",
+            "--max_new_tokens", "24", "--shard_size", "4"]
+
+
+def _main():
+    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "recipes" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(argv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen-full")
+    summary = _main()(argv + ["--output_dir", str(out)])
+    return out, summary
+
+
+def test_one_record_per_item_and_annotator(uninterrupted, corpus_lm):
+    out, summary = uninterrupted
+    records = [json.loads(line) for line in (out / MERGED).read_text().splitlines()]
+    assert summary["records"] == len(records) == 18 and summary["shards"] == 5
+    ids = list(dict.fromkeys(r["id"] for r in records))
+    assert len(ids) == 6
+    assert [(r["id"], r["annotator"]) for r in records] == [(i, a) for i in ids for a in ("A1", "A2", "base")]
+    for record in records:
+        parsed = parse_response(record["raw"], "nli")
+        assert record["parsed"] == (parsed is not None)  # unparsable generations are kept, flagged
+        assert (record["label"], record["explanation"]) == (parsed or (None, None))
+        assert record["model"] == str(corpus_lm)
+        assert (record["adapter"] is None) == (record["annotator"] == "base")
+        assert 1 <= record["generated_tokens"] <= 24 and record["prompt_tokens"] > 50
+    by_annotator = {a: [r["raw"] for r in records if r["annotator"] == a] for a in ("A1", "A2", "base")}
+    assert by_annotator["A1"] != by_annotator["base"] and by_annotator["A2"] != by_annotator["A1"]
+    assert summary["unparsed"] == sum(not r["parsed"] for r in records)
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert manifest["config"]["max_new_tokens"] == 24
+
+
+def test_killed_run_resumes_to_the_identical_record_set(argv, uninterrupted, tmp_path):
+    full, _ = uninterrupted
+    out = tmp_path / "run"
+    killed = run_script("recipes/generate.py", *argv, "--output_dir", out, env={KILL_AFTER_ENV: "2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    done = {k: shard_path(out, k).stat().st_mtime_ns for k in range(5) if shard_path(out, k).exists()}
+    assert sorted(done) == [0, 1] and not (out / MERGED).exists()
+    # A kill in the middle of an atomic write leaves only a temporary file, never a partial shard.
+    stray = shard_path(out, 2).with_name(".shard-00002.jsonl.abc123.tmp")
+    stray.write_text('{"id": "half a rec')
+    summary = _main()(argv + ["--output_dir", str(out)])
+    assert summary["this_process"]["records"] == 4 + 4 + 2  # only the 3 unfinished shards were generated
+    assert {k: shard_path(out, k).stat().st_mtime_ns for k in done} == done  # finished shards untouched
+    assert (out / MERGED).read_bytes() == (full / MERGED).read_bytes()
+    assert not stray.exists()
+
+
+def test_processes_write_their_own_shards_and_merge_identically(argv, uninterrupted, tmp_path):
+    from trl import TrlParser
+
+    full, _ = uninterrupted
+    (args,) = TrlParser((GenerateArguments,)).parse_args_and_config(args=argv + ["--output_dir", str(tmp_path)])
+    second = run_generation(args, process_index=1, num_processes=2)
+    assert second["merged"] is None
+    assert [shard_path(tmp_path, k).exists() for k in range(5)] == [False, True, False, True, False]
+    first = run_generation(args, process_index=0, num_processes=2)
+    assert first["this_process"]["records"] == 4 + 4 + 2
+    assert (tmp_path / MERGED).read_bytes() == (full / MERGED).read_bytes()
+
+
+def test_one_line_errors(argv, uninterrupted, tmp_path, capsys):
+    full, _ = uninterrupted
+    main = _main()
+    cases = [
+        (argv + ["--output_dir", str(full), "--max_new_tokens", "25"], "field 'max_new_tokens'"),
+        (argv + ["--output_dir", str(tmp_path), "--adapters", "A1"], "expected NAME=PATH"),
+        (argv + ["--output_dir", str(tmp_path), "--dataset", str(tmp_path / "none.jsonl")], "not a file"),
+        (argv + ["--output_dir", str(tmp_path), "--adapters", f"A1={tmp_path}/missing"], "cannot load adapter 'A1'"),
+        (argv + ["--output_dir", str(tmp_path), "--backend", "vllm"], "vllm"),
+    ]
+    for args, expected in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err, err
+    with pytest.raises(DataError, match="duplicate item id"):
+        from capo.generation import plan_units
+        from capo.loaders import load_varierr
+
+        item = load_varierr()[0]
+        plan_units([item, item], {"base": None})
