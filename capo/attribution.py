@@ -1,0 +1,186 @@
+"""Likelihood attribution: does a model prefer the target annotator's real explanation over the others'?
+
+For a held-out item, each annotation's explanation is scored by the model as the mean log-probability of its tokens
+(and the end-of-turn token that closes it), conditioned on the task prompt and the annotation's own label line. The
+target wins a comparison when its explanation scores higher than another annotator's explanation on the same item
+(ties count half). An item's score is its share of wins; a model's win rate is the mean over items. A base model
+already prefers some annotators' style, so what matters is the gain over the base model, with a paired bootstrap
+interval over items, next to a control: the same target scored under another annotator's model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from capo.prompts import prompt_messages, render_response
+from capo.schema import ANNOTATORS, Item
+
+EXPLANATION_MARK = "\nExplanation:"
+
+
+@dataclass(frozen=True)
+class Scored:
+    item: str
+    annotator: str
+    label: str
+    score: float  # mean log-probability per explanation token
+
+
+def _explanation_mask(tokenizer, item: Item, label: str, explanation: str) -> tuple[list[int], list[bool]]:
+    """Token ids of prompt + response and which of them belong to the explanation (found by character offsets)."""
+    response = render_response(label, explanation)
+    messages = prompt_messages(item) + [{"role": "assistant", "content": response}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    start = text.rindex(response) + response.index(EXPLANATION_MARK) + len(EXPLANATION_MARK)
+    end = text.index(tokenizer.eos_token, start) + len(tokenizer.eos_token)  # the turn's end closes the explanation
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [s >= start and e <= end and e > s for s, e in encoded["offset_mapping"]]
+    return encoded["input_ids"], mask
+
+
+def score_annotations(model, tokenizer, items: Sequence[Item], batch_size: int = 16) -> list[Scored]:
+    """Length-normalised log-likelihood of every annotated explanation on `items` under `model`."""
+    import torch
+
+    jobs = [(item, a) for item in items for a in item.annotations if a.annotator in ANNOTATORS]
+    encoded = [_explanation_mask(tokenizer, item, a.label, a.explanation) for item, a in jobs]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    model.eval()
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start : start + batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        # Right padding: positions stay 0..n-1 for every row, as in training.
+        ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch], device=device)
+        attention = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch], device=device)
+        mask = torch.tensor([m + [False] * (width - len(m)) for _, m in batch], device=device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=attention).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        target_mask = mask[:, 1:]
+        per_row = (logprobs * target_mask).sum(1) / target_mask.sum(1).clamp(min=1)
+        scores.extend(per_row.tolist())
+    return [Scored(item.id, a.annotator, a.label, s) for (item, a), s in zip(jobs, scores, strict=True)]
+
+
+def item_win_rates(scored: Sequence[Scored], target: str) -> dict[str, float]:
+    """item id -> share of (target explanation, other annotator's explanation) comparisons the target wins."""
+    by_item: dict[str, list[Scored]] = {}
+    for s in scored:
+        by_item.setdefault(s.item, []).append(s)
+    rates = {}
+    for item_id, rows in by_item.items():
+        mine = [r.score for r in rows if r.annotator == target]
+        others = [r.score for r in rows if r.annotator != target]
+        if mine and others:
+            wins = [1.0 if m > o else 0.5 if m == o else 0.0 for m in mine for o in others]
+            rates[item_id] = float(np.mean(wins))
+    return rates
+
+
+def mean_rate(rates: dict[str, float]) -> float:
+    return float(np.mean(list(rates.values()))) if rates else float("nan")
+
+
+def paired_gain(model_rates: Sequence[dict[str, float]], base_rates: dict[str, float], seed: int = 0,
+                n_resamples: int = 2000) -> dict[str, float]:
+    """Gain of the seed-averaged per-item win rate over the base model, with a 95 % bootstrap interval over items."""
+    from scipy.stats import bootstrap
+
+    ids = sorted(set(base_rates).intersection(*model_rates))
+    gains = np.array([np.mean([rates[i] for rates in model_rates]) - base_rates[i] for i in ids])
+    result = bootstrap((gains,), np.mean, confidence_level=0.95, n_resamples=n_resamples, method="percentile",
+                       random_state=np.random.default_rng(seed))
+    return {"gain": float(gains.mean()), "low": float(result.confidence_interval.low),
+            "high": float(result.confidence_interval.high), "items": len(ids)}
+
+
+def control_annotator(annotator: str) -> str:
+    """The annotator whose model serves as the control for `annotator` (the next one, cyclically)."""
+    return ANNOTATORS[(ANNOTATORS.index(annotator) + 1) % len(ANNOTATORS)]
+
+
+def _load(base_path: str, adapter: str | None):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype="float32")
+    if adapter is None:
+        return model
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+
+
+def attribution_report(
+    base_path: str,
+    adapters: dict[str, str],
+    items: Sequence[Item],
+    *,
+    seeds: Sequence[int] = (0,),
+    annotators: Sequence[str] = ANNOTATORS,
+    task: str = "nli",
+    bootstrap_seed: int = 0,
+    log=print,
+) -> dict:
+    """Win rates of base and adapted models for every target annotator, gains over base, and the control.
+
+    `adapters` maps a kind ("sft", "capo") to a folder template with `{seed}`, `{task}` and `{annotator}`.
+    """
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from capo.errors import DataError
+
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    folders = {(kind, seed, a): template.format(seed=seed, task=task, annotator=a)
+               for kind, template in adapters.items() for seed in seeds for a in ANNOTATORS}
+    wanted = {key for key in folders if key[2] in annotators or key[2] in {control_annotator(t) for t in annotators}}
+    missing = [folders[k] for k in sorted(wanted) if not (Path(folders[k]) / "adapter_config.json").exists()]
+    if missing:
+        raise DataError(f"no adapter in {len(missing)} folder(s), first: {missing[0]}")
+    base_scores = score_annotations(_load(base_path, None), tokenizer, items)
+    scores = {}
+    for key in sorted(wanted):
+        scores[key] = score_annotations(_load(base_path, folders[key]), tokenizer, items)
+        log(f"scored {folders[key]}")
+    report = {"items": len(items), "seeds": list(seeds), "annotators": {}}
+    for target in annotators:
+        base = item_win_rates(base_scores, target)
+        row = {"base": mean_rate(base), "items": len(base)}
+        for kind in adapters:
+            own = [item_win_rates(scores[(kind, seed, target)], target) for seed in seeds]
+            other = [item_win_rates(scores[(kind, seed, control_annotator(target))], target) for seed in seeds]
+            own_means = [mean_rate(r) for r in own]
+            row[kind] = {
+                "win_rate_mean": float(np.mean(own_means)),
+                "win_rate_sd": float(np.std(own_means, ddof=1)) if len(seeds) > 1 else 0.0,
+                "per_seed": own_means,
+                "gain": paired_gain(own, base, seed=bootstrap_seed),
+                "control": {"model_of": control_annotator(target),
+                            "win_rate_mean": float(np.mean([mean_rate(r) for r in other])),
+                            "gain": paired_gain(other, base, seed=bootstrap_seed)},
+            }
+        report["annotators"][target] = row
+    return report
+
+
+def format_report(report: dict, kinds: Sequence[str]) -> str:
+    """A markdown table: base win rate, each kind's win rate (mean ± sd over seeds), gain [95 % CI], control gain."""
+    head = "| target | items | base |" + "".join(
+        f" {k.upper()} win | {k.upper()} gain [95% CI] | control: {k.upper()} model of | control gain [95% CI] |"
+        for k in kinds)
+    lines = [head, "|" + " --- |" * (3 + 4 * len(kinds))]
+    for target, row in report["annotators"].items():
+        cells = [target, str(row["items"]), f"{row['base']:.3f}"]
+        for k in kinds:
+            r, g, c = row[k], row[k]["gain"], row[k]["control"]
+            cells += [f"{r['win_rate_mean']:.3f} ± {r['win_rate_sd']:.3f}",
+                      f"{g['gain']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]", c["model_of"],
+                      f"{c['gain']['gain']:+.3f} [{c['gain']['low']:+.3f}, {c['gain']['high']:+.3f}]"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,250 @@
+"""Per-annotator explainers: SFT (TRL `SFTTrainer`) and CAPO (TRL `DPOTrainer` on cross-annotator pairs), with LoRA.
+
+The recipes `recipes/sft.py` and `recipes/capo.py` parse `(ScriptArguments, CapoArguments, SFTConfig|DPOConfig,
+ModelConfig)` with `trl.TrlParser` and call `train_sft` / `train_capo`. Every output folder ends up with the LoRA
+adapter (no `modules_to_save`, so vLLM can load it), the tokenizer, `run_manifest.json` and metrics; checkpoints are
+written under it so a killed run resumes with `--resume_from_checkpoint true`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from capo.errors import DataError
+from capo.manifest import write_manifest
+from capo.pairs import DEFAULT_VALIDITY, REJECTED_FROM, capo_pairs, load_task_data, sft_rows
+from capo.schema import check_annotator, label_space
+
+INIT_FROM = ("sft", "base")
+
+
+@dataclass
+class CapoArguments:
+    """Which annotator and task to model, and how its training data is built (see `capo.pairs`)."""
+
+    annotator: str = field(default="A1", metadata={"help": "target annotator: A1, A2, A3 or A4"})
+    task: str = field(default="nli", metadata={"help": "nli or paraphrase"})
+    dataset: str | None = field(
+        default=None, metadata={"help": "varierr | lewidi-ven (nli), lewidi-par (paraphrase); default per task"}
+    )
+    split_seed: int = field(default=0, metadata={"help": "VariErr item split seed (the corpus LM is built on 0)"})
+    few_shot: int = field(default=0, metadata={"help": "k worked examples from the target's training history"})
+    rejected_from: str = field(default="all", metadata={"help": f"one of {', '.join(REJECTED_FROM)}"})
+    chosen_valid: str = field(default=DEFAULT_VALIDITY, metadata={"help": "validity predicate, chosen responses"})
+    rejected_valid: str = field(default=DEFAULT_VALIDITY, metadata={"help": "validity predicate, rejected responses"})
+    max_pairs_per_item: int | None = field(default=None, metadata={"help": "cap on CAPO pairs per item"})
+    pair_seed: int = field(default=0, metadata={"help": "seed for pair sampling and few-shot examples"})
+    eval_split: str | None = field(
+        default="dev", metadata={"help": "held-out split for the eval hook (dev or test); none to skip"}
+    )
+    max_eval_rows: int | None = field(default=None, metadata={"help": "use at most this many held-out rows"})
+    max_train_rows: int | None = field(default=None, metadata={"help": "use at most this many training rows"})
+
+    def __post_init__(self) -> None:
+        if self.eval_split in ("none", "None", ""):
+            self.eval_split = None
+        self.check()  # parsing happens inside `run_main`, so a bad value is one line, before any model loads
+
+    def check(self) -> None:
+        """Unknown annotator / task / mode -> one-line DataError listing the valid values."""
+        check_annotator(self.annotator)
+        label_space(self.task)
+        if self.rejected_from not in REJECTED_FROM:
+            raise DataError(f"unknown rejected_from {self.rejected_from!r} (valid: {', '.join(REJECTED_FROM)})")
+
+    def format(self, template: str) -> str:
+        """`runs/capo/{task}/{annotator}` -> `runs/capo/nli/A2`."""
+        return template.format(annotator=self.annotator, task=self.task)
+
+
+@dataclass
+class ExplainerScriptArguments:
+    """Script-level options (the TRL scripts' `ScriptArguments` counterpart)."""
+
+    init_from: str = field(
+        default="sft", metadata={"help": "CAPO start point: sft (the target's SFT adapter, also the reference) or base"}
+    )
+    sft_adapter: str = field(
+        default="runs/sft/{task}/{annotator}", metadata={"help": "SFT adapter folder ({task}, {annotator} filled in)"}
+    )
+    ignore_bias_buffers: bool = field(default=False, metadata={"help": "DDP workaround for boolean buffers"})
+
+
+def _limit(rows: list[dict], n: int | None) -> list[dict]:
+    return rows if n is None else rows[:n]
+
+
+def build_sft_datasets(args: CapoArguments):
+    """(train, eval) `datasets.Dataset`s of conversational prompt/completion rows; eval = the target's held-out rows."""
+    from datasets import Dataset
+
+    data = load_task_data(args.task, args.dataset, args.split_seed)
+    make = lambda split: sft_rows(data.items(split), args.annotator, few_shot=args.few_shot,
+                                  few_shot_pool=data.items("train"), seed=args.pair_seed)
+    train = _limit(make("train"), args.max_train_rows)
+    if not train:
+        raise DataError(f"annotator {args.annotator} has no training rows in {data.dataset}")
+    held = _limit(make(args.eval_split), args.max_eval_rows) if args.eval_split else []
+    return Dataset.from_list(train), (Dataset.from_list(held) if held else None)
+
+
+def build_pair_datasets(args: CapoArguments):
+    """(train, eval) preference `datasets.Dataset`s; eval pairs come from held-out items only."""
+    from datasets import Dataset
+
+    data = load_task_data(args.task, args.dataset, args.split_seed)
+    make = lambda split: capo_pairs(
+        data.items(split), args.annotator, rejected_from=args.rejected_from, chosen_valid=args.chosen_valid,
+        rejected_valid=args.rejected_valid, max_pairs_per_item=args.max_pairs_per_item, few_shot=args.few_shot,
+        few_shot_pool=data.items("train"), seed=args.pair_seed,
+    )
+    train = _limit(make("train"), args.max_train_rows)
+    if not train:
+        raise DataError(f"annotator {args.annotator} has no CAPO pairs in {data.dataset} (check the validity options)")
+    held = _limit(make(args.eval_split), args.max_eval_rows) if args.eval_split else []
+    return Dataset.from_list(train), (Dataset.from_list(held) if held else None)
+
+
+def _model_init_kwargs(model_args, training_args) -> dict:
+    from trl import get_quantization_config
+
+    kwargs = {"revision": model_args.model_revision, "trust_remote_code": training_args.trust_remote_code,
+              "attn_implementation": model_args.attn_implementation, "dtype": model_args.dtype}
+    kwargs.update(training_args.model_init_kwargs or {})
+    quantization = get_quantization_config(model_args)
+    if quantization is not None:  # QLoRA: the base model in 4 bits, the adapter in full precision
+        from trl import get_kbit_device_map
+
+        kwargs.update(quantization_config=quantization, device_map=get_kbit_device_map())
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _lora_config(model_args):
+    from trl import get_peft_config
+
+    model_args.use_peft = True  # explainers are always LoRA adapters
+    if not model_args.lora_target_modules:
+        model_args.lora_target_modules = "all-linear"
+    if model_args.lora_modules_to_save:
+        raise DataError("lora_modules_to_save is not supported: vLLM cannot load adapters that save full modules")
+    return get_peft_config(model_args)
+
+
+def _prepare(capo_args: CapoArguments, training_args, model_args) -> None:
+    capo_args.check()
+    if not model_args.model_name_or_path:
+        raise DataError("no model: pass --model_name_or_path (a hub id or a local folder)")
+    training_args.output_dir = capo_args.format(training_args.output_dir)
+
+
+def _resume_point(training_args) -> str | None:
+    """`resume_from_checkpoint`: a folder, or true/auto for the newest checkpoint in output_dir (none -> fresh)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = training_args.resume_from_checkpoint
+    if value in (None, "", "false", "False"):
+        return None
+    if str(value).lower() in ("true", "auto"):
+        out = Path(training_args.output_dir)
+        return get_last_checkpoint(str(out)) if out.is_dir() else None
+    if not Path(value).is_dir():
+        raise DataError("checkpoint folder not found", path=str(value), field="resume_from_checkpoint")
+    return str(value)
+
+
+def _finish(trainer, training_args, config: dict, extra: dict) -> dict:
+    """Adapter, tokenizer, metrics and manifest into output_dir (the manifest last: its presence marks a done run)."""
+    from capo.loaders import DATA_DIR
+
+    metrics = dict(trainer.state.log_history[-1]) if trainer.state.log_history else {}
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")  # DPOTrainer's frozen copy of the SFT adapter is not part of the result
+    trainer.save_model(training_args.output_dir)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        out = Path(training_args.output_dir)
+        trainer.save_metrics("all", metrics)
+        data_files = sorted(p for p in DATA_DIR.rglob("*.json") if p.name.startswith(("varierr", "VariErrNLI",
+                                                                                       "Paraphrase")))
+        write_manifest(out, config=config, data_files=data_files, seed=training_args.seed,
+                       extra={"metrics": metrics, **extra})
+    return metrics
+
+
+def train_sft(script_args: ExplainerScriptArguments, capo_args: CapoArguments, training_args, model_args) -> dict:
+    """SFT of a LoRA adapter on the target annotator's training responses (loss on the completion only)."""
+    from trl import SFTTrainer
+
+    _prepare(capo_args, training_args, model_args)
+    train, held = build_sft_datasets(capo_args)
+    training_args.completion_only_loss = True
+    training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
+    if held is None:
+        training_args.eval_strategy = "no"
+    trainer = SFTTrainer(model=model_args.model_name_or_path, args=training_args, train_dataset=train,
+                         eval_dataset=held, peft_config=_lora_config(model_args))
+    trainer.train(resume_from_checkpoint=_resume_point(training_args))
+    config = {"script": script_args, "capo": capo_args, "training": training_args, "model": model_args}
+    return _finish(trainer, training_args, config, {"stage": "sft", "annotator": capo_args.annotator,
+                                                    "task": capo_args.task, "train_rows": len(train),
+                                                    "eval_rows": len(held) if held is not None else 0})
+
+
+def load_sft_policy(adapter_dir: str | Path, capo_args: CapoArguments, model_args, training_args):
+    """The base model with the target's SFT adapter, trainable (DPOTrainer copies it as the frozen reference)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise DataError(f"no SFT adapter for {capo_args.annotator} ({capo_args.task}): train it first with "
+                        "recipes/sft.py, or pass --init_from base", path=str(adapter_dir))
+    manifest_path = adapter_dir / "run_manifest.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if (manifest.get("annotator"), manifest.get("task")) != (capo_args.annotator, capo_args.task):
+            raise DataError(f"the SFT adapter is for {manifest.get('annotator')} ({manifest.get('task')}), not "
+                            f"{capo_args.annotator} ({capo_args.task})", path=str(adapter_dir))
+    base = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path,
+                                                **_model_init_kwargs(model_args, training_args))
+    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
+
+
+def train_capo(script_args: ExplainerScriptArguments, capo_args: CapoArguments, training_args, model_args) -> dict:
+    """DPO on cross-annotator pairs; starts from (and is regularised towards) the target's SFT adapter by default."""
+    from transformers import AutoTokenizer
+    from trl import DPOTrainer
+
+    _prepare(capo_args, training_args, model_args)
+    if script_args.init_from not in INIT_FROM:
+        raise DataError(f"unknown init_from {script_args.init_from!r} (valid: {', '.join(INIT_FROM)})")
+    train, held = build_pair_datasets(capo_args)
+    if held is None:
+        training_args.eval_strategy = "no"
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    extra = {"stage": "capo", "annotator": capo_args.annotator, "task": capo_args.task, "train_pairs": len(train),
+             "eval_pairs": len(held) if held is not None else 0, "init_from": script_args.init_from}
+    if script_args.init_from == "sft":
+        adapter = capo_args.format(script_args.sft_adapter)
+        model = load_sft_policy(adapter, capo_args, model_args, training_args)
+        extra["sft_adapter"] = adapter
+        peft_config = None
+    else:
+        training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
+        model, peft_config = model_args.model_name_or_path, _lora_config(model_args)
+    trainer = DPOTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=held,
+                         processing_class=tokenizer, peft_config=peft_config)
+    if script_args.ignore_bias_buffers:  # torch distributed hack, as in TRL's dpo script
+        import torch
+
+        trainer.model._ddp_params_and_buffers_to_ignore = [
+            name for name, buffer in trainer.model.named_buffers() if buffer.dtype == torch.bool
+        ]
+    trainer.train(resume_from_checkpoint=_resume_point(training_args))
+    config = {"script": script_args, "capo": capo_args, "training": training_args, "model": model_args}
+    return _finish(trainer, training_args, config, extra)
