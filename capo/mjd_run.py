@@ -72,8 +72,8 @@ def completed_chunks(output_dir: str | Path, chunks: Sequence[Sequence[Item]]) -
     return {c: [rows[i] for i in wanted[c]] for c, rows in found.items()}
 
 
-def check_run_key(output_dir: str | Path, key: Mapping) -> None:
-    """Refuse to resume into a folder written with other settings; record the key on first use."""
+def check_run_key(output_dir: str | Path, key: Mapping, record: bool = True) -> None:
+    """Refuse to resume into a folder written with other settings; with `record`, write the key on first use."""
     path = Path(output_dir) / RUN_KEY_FILE
     key = json.loads(json.dumps(key))  # as it reads back from JSON
     if path.exists():
@@ -82,7 +82,7 @@ def check_run_key(output_dir: str | Path, key: Mapping) -> None:
             changed = sorted(k for k in set(previous) | set(key) if previous.get(k) != key.get(k))
             raise DataError(f"output folder holds a run with other settings ({', '.join(changed)}); use a new "
                             "output_dir or delete it", path=str(path))
-    else:
+    elif record:
         write_json(path, key)
 
 
@@ -217,6 +217,7 @@ def _load_scorer(args: MJDScriptArguments, device):
 def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dict:
     """The whole `recipes/mjd.py` run: load, check, score this process's chunks, merge (main process), manifest."""
     from accelerate import PartialState
+    from transformers.utils import logging as hf_logging
 
     from capo.loaders import load_dataset, load_model_explanations
     from capo.manifest import write_manifest
@@ -235,7 +236,13 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
         data_files.append(args.explanations)
     explanations = item_explanations(items, source if settings.mode != "none" else "none")
 
+    key = {"model": args.model_name_or_path, "dataset": args.dataset, "explanations": args.explanations,
+           **asdict(settings), "engine": args.engine, "backend": args.backend, "dtype": args.dtype,
+           "min_shared_tokens": args.min_shared_tokens, "batch_size": args.batch_size,
+           "chat_template": args.chat_template, "items_per_chunk": args.items_per_chunk, "limit": args.limit}
+    check_run_key(args.output_dir, key, record=False)  # before loading a model: fail fast
     state = PartialState()
+    hf_logging.disable_progress_bar()  # keep stderr for errors: one line each
     scorer, tokenizer = _load_scorer(args, state.device)
     render = chat_renderer(tokenizer, args.chat_template)
     # Start-up check: the letters must be single, distinct tokens at the answer position.
@@ -243,14 +250,9 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
     letter_ids = letter_token_ids(tokenizer, render(user_message(first, explanations[first.id],
                                                                   prompt_specs(first.id, len(explanations[first.id]), settings)[0],
                                                                   settings.explicit)))
-    key = {"model": args.model_name_or_path, "dataset": args.dataset, "explanations": args.explanations,
-           "settings": asdict(settings), "engine": args.engine, "backend": args.backend, "dtype": args.dtype,
-           "min_shared_tokens": args.min_shared_tokens, "batch_size": args.batch_size,
-           "chat_template": args.chat_template, "items_per_chunk": args.items_per_chunk, "limit": args.limit}
     if state.is_main_process:
         check_run_key(args.output_dir, key)
     state.wait_for_everyone()
-    check_run_key(args.output_dir, key)
 
     start = time.time()
     rank, world = state.process_index, state.num_processes

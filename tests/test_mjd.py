@@ -1,0 +1,349 @@
+"""MJD estimator: option-order and permutation bookkeeping, normalisations, exactness against `generate`, runs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import re
+
+import numpy as np
+import pytest
+
+from capo.errors import DataError
+from capo.loaders import load_nli341
+from capo.mjd import (
+    OPTION_ORDERS,
+    MJDSettings,
+    estimate_mjds,
+    explanation_orders,
+    item_explanations,
+    letter_token_ids,
+    normalise,
+    prompt_specs,
+    to_label_order,
+)
+from capo.mjd_run import merge_shards, run_shard
+from capo.mjd_scoring import BackendScorer, HFScorer, build_prefix_tree
+from capo.schema import Item
+from tests.conftest import ROOT, run_script
+
+NAMES = {"Entailment": 0, "Neutral": 1, "Contradiction": 2}
+
+
+def _letters(prompt: str) -> dict[str, str]:
+    """letter -> option name, as shown in the prompt."""
+    return dict(re.findall(r"^([ABC])\. (\w+)$", prompt, flags=re.MULTILINE))
+
+
+class PreferLabel:
+    """Fake scorer: a high score for the letter bound to `label` (checks the letter -> label bookkeeping)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def score(self, prompts):
+        rows = []
+        for prompt in prompts:
+            letters = _letters(prompt)
+            rows.append([50.0 if letters[letter] == self.label else 0.0 for letter in "ABC"])
+        return np.array(rows)
+
+
+class PreferFirstComment:
+    """Fake scorer: a high score for the letter of the label that the *first* comment chose (explicit mode)."""
+
+    def score(self, prompts):
+        rows = []
+        for prompt in prompts:
+            chosen = re.search(r"^Comment 1: .*So I choose (\w+)\.$", prompt, flags=re.MULTILINE).group(1)
+            letters = _letters(prompt)
+            rows.append([50.0 if letters[letter] == chosen else 0.0 for letter in "ABC"])
+        return np.array(rows)
+
+
+def _item(labels=("neutral", "neutral", "contradiction", "entailment")) -> Item:
+    from capo.schema import Annotation
+
+    return Item(
+        id="x1", task="nli", inputs={"premise": "A man sleeps.", "hypothesis": "A person rests."},
+        annotations=[Annotation(f"A{i + 1}", lab, f"Reason number {i}.") for i, lab in enumerate(labels)],
+    )
+
+
+@pytest.mark.parametrize("label", ["Entailment", "Neutral", "Contradiction"])
+@pytest.mark.parametrize("mode", ["none", "serial", "parallel"])
+def test_distribution_comes_back_in_enc_order(label, mode):
+    item = _item()
+    settings = MJDSettings(mode=mode, normalisation="prob")
+    [result] = estimate_mjds([item], item_explanations([item], "human"), PreferLabel(label), settings, lambda t: t,
+                             keep_prompts=True)
+    assert np.argmax(result.distribution) == NAMES[label]
+    assert result.distribution[NAMES[label]] > 0.999
+    # every option order appears equally often, so each label sits at each letter equally often
+    orders = [p["options"] for p in result.prompts]
+    assert {orders.count(o) for o in set(orders)} == {len(orders) // 6}
+    assert len(set(orders)) == 6
+
+
+def test_serial_average_over_permutations_matches_label_counts():
+    # Each explanation comes first in 1/4 of the 24 orders, so a scorer that follows the first comment's label gives
+    # the label counts of the explanations: 2 neutral, 1 contradiction, 1 entailment.
+    item = _item()
+    settings = MJDSettings(mode="serial", explicit=True, normalisation="prob")
+    [result] = estimate_mjds([item], item_explanations([item], "human"), PreferFirstComment(), settings,
+                             lambda t: t, keep_prompts=True)
+    assert np.allclose(result.distribution, [0.25, 0.5, 0.25], atol=1e-9)
+    assert len(result.prompts) == 24 * 6
+    assert sorted({tuple(p["explanations"]) for p in result.prompts}) == sorted(itertools.permutations(range(4)))
+
+
+def test_explanation_orders_counts_and_seeded_sampling():
+    rng = random.Random(0)
+    assert explanation_orders(4, "none", None, 24, rng) == [()]
+    assert len(explanation_orders(4, "serial", None, 24, rng)) == 24
+    assert len(explanation_orders(4, "serial", 2, 24, rng)) == 12
+    assert explanation_orders(4, "parallel", None, 24, rng) == [(0,), (1,), (2,), (3,)]
+    assert explanation_orders(3, "serial", 7, 24, rng) == list(itertools.permutations(range(3)))  # k capped at n
+    settings = MJDSettings(mode="serial", max_orders=10, seed=3)
+    a, b = prompt_specs("item-a", 5, settings), prompt_specs("item-a", 5, settings)
+    assert a == b and len(a) == 10 * 6  # 5! = 120 orders > 10: a sample of 10, the same every time
+    orders = {s.explanations for s in a}
+    assert len(orders) == 10 and all(sorted(o) == list(range(5)) for o in orders)
+    assert {s.explanations for s in prompt_specs("item-b", 5, settings)} != orders  # per item
+    with pytest.raises(DataError, match="no explanations"):
+        explanation_orders(0, "serial", None, 24, rng)
+
+
+def test_to_label_order():
+    letter_scores = np.array([[1.0, 2.0, 3.0]] * 6)
+    out = to_label_order(letter_scores, OPTION_ORDERS)
+    # order (1, 2, 0) shows N at A, C at B, E at C: E gets C's score 3, N gets A's 1, C gets B's 2
+    assert out[OPTION_ORDERS.index((1, 2, 0))].tolist() == [3.0, 1.0, 2.0]
+    assert out[0].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_normalisations_hand_worked():
+    assert np.allclose(normalise([[2.0, 3.0, 5.0]], "p_norm"), [[0.2, 0.3, 0.5]])
+    e = math.e
+    expected = [e / (e + 1 + 1 / e), 1 / (e + 1 + 1 / e), (1 / e) / (e + 1 + 1 / e)]  # 0.6652, 0.2447, 0.0900
+    assert np.allclose(normalise([[20.0, 0.0, -20.0]], "p_softmax", temperature=20.0), [expected])
+    assert np.allclose(normalise([[math.log(1), math.log(2), math.log(3)]], "prob"), [[1 / 6, 2 / 6, 3 / 6]])
+    with pytest.raises(DataError) as err:
+        normalise([[2.0, -1.0, 5.0]], "p_norm")
+    assert "p_norm needs positive scores" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_p_norm_error_names_the_item():
+    item = _item()
+    with pytest.raises(DataError, match=r"item x1: field 'normalisation'"):
+        estimate_mjds([item], {item.id: []}, PreferLabel("Neutral"), MJDSettings(mode="none", normalisation="p_norm"),
+                      lambda t: t)
+
+
+def test_bad_settings_are_one_line_errors():
+    with pytest.raises(DataError, match="field 'mode'"):
+        MJDSettings(mode="sideways")
+    with pytest.raises(DataError, match="field 'normalisation'"):
+        MJDSettings(normalisation="p_max")
+
+
+def test_prefix_tree_covers_every_sequence_exactly():
+    rng = random.Random(1)
+    stems = [[rng.randrange(5) for _ in range(rng.randrange(1, 6))] for _ in range(6)]
+    seqs = list({tuple(a + b + c) for a in stems for b in stems[:3] for c in stems[:2] if a + b + c})
+
+    def walk(node, prefix, rebuilt):
+        tokens = prefix + node.tokens
+        for end in node.ends:
+            rebuilt[end] = tuple(tokens)
+        for child in node.children:
+            walk(child, tokens, rebuilt)
+        return rebuilt
+
+    for min_shared in (1, 3, 10**9):
+        rebuilt = {}
+        for root in build_prefix_tree(seqs, min_shared):
+            walk(root, [], rebuilt)
+        assert rebuilt == dict(enumerate(seqs))
+    assert all(not r.children for r in build_prefix_tree(seqs, 10**9))  # no reuse: every prompt whole
+
+
+# --- exactness on the tiny corpus LM ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lm(corpus_lm):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
+    model = AutoModelForCausalLM.from_pretrained(corpus_lm, dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+def _generate_step0(model, tokenizer, prompts, letter_ids, batch_size=20):
+    """The seed method: greedy `generate(..., output_scores=True)` in batches of 20, step-0 scores of the letters."""
+    import torch
+
+    rows = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(prompts[start : start + batch_size], add_special_tokens=False, padding=True,
+                          return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**batch, max_new_tokens=1, do_sample=False, output_scores=True,
+                                 return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+        rows.append(out.scores[0][:, letter_ids].float().numpy())
+    return np.concatenate(rows)
+
+
+@pytest.mark.slow
+def test_scores_equal_generate_step0_in_fp32(lm, corpus_lm):
+    from capo.inference.hf import HFBackend
+    from capo.mjd import chat_renderer, user_message
+
+    model, tokenizer = lm
+    items = load_nli341()[:3]
+    explanations = item_explanations(items, "human")
+    settings = MJDSettings(mode="serial", k=2, normalisation="prob")
+    render = chat_renderer(tokenizer)
+    prompts = [render(user_message(item, explanations[item.id], spec))
+               for item in items for spec in prompt_specs(item.id, 4, settings)]
+    letter_ids = letter_token_ids(tokenizer, prompts[0])
+    reference = _generate_step0(model, tokenizer, prompts, letter_ids)
+    ref_p = normalise(reference, "prob")
+
+    scorers = {
+        "prefix reuse (every shared segment)": HFScorer(model, tokenizer, batch_size=7, min_shared_tokens=1),
+        "prefix reuse (>= 16 tokens)": HFScorer(model, tokenizer, batch_size=16, min_shared_tokens=16),
+        "plain batched forward": HFScorer(model, tokenizer, batch_size=16, min_shared_tokens=10**9),
+        "backend (capo.inference.hf)": BackendScorer(HFBackend(str(corpus_lm), dtype="float32", batch_size=16)),
+    }
+    for name, scorer in scorers.items():
+        scores = scorer.score(prompts)
+        assert np.abs(normalise(scores, "prob") - ref_p).max() <= 1e-4, name
+        assert np.abs(normalise(scores, "p_softmax") - normalise(reference, "p_softmax")).max() <= 1e-4, name
+    reuse = scorers["prefix reuse (every shared segment)"].stats
+    assert reuse["computed_tokens"] < reuse["prompt_tokens"] / 3  # the prefixes really were shared
+
+    # and through the estimator: distributions equal those from the generate scores
+    results = estimate_mjds(items, explanations, scorers["prefix reuse (>= 16 tokens)"], settings, render)
+
+    class Replay:
+        def score(self, texts):
+            assert texts == prompts
+            return reference
+
+    expected = estimate_mjds(items, explanations, Replay(), settings, render)
+    assert np.abs(np.array([r.distribution for r in results]) - [r.distribution for r in expected]).max() <= 1e-4
+
+
+def test_letter_check(lm):
+    _, tokenizer = lm
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Answer:"}], tokenize=False,
+                                           add_generation_prompt=True)
+    ids = letter_token_ids(tokenizer, prompt)
+    assert len(set(ids)) == 3
+    with pytest.raises(DataError, match="same token"):
+        letter_token_ids(tokenizer, prompt, ["A", "B", "A"])
+    with pytest.raises(DataError, match="'Contradictorily' is not a single token"):
+        letter_token_ids(tokenizer, prompt, ["A", "B", "Contradictorily"])
+
+
+class Counting:
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def score(self, prompts):
+        self.calls += 1
+        return self.inner.score(prompts)
+
+
+@pytest.mark.slow
+def test_sharded_and_resumed_runs_equal_one_process(lm, tmp_path):
+    from capo.mjd import chat_renderer
+
+    model, tokenizer = lm
+    items = load_nli341()[:7]
+    explanations = item_explanations(items, "human")
+    settings = MJDSettings(mode="parallel", normalisation="p_softmax")
+    render = chat_renderer(tokenizer)
+    scorer = HFScorer(model, tokenizer, batch_size=8, min_shared_tokens=8)
+    run = lambda out, **kw: run_shard(out, items, explanations, scorer, settings, render, items_per_chunk=2, **kw)
+
+    run(tmp_path / "one")
+    one = merge_shards(tmp_path / "one", items, items_per_chunk=2)
+    for rank in (1, 0):
+        run(tmp_path / "two", rank=rank, world=2)
+    two = merge_shards(tmp_path / "two", items, items_per_chunk=2)
+    assert list(one) == [item.id for item in items] and one == two  # bitwise identical
+
+    # kill mid-write: cut the last chunk's last line in half; a restart recomputes only that chunk
+    shard = tmp_path / "one" / "shards" / "mjd-00000-of-00001.jsonl"
+    text = shard.read_text()
+    shard.write_text(text[: len(text) - 40])
+    with pytest.raises(DataError, match="not scored yet"):
+        merge_shards(tmp_path / "one", items, items_per_chunk=2)
+    counting = Counting(scorer)
+    run_shard(tmp_path / "one", items, explanations, counting, settings, render, items_per_chunk=2)
+    assert counting.calls == 1
+    assert merge_shards(tmp_path / "one", items, items_per_chunk=2) == one
+    assert len(shard.read_text().splitlines()) == len(items)  # no duplicates
+
+
+@pytest.mark.slow
+def test_recipe_end_to_end_and_eval_joins(corpus_lm, tmp_path, capsys):
+    out = tmp_path / "run"
+    result = run_script("recipes/mjd.py", "--config", "recipes/configs/mjd_tiny_parallel.yaml",
+                        "--model_name_or_path", corpus_lm, "--output_dir", out, "--limit", "5", "--explicit", "true",
+                        "--save_raw_scores", "true")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "mjd.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and all(abs(sum(r["distribution"]) - 1) < 1e-9 for r in rows)
+    raw = [json.loads(line) for line in (out / "raw_scores.jsonl").read_text().splitlines()]
+    assert len(raw[0]["prompts"]) == 4 * 6
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert manifest["config"]["settings"]["mode"] == "parallel" and manifest["config"]["settings"]["explicit"]
+    report = _script("eval/distributions.py").main(["--human", str(out / "human_chaosnli.jsonl"),
+                                                    "--model", str(out / "mjd.jsonl")])
+    assert 0 < report["mjd"]["jsd"] < 1 and 0 <= report["mjd"]["dcorr"] <= 1
+
+    # rerun with other settings into the same folder: refused before loading a model, one line, nothing overwritten
+    before = (out / "mjd.jsonl").read_bytes()
+    stderr = _fails(capsys, "--config", "recipes/configs/mjd_tiny_parallel.yaml", "--model_name_or_path", str(corpus_lm),
+                    "--output_dir", str(out), "--limit", "5")
+    assert "other settings (explicit)" in stderr and (out / "mjd.jsonl").read_bytes() == before
+
+
+def _script(path: str):
+    """A command-line script as a module, to call its `main(argv)` in-process (no interpreter start-up)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{path.replace('/', '_')[:-3]}", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fails(capsys, *argv: str) -> str:
+    """Run recipes/mjd.py in-process; it must exit 2 with exactly one `error:` line on stderr. Returns that line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        _script("recipes/mjd.py").main(list(argv))
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2 and stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    return stderr
+
+
+def test_recipe_bad_input_is_one_line(tmp_path, capsys):
+    stderr = _fails(capsys, "--config", "recipes/configs/mjd_tiny.yaml", "--output_dir", str(tmp_path / "x"),
+                    "--explanations", str(tmp_path / "missing.json"))
+    assert "missing.json" in stderr and "file not found" in stderr
+    stderr = _fails(capsys, "--config", "recipes/configs/mjd_tiny.yaml", "--output_dir", str(tmp_path / "x"),
+                    "--mode", "sideways")
+    assert "field 'mode'" in stderr
+    stderr = _fails(capsys, "--config", "recipes/configs/mjd_tiny.yaml", "--output_dir", str(tmp_path / "x"),
+                    "--model_name_or_path", str(tmp_path / "no-model"))
+    assert "cannot load model" in stderr and "no-model" in stderr
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())  # nothing written
