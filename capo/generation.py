@@ -278,12 +278,14 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
     `process_index` / `num_processes` default to accelerate's (`PartialState`); passing them simulates one process
     of a multi-process run.
     """
+    import torch
     from accelerate import PartialState
 
     from capo.inference import load_backend
     from capo.manifest import write_manifest
 
-    state = PartialState()
+    # cpu=True lets several CPU processes (torchrun / accelerate launch without GPUs) form a gloo group.
+    state = PartialState(cpu=not torch.cuda.is_available())
     index = state.process_index if process_index is None else process_index
     world = state.num_processes if num_processes is None else num_processes
     if args.backend == "vllm" and world > 1:
