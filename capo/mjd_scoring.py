@@ -111,7 +111,7 @@ class HFScorer:
         roots = build_prefix_tree(sequences, self.min_shared_tokens)
         self.stats = {"prompts": len(prompts), "distinct_prompts": len(sequences),
                       "prompt_tokens": sum(map(len, sequences)), "computed_tokens": 0, "padded_tokens": 0,
-                      "attended_pairs": 0, "forward_passes": 0}
+                      "attended_pairs": 0, "forward_passes": 0, "rows": 0}
         scores = np.full((len(sequences), len(self.letters)), np.nan)
         with torch.inference_mode():
             self._run(roots, None, scores)
@@ -159,6 +159,7 @@ class HFScorer:
                     scores[end] = letter_logits[r]
             real = int(seg_mask.sum())
             self.stats["forward_passes"] += 1
+            self.stats["rows"] += len(chunk)
             self.stats["computed_tokens"] += real
             self.stats["padded_tokens"] += seg_mask.numel() - real
             self.stats["attended_pairs"] += int((seg_mask.sum(1) * mask.sum(1)).sum())
