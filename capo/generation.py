@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from capo.errors import DataError
 from capo.inference.base import Backend
@@ -36,6 +37,15 @@ MERGED = "generations.jsonl"
 SHARD_DIR = "shards"
 # Test hook: SIGKILL this process right after writing this many shards (a real, uncatchable kill at a known point).
 KILL_AFTER_ENV = "CAPO_KILL_AFTER_SHARDS"
+
+
+class Keyed(Protocol):
+    """A unit of work: one output record, identified by `key`."""
+
+    item: Item
+
+    @property
+    def key(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -79,17 +89,21 @@ def _check_run_config(output_dir: Path, signature: dict, is_main: bool) -> None:
         write_json(path, signature)
 
 
-def _read_shard(path: Path, expected_keys: list[str]) -> list[dict]:
+def record_key(record: dict) -> str:
+    """The unit key a generation record answers (`Unit.key`)."""
+    return f"{record.get('id')}\t{record.get('annotator')}"
+
+
+def _read_shard(path: Path, expected_keys: list[str], key: Callable[[dict], str] = record_key) -> list[dict]:
     records = [row for _, row in iter_jsonl(path)]
-    keys = [f"{r.get('id')}\t{r.get('annotator')}" for r in records]
-    if keys != expected_keys:
+    if [key(r) for r in records] != expected_keys:
         raise DataError("shard does not hold the records this run expects (was the output_dir reused?)",
                         path=str(path))
     return records
 
 
 def run_sharded(
-    units: Sequence[Unit],
+    units: Sequence[Keyed],
     output_dir: str | Path,
     work: Callable[[Sequence[Unit]], list[dict]],
     *,
@@ -98,9 +112,11 @@ def run_sharded(
     process_index: int = 0,
     num_processes: int = 1,
     progress: Callable[[int, list[dict]], None] | None = None,
+    key: Callable[[dict], str] = record_key,
 ) -> list[int]:
     """Run `work` on this process's pending shards and write each atomically; returns the shard indices written.
 
+    Units are anything with a unique `.key` and an `.item`; `key(record)` gives the unit key a record answers.
     `progress(done_units, records)` is called after each shard (done_units counts this process's skipped ones too).
     """
     if shard_size < 1:
@@ -117,12 +133,12 @@ def run_sharded(
         chunk = units[k * shard_size : (k + 1) * shard_size]
         path = shard_path(output_dir, k)
         if path.exists():
-            _read_shard(path, [u.key for u in chunk])  # done: check it, skip it
+            _read_shard(path, [u.key for u in chunk], key)  # done: check it, skip it
             if progress:
                 progress(len(chunk), [])
             continue
         records = work(chunk)
-        if [f"{r['id']}\t{r['annotator']}" for r in records] != [u.key for u in chunk]:
+        if [key(r) for r in records] != [u.key for u in chunk]:
             raise RuntimeError("work() must return one record per unit, in unit order")
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         written.append(k)
@@ -133,7 +149,9 @@ def run_sharded(
     return written
 
 
-def merge_shards(units: Sequence[Unit], output_dir: str | Path, shard_size: int) -> Path | None:
+def merge_shards(
+    units: Sequence[Keyed], output_dir: str | Path, shard_size: int, key: Callable[[dict], str] = record_key
+) -> Path | None:
     """Concatenate the shards into `generations.jsonl` when all exist (else None: the run is not finished)."""
     output_dir = Path(output_dir)
     n_shards = (len(units) + shard_size - 1) // shard_size
@@ -142,7 +160,7 @@ def merge_shards(units: Sequence[Unit], output_dir: str | Path, shard_size: int)
         return None
     lines = []
     for k, path in enumerate(paths):
-        records = _read_shard(path, [u.key for u in units[k * shard_size : (k + 1) * shard_size]])
+        records = _read_shard(path, [u.key for u in units[k * shard_size : (k + 1) * shard_size]], key)
         lines.extend(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     atomic_write_text(output_dir / MERGED, "".join(lines))
     for stale in (output_dir / SHARD_DIR).glob(".shard-*.tmp"):  # left by a process killed mid-write
@@ -150,11 +168,11 @@ def merge_shards(units: Sequence[Unit], output_dir: str | Path, shard_size: int)
     return output_dir / MERGED
 
 
-def _digest(units: Sequence[Unit]) -> str:
-    """A fingerprint of the work list: item ids, their inputs and the annotators, in order."""
+def _digest(units: Sequence[Keyed]) -> str:
+    """A fingerprint of the work list: unit keys (item id and annotator) and the items' inputs, in order."""
     digest = hashlib.sha256()
     for unit in units:
-        digest.update(json.dumps([unit.key, unit.adapter, unit.item.inputs], sort_keys=True).encode())
+        digest.update(json.dumps([unit.key, unit.item.inputs], sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 

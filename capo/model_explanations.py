@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from capo.errors import DataError
@@ -166,3 +168,105 @@ def released_row(item: Item, pairs: Pairs, kind: str) -> dict:
         "hypothesis": item.inputs["hypothesis"],
         SET_KEYS[kind]: [[text, NLI.short[NLI.index(label)]] for text, label in pairs],
     }
+
+
+# --- generating the pools with an LLM -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelUnit:
+    """One generation: every explanation of one label for one item."""
+
+    item: Item
+    label: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.item.id}\t{self.label}"
+
+
+def _label_key(record: dict) -> str:
+    return f"{record.get('id')}\t{record.get('label')}"
+
+
+@dataclass
+class ModelExplanationArguments:
+    """Arguments of `recipes/model_explanations.py` (a `TrlParser` dataclass; YAML keys have the same names)."""
+
+    model: str = "models/corpus-lm"  # hub id or local folder of an instruction-following LLM
+    dataset: str = "nli341"  # NLI items; nli341 has the VariErr and MNLI label multisets for label-guided sets
+    output_dir: str = "runs/model_explanations"
+    limit: int | None = None  # only the first N items
+    backend: str = "hf"  # hf | vllm
+    dtype: str = "auto"
+    batch_size: int = 16
+    max_new_tokens: int = 256
+    shard_size: int = 48  # generations per shard (3 per item)
+    label_free_order: list[str] = field(default_factory=lambda: list(NLI.labels))
+    tensor_parallel_size: int = 1  # vLLM only
+
+
+def run_model_explanations(args: ModelExplanationArguments) -> dict:
+    """Generate every label's explanation list for every item (sharded, resumable), then write the six released-
+    format sets (`Label-Free-first.json`, ...) that `capo.loaders.load_model_explanations` reads."""
+    from capo.generation import MERGED, Progress, merge_shards, run_sharded
+    from capo.inference import load_backend
+    from capo.io import iter_jsonl, write_jsonl
+    from capo.loaders import load_dataset
+    from capo.manifest import write_manifest
+
+    items = load_dataset(args.dataset)
+    items = [item for item in items if item.task == "nli"][: args.limit]
+    if not items:
+        raise DataError("no NLI items to explain", path=args.dataset, field="dataset")
+    order = [NLI.normalise(label) for label in args.label_free_order]
+    units = [LabelUnit(item, label) for item in items for label in NLI.labels]
+    options = {"dtype": args.dtype}
+    options.update({"batch_size": args.batch_size} if args.backend == "hf" else
+                   {"tensor_parallel_size": args.tensor_parallel_size})
+    backend = load_backend(args.backend, args.model, None, **options)
+    render = lambda unit: backend.tokenizer.apply_chat_template(
+        explanation_messages(unit.item, unit.label), tokenize=False, add_generation_prompt=True)
+
+    def work(chunk: Sequence[LabelUnit]) -> list[dict]:
+        generations = backend.generate([render(u) for u in chunk], max_new_tokens=args.max_new_tokens)
+        return [
+            {"id": u.item.id, "label": u.label, "explanations": parse_explanation_list(g.text), "raw": g.text,
+             "model": backend.model_id, "prompt_tokens": g.prompt_tokens, "generated_tokens": g.generated_tokens}
+            for u, g in zip(chunk, generations, strict=True)
+        ]
+
+    signature = {key: getattr(args, key) for key in ("model", "dataset", "limit", "backend", "dtype", "batch_size",
+                                                        "max_new_tokens")}
+    progress = Progress(len(units), len(NLI.labels))
+    run_sharded(units, args.output_dir, work, signature=signature, shard_size=args.shard_size, progress=progress,
+                key=_label_key)
+    throughput = progress.close()
+    merge_shards(units, args.output_dir, args.shard_size, key=_label_key)
+    pools: dict[str, dict[str, list[str]]] = {}
+    for _, record in iter_jsonl(Path(args.output_dir) / MERGED):
+        pools.setdefault(record["id"], {})[record["label"]] = record["explanations"]
+    # A label with no parsable explanation leaves its item out of the sets (listed, never silently).
+    complete = [item for item in items if all(pools[item.id].get(label) for label in NLI.labels)]
+    kinds = ["label-free"]
+    if all(item.annotations for item in complete):
+        kinds.append("varierr")
+    if all(item.meta.get("mnli_counts") for item in complete):
+        kinds.append("mnli")
+    written = []
+    for kind in kinds:
+        for strategy in STRATEGIES:
+            rows = []
+            for item in complete:
+                labels = order if kind == "label-free" else label_multiset(item, kind)
+                rows.append(released_row(item, select(pools[item.id], labels, strategy, item.id), kind))
+            path = Path(args.output_dir) / SET_FILES[kind].format(strategy=strategy)
+            write_jsonl(path, rows)
+            written.append(path.name)
+    summary = {
+        "items": len(items), "generations": len(units), "throughput": throughput, "sets": written,
+        "items_left_out": sorted({item.id for item in items} - {item.id for item in complete}),
+        "explanations_per_label": round(sum(len(v) for p in pools.values() for v in p.values()) / len(units), 2),
+    }
+    write_manifest(args.output_dir, config=args, extra={"summary": summary})
+    return summary

@@ -140,3 +140,26 @@ def test_prompt_and_multiset_errors():
         label_multiset(bare, "mnli")
     with pytest.raises(DataError, match="unknown label multiset 'chaos'"):
         label_multiset(item, "chaos")
+
+
+@pytest.mark.slow
+def test_recipe_writes_loadable_sets_from_generated_lists(corpus_lm, tmp_path):
+    from capo.model_explanations import ModelExplanationArguments, run_model_explanations
+
+    out = tmp_path / "mx"
+    summary = run_model_explanations(ModelExplanationArguments(
+        model=str(corpus_lm), dataset="nli341", output_dir=str(out), limit=2, dtype="float32", max_new_tokens=24,
+        shard_size=4))
+    records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    items = load_nli341()[:2]
+    assert [(r["id"], r["label"]) for r in records] == [(i.id, lab) for i in items for lab in NLI.labels]
+    for record in records:
+        assert record["explanations"] == parse_explanation_list(record["raw"])
+    assert len(summary["sets"]) == 6
+    complete = [i for i in items if i.id not in summary["items_left_out"]]
+    assert complete, "the tiny LM gave no parsable list at all: nothing to check"
+    pools = {i.id: {r["label"]: r["explanations"] for r in records if r["id"] == i.id} for i in complete}
+    for item in complete:
+        for name, pairs in explanation_sets(item, pools[item.id]).items():
+            loaded = load_model_explanations(out / f"{name}.json")
+            assert loaded[item.id] == [(text.strip(), label) for text, label in pairs]

@@ -1,0 +1,41 @@
+"""Model explanations (ACL 2025): an LLM lists every explanation for each label of each item; the lists become the
+label-free and label-guided (VariErr / MNLI label multisets) `first` / `longest` sets, in the released files' format.
+
+    python recipes/model_explanations.py --config recipes/configs/model_explanations_tiny.yaml \\
+        --output_dir runs/model_explanations/tiny
+    python recipes/model_explanations.py --model meta-llama/Meta-Llama-3-8B-Instruct --dtype bfloat16 \\
+        --output_dir runs/model_explanations/llama3
+
+The output folder holds `generations.jsonl` (raw text and parsed list per item and label) and the sets
+(`Label-Free-first.json`, `VariErr-Label-Guided-longest.json`, ...) that `capo.loaders.load_model_explanations`
+and the MJD recipe read. A killed run started again with the same arguments skips the finished shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from trl import TrlParser
+
+from capo.cli import run_main
+from capo.errors import DataError
+from capo.model_explanations import ModelExplanationArguments, run_model_explanations
+
+
+@run_main
+def main(argv: list[str] | None = None) -> dict:
+    parser = TrlParser((ModelExplanationArguments,))
+    try:
+        (args,) = parser.parse_args_and_config(args=argv)
+    except (OSError, ValueError) as err:  # unreadable config, or keys that are not arguments
+        raise DataError(" ".join(str(err).split())) from None
+    summary = run_model_explanations(args)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
