@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--batch_size", type=int, default=64, help="our rows per forward pass")
+    parser.add_argument("--max_batch_tokens", type=int, help="our most padded new tokens per forward pass")
     parser.add_argument("--seed_batch_size", type=int, default=20)
     parser.add_argument("--min_shared_tokens", type=int, default=16)
     parser.add_argument("--seed_new_tokens", default="32,1", help="max_new_tokens values for the seed method")
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, dict] = {}
     ours_scores = {}
     for name, min_shared in (("ours (prefix reuse)", args.min_shared_tokens), ("ours (no prefix reuse)", 10**9)):
-        scorer = HFScorer(model, tokenizer, batch_size=args.batch_size, min_shared_tokens=min_shared)
+        scorer = HFScorer(model, tokenizer, batch_size=args.batch_size, min_shared_tokens=min_shared,
+                          max_batch_tokens=args.max_batch_tokens)
         scores, seconds = timed(lambda scorer=scorer: scorer.score(prompts), args.device, torch, args.repeats)
         stats = dict(scorer.stats)
         ours_scores[name] = scores
@@ -227,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "items": len(items), "prompts": len(prompts), "distinct_prompts": results["ours (prefix reuse)"]["stats"]["distinct_prompts"],
         "prompt_tokens_min_max_mean": [min(lengths), max(lengths), sum(lengths) / len(lengths)],
-        "mode": args.mode, "k": args.k, "batch_size": args.batch_size, "seed_batch_size": args.seed_batch_size,
+        "mode": args.mode, "k": args.k, "batch_size": args.batch_size,
+        "max_batch_tokens": args.max_batch_tokens, "seed_batch_size": args.seed_batch_size,
         "repeats": args.repeats, "peak_tflops": peak, "peak_source": peak_source, "reference_for_dp": reference, "results": results,
         "option_orders_per_item": len(set(spec_orders)),
     }

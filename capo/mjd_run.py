@@ -172,7 +172,8 @@ class MJDScriptArguments:
     engine: str = field(default="prefix_cache", metadata={"help": "prefix_cache (HF model, KV reuse) | backend"})
     backend: str = field(default="hf", metadata={"help": "engine backend: hf | vllm (capo.inference)"})
     min_shared_tokens: int = field(default=16, metadata={"help": "prefix_cache: shortest shared segment cached"})
-    batch_size: int = field(default=32, metadata={"help": "rows per forward pass"})
+    batch_size: int = field(default=32, metadata={"help": "most rows per forward pass"})
+    max_batch_tokens: int | None = field(default=None, metadata={"help": "prefix_cache: most padded new tokens per pass"})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
     chat_template: bool = field(default=True, metadata={"help": "render prompts with the tokenizer's chat template"})
     items_per_chunk: int = field(default=32, metadata={"help": "items per scorer call and per resumable unit"})
@@ -210,7 +211,8 @@ def _load_scorer(args: MJDScriptArguments, device):
     except (OSError, ValueError) as err:
         raise DataError(f"cannot load model: {' '.join(str(err).split())[:300]}", path=args.model_name_or_path) from None
     model.to(device).eval()
-    scorer = HFScorer(model, tokenizer, batch_size=args.batch_size, min_shared_tokens=args.min_shared_tokens)
+    scorer = HFScorer(model, tokenizer, batch_size=args.batch_size, min_shared_tokens=args.min_shared_tokens,
+                      max_batch_tokens=args.max_batch_tokens)
     return scorer, tokenizer
 
 
@@ -239,6 +241,7 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
     key = {"model": args.model_name_or_path, "dataset": args.dataset, "explanations": args.explanations,
            **asdict(settings), "engine": args.engine, "backend": args.backend, "dtype": args.dtype,
            "min_shared_tokens": args.min_shared_tokens, "batch_size": args.batch_size,
+           "max_batch_tokens": args.max_batch_tokens,
            "chat_template": args.chat_template, "items_per_chunk": args.items_per_chunk, "limit": args.limit}
     check_run_key(args.output_dir, key, record=False)  # before loading a model: fail fast
     state = PartialState()

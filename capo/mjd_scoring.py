@@ -88,10 +88,14 @@ class HFScorer:
     """Letter scores (raw logits) from a transformers causal LM, with prefix-tree KV-cache reuse."""
 
     def __init__(self, model, tokenizer, *, batch_size: int = 32, min_shared_tokens: int = 16,
-                 letters: Sequence[str] = OPTION_LETTERS) -> None:
+                 max_batch_tokens: int | None = None, letters: Sequence[str] = OPTION_LETTERS) -> None:
         if min_shared_tokens < 1:
             raise DataError(f"min_shared_tokens must be at least 1, got {min_shared_tokens}", field="min_shared_tokens")
+        if batch_size < 1:
+            raise DataError(f"batch_size must be at least 1, got {batch_size}", field="batch_size")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        # rows x padded segment width per forward pass: lets short segments (option suffixes) go in wide batches
+        self.max_batch_tokens = max_batch_tokens
         self.min_shared_tokens, self.letters = min_shared_tokens, tuple(letters)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stats: dict[str, int] = {}
@@ -126,6 +130,18 @@ class HFScorer:
                             "min_shared_tokens very large to score without it", field="min_shared_tokens")
         return DynamicCache([(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
 
+    def _batches(self, pairs: list[tuple[_Node, int]]):
+        """Consecutive runs of the length-sorted nodes: at most batch_size rows and max_batch_tokens padded tokens."""
+        start = 0
+        while start < len(pairs):
+            stop = start + 1
+            while stop < len(pairs) and stop - start < self.batch_size and (
+                self.max_batch_tokens is None or (stop + 1 - start) * len(pairs[stop][0].tokens) <= self.max_batch_tokens
+            ):
+                stop += 1
+            yield pairs[start:stop]
+            start = stop
+
     def _run(self, nodes: list[tuple[_Node, int]] | list[_Node], parent, scores: np.ndarray) -> None:
         """Encode `nodes` in length-sorted batches on top of `parent` = (cache, mask, lengths) or None; recurse."""
         import torch
@@ -133,8 +149,7 @@ class HFScorer:
         device = self.model.device
         pairs = [(n, -1) if isinstance(n, _Node) else n for n in nodes]
         pairs.sort(key=lambda pair: len(pair[0].tokens))
-        for start in range(0, len(pairs), self.batch_size):
-            chunk = pairs[start : start + self.batch_size]
+        for chunk in self._batches(pairs):
             width = len(chunk[-1][0].tokens)
             input_ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
             seg_mask = torch.zeros((len(chunk), width), dtype=torch.long)

@@ -27,7 +27,7 @@ from capo.mjd import (
 from capo.mjd_run import merge_shards, run_shard
 from capo.mjd_scoring import BackendScorer, HFScorer, build_prefix_tree
 from capo.schema import Item
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT
 
 NAMES = {"Entailment": 0, "Neutral": 1, "Contradiction": 2}
 
@@ -215,7 +215,8 @@ def test_scores_equal_generate_step0_in_fp32(lm, corpus_lm):
     ref_p = normalise(reference, "prob")
 
     scorers = {
-        "prefix reuse (every shared segment)": HFScorer(model, tokenizer, batch_size=7, min_shared_tokens=1),
+        "prefix reuse (every shared segment)": HFScorer(model, tokenizer, batch_size=64, min_shared_tokens=1,
+                                                                max_batch_tokens=300),
         "prefix reuse (>= 16 tokens)": HFScorer(model, tokenizer, batch_size=16, min_shared_tokens=16),
         "plain batched forward": HFScorer(model, tokenizer, batch_size=16, min_shared_tokens=10**9),
         "backend (capo.inference.hf)": BackendScorer(HFBackend(str(corpus_lm), dtype="float32", batch_size=16)),
@@ -295,10 +296,11 @@ def test_sharded_and_resumed_runs_equal_one_process(lm, tmp_path):
 @pytest.mark.slow
 def test_recipe_end_to_end_and_eval_joins(corpus_lm, tmp_path, capsys):
     out = tmp_path / "run"
-    result = run_script("recipes/mjd.py", "--config", "recipes/configs/mjd_tiny_parallel.yaml",
-                        "--model_name_or_path", corpus_lm, "--output_dir", out, "--limit", "5", "--explicit", "true",
-                        "--save_raw_scores", "true")
-    assert result.returncode == 0, result.stderr
+    summary = _script("recipes/mjd.py").main([
+        "--config", "recipes/configs/mjd_tiny_parallel.yaml", "--model_name_or_path", str(corpus_lm),
+        "--output_dir", str(out), "--limit", "5", "--explicit", "true", "--save_raw_scores", "true",
+    ])
+    assert summary["items"] == 5 and summary["processes"] == 1
     rows = [json.loads(line) for line in (out / "mjd.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and all(abs(sum(r["distribution"]) - 1) < 1e-9 for r in rows)
     raw = [json.loads(line) for line in (out / "raw_scores.jsonl").read_text().splitlines()]
