@@ -276,6 +276,6 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
         if items[0].distributions.get("chaosnli") is not None and all("chaosnli" in i.distributions for i in items):
             write_human(Path(args.output_dir) / "human_chaosnli.jsonl", items)
         write_manifest(args.output_dir, config={"args": args, "settings": settings}, data_files=data_files,
-                       seed=args.seed, extra={"summary": summary, "scorer_stats": getattr(scorer, "stats", {})})
+                       seed=args.seed, extra={"summary": summary, "scorer_stats": getattr(scorer, "totals", {})})
         log(f"MJDs for {len(items)} items -> {Path(args.output_dir) / 'mjd.jsonl'} ({seconds:.1f}s)")
     return summary

@@ -98,7 +98,8 @@ class HFScorer:
         self.max_batch_tokens = max_batch_tokens
         self.min_shared_tokens, self.letters = min_shared_tokens, tuple(letters)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.stats: dict[str, int] = {}
+        self.stats: dict[str, int] = {}  # of the last `score` call
+        self.totals: dict[str, int] = {}  # summed over all calls
 
     def score(self, prompts: Sequence[str]) -> np.ndarray:
         import torch
@@ -119,6 +120,8 @@ class HFScorer:
         scores = np.full((len(sequences), len(self.letters)), np.nan)
         with torch.inference_mode():
             self._run(roots, None, scores)
+        for key, value in self.stats.items():
+            self.totals[key] = self.totals.get(key, 0) + value
         return scores[slot]
 
     def _gather(self, cache, rows):
