@@ -176,6 +176,17 @@ def _digest(units: Sequence[Keyed]) -> str:
     return digest.hexdigest()[:16]
 
 
+def _adapter_fingerprint(path: str) -> str:
+    """`path`, plus the hash of its weights when it is a local folder (hub ids are taken as they are)."""
+    from capo.manifest import file_sha256
+
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        weights = Path(path) / name
+        if weights.is_file():
+            return f"{path}@sha256:{file_sha256(weights)[:16]}"
+    return path
+
+
 def render_prompt(tokenizer, item: Item) -> str:
     """The explainer's prompt for an item, as in SFT/CAPO training (`capo.prompts.prompt_messages`, zero-shot)."""
     return tokenizer.apply_chat_template(prompt_messages(item), tokenize=False, add_generation_prompt=True)
@@ -322,7 +333,9 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
                    {"tensor_parallel_size": args.tensor_parallel_size})
     signature = {key: getattr(args, key) for key in ("model", "dataset", "split", "split_seed", "limit", "backend",
                                                         "dtype", "batch_size", "max_new_tokens")}
-    signature["annotators"] = {name: adapters.get(name) for name in annotators}
+    # An adapter retrained in place must not be mixed with records from its old weights.
+    signature["annotators"] = {name: _adapter_fingerprint(adapters[name]) if name in adapters else None
+                               for name in annotators}
     output_dir = Path(args.output_dir)
     n_shards = (len(units) + args.shard_size - 1) // args.shard_size
     _check_run_config(output_dir, {**signature, "shard_size": args.shard_size, "units": _digest(units)}, False)

@@ -127,3 +127,16 @@ def test_one_line_errors(argv, uninterrupted, tmp_path, capsys):
 
         item = load_varierr()[0]
         plan_units([item, item], {"base": None})
+
+
+def test_an_adapter_retrained_in_place_refuses_to_resume(corpus_lm, tmp_path, capsys):
+    adapter = make_adapter(corpus_lm, tmp_path / "A3", seed=3)
+    argv = ["--model", str(corpus_lm), "--limit", "1", "--adapters", f"A3={adapter}", "--dtype", "float32",
+            "--max_new_tokens", "4", "--output_dir", str(tmp_path / "out")]
+    main = _main()
+    assert main(argv)["merged"]
+    assert main(argv)["this_process"]["records"] == 0  # same weights: everything already done
+    make_adapter(corpus_lm, adapter, seed=4)
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "field 'annotators'" in capsys.readouterr().err

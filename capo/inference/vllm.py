@@ -97,7 +97,10 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         ids = self.candidate_ids(candidate_tokens)
-        top_k = max(self.score_top_k, len(ids))
+        top_k = self.score_top_k  # the engine refuses more than its max_logprobs, which is set to this
+        if len(ids) > top_k:
+            raise DataError(f"{len(ids)} candidates but only the top {top_k} log-probabilities are read; "
+                            "raise score_top_k", field="candidate_tokens")
         params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=top_k)
         unique = list(dict.fromkeys(prompts))
         outputs = self.llm.generate(self._prompts(unique), params, lora_request=self._request(adapter), use_tqdm=False)
