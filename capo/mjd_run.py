@@ -244,7 +244,9 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
            "max_batch_tokens": args.max_batch_tokens,
            "chat_template": args.chat_template, "items_per_chunk": args.items_per_chunk, "limit": args.limit}
     check_run_key(args.output_dir, key, record=False)  # before loading a model: fail fast
-    state = PartialState()
+    import torch
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only: torchrun/accelerate ranks meet over gloo
     hf_logging.disable_progress_bar()  # keep stderr for errors: one line each
     scorer, tokenizer = _load_scorer(args, state.device)
     render = chat_renderer(tokenizer, args.chat_template)

@@ -2,12 +2,14 @@
 over the 6 option orders and the explanation orders, one [E, N, C] distribution per item.
 
     python recipes/mjd.py --config recipes/configs/mjd_tiny.yaml --output_dir runs/mjd_tiny
-    accelerate launch --num_processes 2 recipes/mjd.py --config recipes/configs/mjd_tiny.yaml --output_dir DIR
+    accelerate launch --num_processes 2 recipes/mjd.py --config recipes/configs/mjd.yaml --output_dir DIR  # 2 GPUs
+    torchrun --nproc_per_node 2 recipes/mjd.py --config recipes/configs/mjd_tiny.yaml --output_dir DIR   # 2 CPU procs
     python eval/distributions.py --human DIR/human_chaosnli.jsonl --model DIR/mjd.jsonl
 
 Writes DIR/mjd.jsonl (`id`, `distribution`), DIR/human_chaosnli.jsonl (when the items carry ChaosNLI),
 optionally DIR/raw_scores.jsonl, per-process shards under DIR/shards/ and DIR/run_manifest.json. A killed run
-restarted with the same arguments resumes; under `accelerate launch` items are sharded across processes.
+restarted with the same arguments resumes; under `accelerate launch` / `torchrun` items are sharded across
+processes (fixed chunks, so the merged file is identical to a one-process run).
 """
 
 from __future__ import annotations
