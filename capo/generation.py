@@ -105,7 +105,7 @@ def _read_shard(path: Path, expected_keys: list[str], key: Callable[[dict], str]
 def run_sharded(
     units: Sequence[Keyed],
     output_dir: str | Path,
-    work: Callable[[Sequence[Unit]], list[dict]],
+    work: Callable[[Sequence[Keyed]], list[dict]],
     *,
     signature: dict,
     shard_size: int = 64,
@@ -187,9 +187,17 @@ def _adapter_fingerprint(path: str) -> str:
     return path
 
 
+def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
+    """Messages rendered with the tokenizer's chat template, ready for the assistant's turn."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("the model's tokenizer has no chat template (use an instruction-tuned model or add one)",
+                        path=getattr(tokenizer, "name_or_path", None), field="chat_template")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def render_prompt(tokenizer, item: Item) -> str:
     """The explainer's prompt for an item, as in SFT/CAPO training (`capo.prompts.prompt_messages`, zero-shot)."""
-    return tokenizer.apply_chat_template(prompt_messages(item), tokenize=False, add_generation_prompt=True)
+    return chat_prompt(tokenizer, prompt_messages(item))
 
 
 def explain_units(

@@ -209,7 +209,7 @@ class ModelExplanationArguments:
 def run_model_explanations(args: ModelExplanationArguments) -> dict:
     """Generate every label's explanation list for every item (sharded, resumable), then write the six released-
     format sets (`Label-Free-first.json`, ...) that `capo.loaders.load_model_explanations` reads."""
-    from capo.generation import MERGED, Progress, merge_shards, run_sharded
+    from capo.generation import MERGED, Progress, chat_prompt, merge_shards, run_sharded
     from capo.inference import load_backend
     from capo.io import iter_jsonl, write_jsonl
     from capo.loaders import load_dataset
@@ -225,8 +225,7 @@ def run_model_explanations(args: ModelExplanationArguments) -> dict:
     options.update({"batch_size": args.batch_size} if args.backend == "hf" else
                    {"tensor_parallel_size": args.tensor_parallel_size})
     backend = load_backend(args.backend, args.model, None, **options)
-    render = lambda unit: backend.tokenizer.apply_chat_template(
-        explanation_messages(unit.item, unit.label), tokenize=False, add_generation_prompt=True)
+    render = lambda unit: chat_prompt(backend.tokenizer, explanation_messages(unit.item, unit.label))
 
     def work(chunk: Sequence[LabelUnit]) -> list[dict]:
         generations = backend.generate([render(u) for u in chunk], max_new_tokens=args.max_new_tokens)

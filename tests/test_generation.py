@@ -140,3 +140,17 @@ def test_an_adapter_retrained_in_place_refuses_to_resume(corpus_lm, tmp_path, ca
     with pytest.raises(SystemExit):
         main(argv)
     assert "field 'annotators'" in capsys.readouterr().err
+
+
+def test_a_tokenizer_without_chat_template_is_a_one_line_error(corpus_lm):
+    from transformers import AutoTokenizer
+
+    from capo.generation import render_prompt
+    from capo.loaders import load_varierr
+
+    tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
+    item = load_varierr()[0]
+    assert render_prompt(tokenizer, item).endswith("<|assistant|>\n")
+    tokenizer.chat_template = None
+    with pytest.raises(DataError, match="no chat template"):
+        render_prompt(tokenizer, item)
