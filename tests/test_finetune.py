@@ -290,3 +290,36 @@ def test_comparison_table_says_when_no_source_beats_the_constants():
 
     better = aggregate([_run("chaosnli", 0, 0.20, 0.40)])
     assert "On test kl, beating the best constant predictor: chaosnli." in format_markdown(better)
+
+
+@pytest.mark.slow
+def test_first_stage_on_hard_labels_and_resume_after_a_stop(tmp_path, tiny_encoder):
+    hard = _write_jsonl(tmp_path / "nli.jsonl", [
+        {"pairID": str(k), "sentence1": f"premise {k}", "sentence2": f"hypothesis {k}", "gold_label": label}
+        for k, label in enumerate(["entailment", "neutral", "contradiction", "-"] * 4)
+    ])
+    out = tmp_path / "run"
+    args = _cpu_args(out, max_steps=2, per_device_train_batch_size=64, per_device_eval_batch_size=128,
+                     learning_rate=1e-3, eval_strategy="no", save_strategy="steps", save_steps=1, logging_steps=1)
+    script = FinetuneArguments(source="varierr_dist", model_name_or_path=tiny_encoder, max_length=32,
+                               first_stage_file=str(hard), first_stage_epochs=1)
+    logged: list[str] = []
+    first = finetune(script, args, log=logged.append)
+    assert any("first stage: 12 hard-label pairs" in line for line in logged)
+    assert (out / "first_stage" / "final" / "config.json").exists()
+    assert first["source"] == "varierr_dist" and first["best_checkpoint"] is None
+
+    # A second start in the same folder (as after a kill) skips the first stage and resumes from the checkpoint.
+    logged.clear()
+    again = finetune(script, args, log=logged.append)
+    assert any("first stage already done" in line for line in logged)
+    assert any(line.startswith("resuming from") and line.endswith("checkpoint-2") for line in logged)
+    assert again["test"] == pytest.approx(first["test"])
+
+
+def test_compare_rejects_an_unknown_source_in_one_line(tmp_path):
+    done = run_script("eval/finetune_compare.py", "--sources", "chaosnli,no_such_source", "--output_dir", tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "no_such_source" in done.stderr
+    assert "not a file and not a known source" in done.stderr
+    assert not (tmp_path / "comparison.md").exists()
