@@ -102,7 +102,8 @@ def training_distributions(source: str, items=None) -> dict[str, list[float]]:
     if missing or extra:
         example = f"e.g. {extra[0]!r} is not a training item" if extra else f"e.g. {missing[0]!r} is missing"
         raise DataError(
-            f"ids do not match the {len(wanted)} training items: {len(missing)} missing, {len(extra)} unknown, {example}",
+            f"ids do not match the {len(wanted)} training items: {len(missing)} missing, {len(extra)} unknown, "
+            + example,
             path=source,
             field="id",
         )
@@ -388,7 +389,8 @@ def finetune(script: FinetuneArguments, training_args, log=print) -> dict:
         "n_selection_dev": len(selection),
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "best_step": _checkpoint_step(trainer.state.best_model_checkpoint),
-        "best_selection_macro_f1": trainer.state.best_metric,
+        "selection_metric": training_args.metric_for_best_model,
+        "best_selection_value": trainer.state.best_metric,
         "global_step": trainer.state.global_step,
         "dev": score([e.distribution for e in dev], dev_pred),
         "test": score([e.distribution for e in test], test_pred),
@@ -425,8 +427,8 @@ def plot_training_curves(log_history: Sequence[Mapping], path: str | Path, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("loss", "train soft CE"), ("eval_loss", "dev soft CE"), ("eval_macro_f1", "dev macro-F1"),
-              ("eval_kl", "dev KL")]
+    panels = [("loss", "train soft CE"), ("eval_loss", "selection dev soft CE"),
+              ("eval_macro_f1", "selection dev macro-F1"), ("eval_kl", "selection dev KL")]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.0))
     for ax, (key, label) in zip(axes, panels):
         points = [(row["step"], row[key]) for row in log_history if key in row and "step" in row]
