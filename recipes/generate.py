@@ -5,6 +5,7 @@
         --adapters A1=runs/capo/nli/A1 A2=runs/capo/nli/A2 --dtype bfloat16 --output_dir runs/generate/llama
     accelerate launch --num_processes 4 recipes/generate.py --config ...   # items sharded across processes/GPUs
     torchrun --nproc_per_node 2 recipes/generate.py --config ...           # the same on CPU-only machines
+    (on CPU-only machines `accelerate launch` needs `--multi_gpu` to start more than one process)
 
 A killed run started again with the same arguments skips the finished shards and ends with exactly the records an
 uninterrupted run writes (`generations.jsonl`). See `capo.generation` for the output layout.
