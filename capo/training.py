@@ -71,6 +71,10 @@ class ExplainerScriptArguments:
     )
     ignore_bias_buffers: bool = field(default=False, metadata={"help": "DDP workaround for boolean buffers"})
 
+    def __post_init__(self) -> None:
+        if self.init_from not in INIT_FROM:
+            raise DataError(f"unknown init_from {self.init_from!r} (valid: {', '.join(INIT_FROM)})")
+
 
 def _limit(rows: list[dict], n: int | None) -> list[dict]:
     return rows if n is None else rows[:n]
@@ -172,7 +176,7 @@ def _finish(trainer, training_args, config: dict, extra: dict) -> dict:
         data_files = sorted(p for p in DATA_DIR.rglob("*.json") if p.name.startswith(("varierr", "VariErrNLI",
                                                                                        "Paraphrase")))
         write_manifest(out, config=config, data_files=data_files, seed=training_args.seed,
-                       extra={"metrics": metrics, **extra})
+                       extra={"metrics": metrics, "world_size": training_args.world_size, **extra})
     return metrics
 
 
@@ -221,8 +225,6 @@ def train_capo(script_args: ExplainerScriptArguments, capo_args: CapoArguments, 
     from trl import DPOTrainer
 
     _prepare(capo_args, training_args, model_args)
-    if script_args.init_from not in INIT_FROM:
-        raise DataError(f"unknown init_from {script_args.init_from!r} (valid: {', '.join(INIT_FROM)})")
     train, held = build_pair_datasets(capo_args)
     if held is None:
         training_args.eval_strategy = "no"

@@ -1,0 +1,161 @@
+"""SFT and CAPO recipes on the tiny corpus LM: loss goes down, adapters reload with PEFT, manifests and eval hooks,
+CAPO starts from the target's SFT adapter, resume after a kill, one-line errors, and a 2-process DDP run on CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_script
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--bf16", "false", "--gradient_checkpointing", "false", "--use_cpu", "true", "--report_to", "none",
+        "--disable_tqdm", "true", "--max_length", "256", "--lora_r", "8", "--lora_alpha", "16",
+        "--dataloader_num_workers", "0", "--logging_steps", "1", "--eval_strategy", "no"]
+
+
+def _sft_args(corpus_lm, out, *extra):
+    # Four rows in one batch: every step sees the same batch, so the loss must fall step after step.
+    return ["--model_name_or_path", corpus_lm, "--output_dir", out, "--annotator", "A2", *FAST,
+            "--max_train_rows", "4", "--max_eval_rows", "8", "--per_device_train_batch_size", "4",
+            "--learning_rate", "1e-2", "--lr_scheduler_type", "constant", "--max_steps", "8", "--save_strategy", "no", *extra]
+
+
+def _recipe(name: str):
+    """A recipe's module, loaded in-process (cheaper than a subprocess; the CLI path is covered by the others)."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fails(capsys, recipe: str, *argv) -> str:
+    capsys.readouterr()  # drop what earlier steps printed
+    with pytest.raises(SystemExit) as exit_info:
+        _recipe(recipe).main([str(a) for a in argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    return err
+
+
+def _losses(folder: Path) -> list[float]:
+    state = json.loads((folder / "trainer_state.json").read_text())
+    return [row["loss"] for row in state["log_history"] if "loss" in row]
+
+
+def _check_adapter(folder: Path, corpus_lm: Path) -> None:
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = PeftConfig.from_pretrained(folder)
+    assert not config.modules_to_save  # vLLM loads adapters without saved full modules
+    targets = {name.rsplit(".", 1)[-1] for name in config.target_modules}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= targets  # all-linear
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(corpus_lm), folder)
+    assert list(model.peft_config) == ["default"]
+    assert not (folder / "ref").exists()  # DPO's frozen reference copy is not saved as a second adapter
+
+
+@pytest.fixture(scope="module")
+def sft_run(corpus_lm, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sft") / "{task}" / "{annotator}"
+    result = run_script("recipes/sft.py", *_sft_args(corpus_lm, out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return Path(str(out).format(task="nli", annotator="A2"))
+
+
+def test_sft_learns_and_writes_adapter_manifest_and_eval_nll(sft_run, corpus_lm):
+    losses = _losses(sft_run)
+    assert len(losses) == 8 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1, losses
+    _check_adapter(sft_run, corpus_lm)
+    manifest = json.loads((sft_run / "run_manifest.json").read_text())
+    assert (manifest["stage"], manifest["annotator"], manifest["task"]) == ("sft", "A2", "nli")
+    assert manifest["train_rows"] == 4 and manifest["eval_rows"] == 8 and manifest["world_size"] == 1
+    assert manifest["config"]["model"]["model_name_or_path"] == str(corpus_lm)
+    assert manifest["config"]["training"]["completion_only_loss"] is True
+    assert manifest["data_files"] and manifest["packages"]["trl"]
+    assert 0 < manifest["metrics"]["eval_loss"] < 20  # held-out NLL on the target's dev responses
+
+
+def test_capo_from_sft_adapter(sft_run, corpus_lm, tmp_path, capsys):
+    out = tmp_path / "capo" / "{task}" / "{annotator}"
+    sft_template = str(sft_run).replace("/nli/A2", "/{task}/{annotator}")
+    result = run_script(
+        "recipes/capo.py", "--model_name_or_path", corpus_lm, "--output_dir", out, "--annotator", "A2", *FAST,
+        "--sft_adapter", sft_template, "--max_train_rows", "4", "--max_eval_rows", "8",
+        "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--max_steps", "6",
+        "--lr_scheduler_type", "constant",
+        "--loss_type", "sigmoid", "sft", "--loss_weights", "1.0", "0.2", "--save_strategy", "no",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "capo" / "nli" / "A2"
+    losses = _losses(folder)
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.05, losses
+    _check_adapter(folder, corpus_lm)
+    manifest = json.loads((folder / "run_manifest.json").read_text())
+    assert manifest["init_from"] == "sft" and manifest["sft_adapter"] == str(sft_run)
+    assert manifest["config"]["training"]["loss_type"] == ["sigmoid", "sft"]
+    metrics = manifest["metrics"]
+    assert 0 <= metrics["eval_rewards/accuracies"] <= 1 and "eval_rewards/margins" in metrics  # eval hook: dev pairs
+    # The reference is the SFT model: at the first step the policy equals it, so the DPO term is exactly log 2.
+    state = json.loads((folder / "trainer_state.json").read_text())
+    assert abs(state["log_history"][0]["rewards/margins"]) < 1e-4
+
+    wrong = _fails(capsys, "capo", "--model_name_or_path", corpus_lm, "--output_dir", tmp_path / "x",
+                   "--annotator", "A3", *FAST, "--sft_adapter", sft_run)
+    assert "is for A2 (nli), not A3" in wrong
+    missing = _fails(capsys, "capo", "--model_name_or_path", corpus_lm, "--output_dir", tmp_path / "x", *FAST,
+                     "--annotator", "A4", "--sft_adapter", tmp_path / "none")
+    assert "no SFT adapter for A4 (nli)" in missing and "--init_from base" in missing
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_annotator_and_task_are_one_line_errors(corpus_lm, tmp_path, capsys):
+    err = _fails(capsys, "sft", "--model_name_or_path", corpus_lm, "--output_dir", tmp_path, "--annotator", "B1")
+    assert err == "error: unknown annotator 'B1' (valid: A1, A2, A3, A4)"
+    err = _fails(capsys, "capo", "--config", ROOT / "recipes/configs/capo_tiny.yaml", "--task", "qa")
+    assert err == "error: unknown task 'qa' (valid: nli, paraphrase)"
+    err = _fails(capsys, "capo", "--config", ROOT / "recipes/configs/capo_tiny.yaml", "--init_from", "sft2")
+    assert err == "error: unknown init_from 'sft2' (valid: sft, base)"
+    assert not any(tmp_path.iterdir())
+
+
+def test_resume_after_kill_paraphrase(corpus_lm, tmp_path):
+    out = tmp_path / "run"
+    args = _sft_args(corpus_lm, out, "--task", "paraphrase", "--max_steps", "6", "--save_strategy", "steps",
+                     "--save_steps", "3")
+    sft = _recipe("sft")
+    sft.main([str(a) for a in args])
+    reference = _losses(out)
+    # Simulate a kill after step 3: only the first checkpoint survives, no final adapter or manifest.
+    for path in out.iterdir():
+        if path.name != "checkpoint-3":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    # A different seed would change a fresh run's first losses; a resumed run keeps them from the checkpoint.
+    sft.main([str(a) for a in args] + ["--seed", "7", "--resume_from_checkpoint", "true"])
+    resumed = _losses(out)
+    assert len(resumed) == 6 and resumed[:3] == reference[:3]
+    assert json.loads((out / "run_manifest.json").read_text())["task"] == "paraphrase"
+    _check_adapter(out, corpus_lm)
+
+
+def test_ddp_two_processes_on_cpu(corpus_lm, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(ROOT / "recipes/sft.py"), *map(str, _sft_args(corpus_lm, out, "--max_steps", "4"))]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert manifest["world_size"] == 2
+    assert len(_losses(out)) == 4
+    _check_adapter(out, corpus_lm)
