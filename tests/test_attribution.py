@@ -1,0 +1,116 @@
+"""Likelihood attribution: explanation token masks, batched scoring, win rates, bootstrap gains, and the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from conftest import ROOT, run_script
+
+from capo.attribution import (
+    Scored,
+    _explanation_mask,
+    control_annotator,
+    item_win_rates,
+    paired_gain,
+    score_annotations,
+)
+from capo.pairs import load_task_data
+
+
+def test_win_rates_count_ties_half_and_average_per_item():
+    scored = [
+        Scored("a", "A1", "neutral", -1.0), Scored("a", "A1", "entailment", -3.0),  # A1 gave two labels
+        Scored("a", "A2", "neutral", -2.0), Scored("a", "A3", "neutral", -1.0),
+        Scored("b", "A1", "neutral", -5.0), Scored("b", "A4", "neutral", -4.0),
+        Scored("c", "A2", "neutral", -1.0),  # no A1 response: not an item for A1
+    ]
+    rates = item_win_rates(scored, "A1")
+    assert rates == {"a": pytest.approx((1 + 0.5 + 0 + 0) / 4), "b": 0.0}
+    assert item_win_rates(scored, "A4") == {"b": 1.0}
+    assert control_annotator("A4") == "A1" and control_annotator("A2") == "A3"
+
+
+def test_paired_gain_interval():
+    base = {str(k): 0.5 for k in range(40)}
+    better = [{str(k): 0.5 + (0.4 if k % 2 else 0.0) for k in range(40)}]
+    result = paired_gain(better, base, seed=1)
+    assert result["gain"] == pytest.approx(0.2) and result["items"] == 40
+    assert result["low"] < 0.2 < result["high"] and result["low"] > 0.05
+    assert paired_gain(better, base, seed=1) == result  # seeded
+    same = paired_gain([base], base)
+    assert same["gain"] == same["low"] == same["high"] == 0.0
+
+
+def test_mask_and_batched_scores_match_a_direct_computation(corpus_lm):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
+    model = AutoModelForCausalLM.from_pretrained(corpus_lm)
+    items = load_task_data("nli").items("dev")[:3]
+    annotation = items[0].annotations[0]
+    ids, mask = _explanation_mask(tokenizer, items[0], annotation.label, annotation.explanation)
+    assert tokenizer.decode([t for t, m in zip(ids, mask) if m]) == " " + annotation.explanation + "<|end|>"
+    scored = score_annotations(model, tokenizer, items, batch_size=4)  # padded batches of unequal lengths
+    assert len(scored) == sum(len(i.annotations) for i in items)
+    for item, annotation, row in [(i, a, s) for i in items for a, s in zip(i.annotations, [
+            s for s in scored if s.item == i.id])][:5]:
+        ids, mask = _explanation_mask(tokenizer, item, annotation.label, annotation.explanation)
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1)
+        picked = [logprobs[k - 1, ids[k]].item() for k in range(1, len(ids)) if mask[k]]
+        assert row.annotator == annotation.annotator
+        assert row.score == pytest.approx(sum(picked) / len(picked), abs=1e-4)
+
+
+def _adapters(corpus_lm, root, zero: bool):
+    """A LoRA adapter per annotator: zero-initialised (identical to base) or random (a different model)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    for k, annotator in enumerate(("A1", "A2", "A3", "A4")):
+        import torch
+
+        torch.manual_seed(k)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(corpus_lm),
+                               LoraConfig(r=4, target_modules="all-linear", init_lora_weights=zero or False))
+        model.save_pretrained(root / "seed0" / "nli" / annotator)
+    return str(root / "seed{seed}" / "{task}" / "{annotator}")
+
+
+def test_cli_identity_adapters_gain_nothing_and_random_ones_differ(corpus_lm, tmp_path):
+    zero = _adapters(corpus_lm, tmp_path / "zero", zero=True)
+    noisy = _adapters(corpus_lm, tmp_path / "noisy", zero=False)
+    out = tmp_path / "report.json"
+    result = run_script("eval/attribution.py", "--model", corpus_lm, "--adapter", f"same={zero}",
+                        "--adapter", f"noisy={noisy}", "--splits", "dev", "--output", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["annotators"]) == {"A1", "A2", "A3", "A4"} and "| A1 |" in result.stdout
+    rates = []
+    for target, row in report["annotators"].items():
+        assert 0 < row["items"] <= 50
+        assert row["same"]["gain"]["gain"] == pytest.approx(0, abs=1e-9)
+        assert row["same"]["win_rate_mean"] == pytest.approx(row["base"])
+        assert row["same"]["control"]["model_of"] == control_annotator(target)
+        rates.append(row["noisy"]["win_rate_mean"] - row["base"])
+    assert any(abs(r) > 1e-3 for r in rates)
+
+
+
+def test_cli_errors_are_one_line(corpus_lm, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("eval_attribution", ROOT / "eval" / "attribution.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    for argv, expected in (
+        (["--adapter", f"x={tmp_path}/{{annotator}}"], "error: no adapter in 4 folder(s), first: "),
+        (["--splits", "train"], "error: attribution is measured on held-out items"),
+        (["--adapter", "sft"], "error: --adapter expects KIND=TEMPLATE"),
+        (["--annotators", "A0"], "error: unknown annotator 'A0'"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["--model", str(corpus_lm), *argv])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and err.startswith(expected) and len(err.splitlines()) == 1, err
