@@ -1,0 +1,195 @@
+"""CAPO training throughput: TRL `DPOTrainer` with its defaults vs capo's shared-prefix packed training.
+
+    python bench/train_throughput.py --model models/corpus-lm --pairs 256 [--json results/train_throughput.json]
+
+Same model, LoRA (r=16, all linear layers), pairs (one target annotator's VariErr training pairs, <= 3 per item),
+precision (bf16 autocast, TRL's default) and learning rate, one epoch each, each variant in its own process so peak
+memory (max RSS on CPU) is its own. TRL keeps its defaults: batch 8, gradient checkpointing on, a reference forward
+every step. Ours packs prompt | chosen | rejected_1..k once per group with a block mask and no padding, 8 pairs per
+step, no checkpointing. `wall` counts everything after the model is loaded: tokenisation, grouping, training.
+Per-pair losses of both implementations are compared on the same randomly initialised (non-zero) LoRA policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
+
+
+def _pairs(args) -> list[dict]:
+    from capo.pairs import capo_pairs, load_task_data
+
+    rows = capo_pairs(load_task_data("nli").items("train"), args.annotator, max_pairs_per_item=3)
+    return rows[: args.pairs]
+
+
+def _lora(init=True):
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM",
+                      init_lora_weights=init)
+
+
+def _tokens(rows, tokenizer) -> int:
+    from capo.pairs import split_prompt_completion
+
+    total = 0
+    for row in rows:
+        for side in ("chosen", "rejected"):
+            prompt, completion = split_prompt_completion(tokenizer, row["prompt"], row[side])
+            total += len(prompt) + len(completion)
+    return total
+
+
+def _trl_trainer(args, rows, out, init=True, model=None):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    config = DPOConfig(output_dir=out, use_cpu=True, per_device_train_batch_size=8, num_train_epochs=1,
+                       learning_rate=args.learning_rate, lr_scheduler_type="constant", report_to=[],
+                       save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
+                       seed=args.seed)
+    return DPOTrainer(model=model or args.model, args=config, train_dataset=Dataset.from_list(rows),
+                      processing_class=AutoTokenizer.from_pretrained(args.model), peft_config=_lora(init))
+
+
+def run_trl(args, rows) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(args.model)  # loading is outside the timing, as for ours
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        trainer = _trl_trainer(args, rows, out, model=model)
+        trainer.train()
+        wall = time.perf_counter() - start
+        losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+        return {"wall_s": wall, "steps": trainer.state.global_step, "losses": losses,
+                "gradient_checkpointing": trainer.args.gradient_checkpointing, "bf16": trainer.args.bf16}
+
+
+def run_packed(args, rows) -> dict:
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    from capo.training_packed import batches, dpo_sigmoid_losses, group_pairs, pack, pair_logps
+
+    set_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(args.model), _lora())
+    start = time.perf_counter()
+    groups = group_pairs(rows, tokenizer)
+    steps = [pack(batch) for batch in batches(groups, 8)]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
+    model.train()
+    losses, forwarded = [], 0
+    for packed in steps:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.no_grad(), model.disable_adapter():
+                reference = pair_logps(model, packed)
+            loss = dpo_sigmoid_losses(pair_logps(model, packed), reference, args.beta).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+        forwarded += packed["tokens"]
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "steps": len(steps), "losses": losses, "groups": len(groups),
+            "tokens_forwarded_per_pass": forwarded}
+
+
+def run_agreement(args, rows) -> dict:
+    """Per-pair DPO loss of TRL's own code vs the packed code, same random LoRA policy, fp32, base as reference."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from capo.training_packed import dpo_sigmoid_losses, group_pairs, pack, pair_logps
+
+    rows = rows[: args.agreement_pairs]
+    with tempfile.TemporaryDirectory() as out:
+        torch.manual_seed(args.seed)
+        trainer = _trl_trainer(args, rows, out, init=False)  # non-zero LoRA: policy differs from reference
+        trainer.model.eval()
+        trl_losses = []
+        with torch.no_grad():
+            for k in range(len(rows)):
+                trl_losses.append(trainer.compute_loss(trainer.model, trainer.data_collator([trainer.train_dataset[k]])).item())
+        lora_state = {k: v for k, v in trainer.model.state_dict().items() if "lora_" in k}
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(args.model), _lora(False))
+    missing = model.load_state_dict(lora_state, strict=False)
+    assert not missing.unexpected_keys
+    model.eval()
+    packed = pack(group_pairs(rows, AutoTokenizer.from_pretrained(args.model)))
+    with torch.no_grad():
+        with model.disable_adapter():
+            reference = pair_logps(model, packed)
+        ours = dpo_sigmoid_losses(pair_logps(model, packed), reference, args.beta)
+    by_row = dict(zip(packed["pair_rows"], ours.tolist(), strict=True))
+    diffs = [abs(by_row[k] - trl_losses[k]) for k in range(len(rows))]
+    return {"pairs": len(rows), "max_abs_diff": max(diffs), "mean_trl_loss": sum(trl_losses) / len(rows),
+            "mean_packed_loss": sum(by_row.values()) / len(rows)}
+
+
+VARIANTS = {"trl": run_trl, "packed": run_packed, "agreement": run_agreement}
+
+
+def child(args) -> None:
+    from transformers import AutoTokenizer
+
+    rows = _pairs(args)
+    result = VARIANTS[args.variant](args, rows)
+    result["pairs"] = result.get("pairs", len(rows))
+    if args.variant != "agreement":
+        result["pair_tokens"] = _tokens(rows, AutoTokenizer.from_pretrained(args.model))
+        result["pair_tokens_per_s"] = result["pair_tokens"] / result["wall_s"]
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models/corpus-lm")
+    parser.add_argument("--annotator", default="A2")
+    parser.add_argument("--pairs", type=int, default=256)
+    parser.add_argument("--agreement_pairs", type=int, default=32)
+    parser.add_argument("--learning_rate", type=float, default=5e-4)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="write the results as JSON")
+    args = parser.parse_args(argv)
+    if args.variant:
+        child(args)
+        return {}
+    results = {}
+    for variant in VARIANTS:
+        command = [sys.executable, __file__, "--variant", variant, *(argv if argv is not None else sys.argv[1:])]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode or not lines:
+            raise SystemExit(f"error: variant {variant} failed: {done.stderr.strip().splitlines()[-1:]}")
+        results[variant] = json.loads(lines[-1][len("RESULT "):])
+        print(variant, {k: v for k, v in results[variant].items() if k != "losses"}, flush=True)
+    trl, packed = results["trl"], results["packed"]
+    results["speedup_wall"] = trl["wall_s"] / packed["wall_s"]
+    results["memory_ratio"] = packed["peak_rss_mib"] / trl["peak_rss_mib"]
+    print(json.dumps({k: results[k] for k in ("speedup_wall", "memory_ratio")}))
+    if args.json:
+        from capo.io import write_json
+
+        write_json(args.json, results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
