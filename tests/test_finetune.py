@@ -62,6 +62,7 @@ def test_soft_cross_entropy_matches_a_hand_computation():
     assert metrics["soft_ce"] == pytest.approx(sum(by_hand) / 2, abs=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:reduction:UserWarning")  # torch warns that "mean" is not true KL
 def test_kl_and_kl_torch_mean_are_reported_under_their_own_names():
     import torch
     import torch.nn.functional as F
