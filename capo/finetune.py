@@ -349,14 +349,15 @@ def finetune(script: FinetuneArguments, training_args, log=print) -> dict:
     from capo.distributions import write_distributions
     from capo.manifest import write_manifest
 
-    output_dir = Path(training_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # All input is read and checked before anything is written, so bad input leaves no output folder behind.
     model_path = script.model_name_or_path or default_model_path()
     items = load_nli341()
     train = training_examples(script.source, items)
     dev, test = chaosnli_examples("dev"), chaosnli_examples("test")
     selection = select_subset(dev, script.selection_dev_size)
     ood = load_anli(script.ood_test_file) if script.ood_test_file else None
+    output_dir = Path(training_args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
 
     set_seed(training_args.seed)  # the new classification head is initialised from this seed
     model, tokenizer = _load_model(model_path)

@@ -137,7 +137,7 @@ def test_cli_rejects_a_distribution_file_whose_ids_do_not_match(tmp_path):
     error_lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1, done.stderr
     assert str(path) in error_lines[0] and "ids do not match" in error_lines[0] and "'not-an-item'" in error_lines[0]
-    assert not (out / "metrics.json").exists()
+    assert not out.exists()  # nothing written for bad input
 
 
 def test_anli_format_loader(tmp_path):
