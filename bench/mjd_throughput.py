@@ -97,18 +97,14 @@ def seed_method(model, tokenizer, prompts, letter_ids, max_new_tokens: int, batc
     return np.concatenate(rows), generated
 
 
-def timed(fn, device: str, torch, repeats: int = 1):
-    """(value, best wall time over `repeats` runs): the best run is the least disturbed on a shared machine."""
-    best = float("inf")
-    for _ in range(repeats):
-        if device != "cpu":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        value = fn()
-        if device != "cpu":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return value, best
+def timed(fn, device: str, torch):
+    if device != "cpu":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    value = fn()
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return value, time.perf_counter() - start
 
 
 @run_main
@@ -129,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--min_shared_tokens", type=int, default=16)
     parser.add_argument("--seed_new_tokens", default="32,1", help="max_new_tokens values for the seed method")
     parser.add_argument("--peak_tflops", type=float, help="peak for MFU (default: vendor table on GPU, matmul on CPU)")
-    parser.add_argument("--repeats", type=int, default=2, help="time each method this many times, keep the best")
+    parser.add_argument("--repeats", type=int, default=3, help="time each method this many times (round robin), keep the best")
     parser.add_argument("--output", default="runs/bench/mjd_throughput.json")
     args = parser.parse_args(argv)
 
@@ -166,24 +162,27 @@ def main(argv: list[str] | None = None) -> dict:
     HFScorer(model, tokenizer, batch_size=args.batch_size).score(prompts[:8])
     seed_method(model, tokenizer, prompts[:4], letter_ids, 2, args.seed_batch_size, torch)
 
-    results: dict[str, dict] = {}
-    ours_scores = {}
-    for name, min_shared in (("ours (prefix reuse)", args.min_shared_tokens), ("ours (no prefix reuse)", 10**9)):
-        scorer = HFScorer(model, tokenizer, batch_size=args.batch_size, min_shared_tokens=min_shared,
-                          max_batch_tokens=args.max_batch_tokens)
-        scores, seconds = timed(lambda scorer=scorer: scorer.score(prompts), args.device, torch, args.repeats)
-        stats = dict(scorer.stats)
-        ours_scores[name] = scores
-        results[name] = {"seconds": seconds, "prompts_per_s": len(prompts) / seconds, "flops": flops(model, stats),
-                         "stats": stats}
+    scorers = {name: HFScorer(model, tokenizer, batch_size=args.batch_size, min_shared_tokens=min_shared,
+                              max_batch_tokens=args.max_batch_tokens)
+               for name, min_shared in (("ours (prefix reuse)", args.min_shared_tokens),
+                                        ("ours (no prefix reuse)", 10**9))}
+    methods = {name: (lambda scorer=scorer: scorer.score(prompts)) for name, scorer in scorers.items()}
     for new_tokens in [int(x) for x in args.seed_new_tokens.split(",")]:
-        (scores, steps), seconds = timed(
-            lambda n=new_tokens: seed_method(model, tokenizer, prompts, letter_ids, n, args.seed_batch_size, torch),
-            args.device, torch, args.repeats)
-        ours_scores[f"seed generate, max_new_tokens={new_tokens}"] = scores
-        results[f"seed generate, max_new_tokens={new_tokens}"] = {"seconds": seconds,
-                                                                   "prompts_per_s": len(prompts) / seconds,
-                                                                   "decode_steps": steps}
+        methods[f"seed generate, max_new_tokens={new_tokens}"] = (
+            lambda n=new_tokens: seed_method(model, tokenizer, prompts, letter_ids, n, args.seed_batch_size, torch)[0])
+    # Round-robin repeats, best time per method: on a shared machine, load drifts; no method gets only bad rounds.
+    best: dict[str, float] = dict.fromkeys(methods, float("inf"))
+    ours_scores = {}
+    for _ in range(args.repeats):
+        for name, method in methods.items():
+            ours_scores[name], seconds = timed(method, args.device, torch)
+            best[name] = min(best[name], seconds)
+    results: dict[str, dict] = {}
+    for name, seconds in best.items():
+        results[name] = {"seconds": seconds, "prompts_per_s": len(prompts) / seconds}
+        if name in scorers:
+            stats = dict(scorers[name].stats)
+            results[name].update(flops=flops(model, stats), stats=stats)
 
     dtype = getattr(torch, args.dtype)
     if args.peak_tflops:
