@@ -212,7 +212,13 @@ def item_explanations(items: Sequence[Item], source: str | Mapping[str, Sequence
     missing = [item.id for item in items if item.id not in source]
     if missing:
         raise DataError(f"no explanations for {len(missing)} item(s)", item=missing[0], field="explanations")
-    return {item.id: [(text, NLI.normalise(label)) for text, label in source[item.id]] for item in items}
+    out = {}
+    for item in items:
+        try:
+            out[item.id] = [(text, NLI.normalise(label)) for text, label in source[item.id]]
+        except ValueError as err:
+            raise DataError(str(err), item=item.id, field="explanations") from None
+    return out
 
 
 def estimate_mjds(
