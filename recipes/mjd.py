@@ -3,7 +3,8 @@ over the 6 option orders and the explanation orders, one [E, N, C] distribution 
 
     python recipes/mjd.py --config recipes/configs/mjd_tiny.yaml --output_dir runs/mjd_tiny
     accelerate launch --num_processes 2 recipes/mjd.py --config recipes/configs/mjd.yaml --output_dir DIR  # 2 GPUs
-    torchrun --nproc_per_node 2 recipes/mjd.py --config recipes/configs/mjd_tiny.yaml --output_dir DIR   # 2 CPU procs
+    accelerate launch --multi_gpu --num_processes 2 recipes/mjd.py --config recipes/configs/mjd_tiny.yaml \
+        --output_dir DIR   # 2 CPU processes (gloo); torchrun --nproc_per_node 2 works too
     python eval/distributions.py --human DIR/human_chaosnli.jsonl --model DIR/mjd.jsonl
 
 Writes DIR/mjd.jsonl (`id`, `distribution`), DIR/human_chaosnli.jsonl (when the items carry ChaosNLI),
