@@ -116,6 +116,19 @@ def test_explanation_orders_counts_and_seeded_sampling():
         explanation_orders(0, "serial", None, 24, rng)
 
 
+def test_released_model_explanations_feed_the_prompts():
+    from capo.loaders import MODEL_EXPLANATIONS_DIR, load_model_explanations
+
+    items = load_nli341()
+    pairs = item_explanations(items, load_model_explanations(MODEL_EXPLANATIONS_DIR / "Llama3" / "Label-Free-first.json"))
+    assert set(pairs) == {item.id for item in items}
+    assert all(sorted(label for _, label in p) == ["contradiction", "entailment", "neutral"] for p in pairs.values())
+    specs = prompt_specs(items[0].id, len(pairs[items[0].id]), MJDSettings(mode="serial"))
+    assert len(specs) == 6 * 6  # 3! comment orders x 6 option orders
+    with pytest.raises(DataError, match=r"item .*: field 'explanations'"):
+        item_explanations(items, {items[0].id: [("why", "e")]})  # the other 340 items have none
+
+
 def test_to_label_order():
     letter_scores = np.array([[1.0, 2.0, 3.0]] * 6)
     out = to_label_order(letter_scores, OPTION_ORDERS)
@@ -227,6 +240,10 @@ def test_scores_equal_generate_step0_in_fp32(lm, corpus_lm):
         assert np.abs(normalise(scores, "p_softmax") - normalise(reference, "p_softmax")).max() <= 1e-4, name
     reuse = scorers["prefix reuse (every shared segment)"].stats
     assert reuse["computed_tokens"] < reuse["prompt_tokens"] / 3  # the prefixes really were shared
+    # identical prompts are computed once and get identical scores
+    repeated = scorers["prefix reuse (>= 16 tokens)"].score(prompts + prompts[:5])
+    assert scorers["prefix reuse (>= 16 tokens)"].stats["distinct_prompts"] == len(prompts)
+    assert np.array_equal(repeated[-5:], repeated[:5])
 
     # and through the estimator: distributions equal those from the generate scores
     results = estimate_mjds(items, explanations, scorers["prefix reuse (>= 16 tokens)"], settings, render)
