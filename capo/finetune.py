@@ -282,6 +282,11 @@ class FinetuneArguments:
     ood_test_file: str | None = field(
         default=None, metadata={"help": "also score the final model on this ANLI-format test file"}
     )
+    eval_only: bool = field(
+        default=False,
+        metadata={"help": "no training: score model_name_or_path (e.g. a run's best_model folder) on dev, test and "
+                  "--ood_test_file as it is"},
+    )
 
 
 def _load_model(path: str, num_labels: int = 3):
@@ -340,7 +345,10 @@ def predict(trainer, examples: Sequence[Example], tokenizer, max_length: int) ->
 def finetune(script: FinetuneArguments, training_args, log=print) -> dict:
     """Train on `script.source`, keep the best checkpoint by dev macro-F1, score dev and test once; return metrics.
 
-    Writes into `training_args.output_dir`: checkpoints (a killed run resumes from the last one), `metrics.json`,
+    With `script.eval_only`, nothing is trained: `script.model_name_or_path` is scored as it is (out-of-distribution
+    scoring of an already fine-tuned classifier); the constants still use `script.source`'s training mean.
+    Writes into `training_args.output_dir`: checkpoints (a killed run resumes from the last one), `best_model/`
+    (the selected model), `metrics.json`,
     `predictions_{dev,test}.jsonl` (distribution files), `training_curves.png` and `run_manifest.json`.
     """
     from transformers import DataCollatorWithPadding, set_seed
@@ -361,7 +369,7 @@ def finetune(script: FinetuneArguments, training_args, log=print) -> dict:
 
     set_seed(training_args.seed)  # the new classification head is initialised from this seed
     model, tokenizer = _load_model(model_path)
-    if script.first_stage_file:
+    if script.first_stage_file and not script.eval_only:
         _first_stage(model, tokenizer, script, training_args, log)
 
     trainer = soft_label_trainer_class()(
@@ -373,11 +381,13 @@ def finetune(script: FinetuneArguments, training_args, log=print) -> dict:
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
     )
-    last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
-    if last:
-        log(f"resuming from {last}")
-    log(f"training on {source_name(script.source)}: {len(train)} items; selecting on {len(selection)} dev items")
-    trainer.train(resume_from_checkpoint=last)
+    if not script.eval_only:
+        last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
+        if last:
+            log(f"resuming from {last}")
+        log(f"training on {source_name(script.source)}: {len(train)} items; selecting on {len(selection)} dev items")
+        trainer.train(resume_from_checkpoint=last)
+        trainer.save_model(str(output_dir / "best_model"))  # the selected model, loadable by from_pretrained
 
     dev_pred = predict(trainer, dev, tokenizer, script.max_length)
     test_pred = predict(trainer, test, tokenizer, script.max_length)  # scored once, with the selected model
@@ -385,6 +395,7 @@ def finetune(script: FinetuneArguments, training_args, log=print) -> dict:
         "source": source_name(script.source),
         "source_arg": script.source,
         "model": model_path,
+        "eval_only": script.eval_only,
         "seed": training_args.seed,
         "n_train": len(train),
         "n_selection_dev": len(selection),
@@ -402,9 +413,10 @@ def finetune(script: FinetuneArguments, training_args, log=print) -> dict:
         metrics["ood"] = {"file": script.ood_test_file, **score([e.distribution for e in ood], ood_pred)}
     write_distributions(output_dir / "predictions_dev.jsonl", {e.id: p for e, p in zip(dev, dev_pred)})
     write_distributions(output_dir / "predictions_test.jsonl", {e.id: p for e, p in zip(test, test_pred)})
-    plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png",
-                         title=f"{metrics['source']} seed {training_args.seed}")
-    write_json(output_dir / "log_history.json", trainer.state.log_history)
+    if not script.eval_only:
+        plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png",
+                             title=f"{metrics['source']} seed {training_args.seed}")
+        write_json(output_dir / "log_history.json", trainer.state.log_history)
     data_files = [p for p in (script.source, script.first_stage_file, script.ood_test_file) if p and Path(p).exists()]
     write_manifest(output_dir, config={"script": script, "training": training_args}, seed=training_args.seed,
                    data_files=data_files + [str(CHAOS_DIR / "dev.json"), str(CHAOS_DIR / "test.json")])

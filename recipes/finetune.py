@@ -3,6 +3,9 @@
     python recipes/finetune.py --source chaosnli --output_dir runs/ft/chaosnli
     python recipes/finetune.py --config recipes/configs/finetune_cpu.yaml --source path/to/mjd.jsonl \\
         --output_dir runs/ft/mjd --seed 1 --max_steps 10
+    # out of distribution: score a fine-tuned classifier (a run's best_model/) on an ANLI-format test file
+    python recipes/finetune.py --eval_only true --model_name_or_path runs/ft/chaosnli/best_model \
+        --ood_test_file anli_r1_test.jsonl --output_dir runs/ft/chaosnli_anli_r1
 
 Defaults are the papers' settings (`capo.finetune.PAPER_TRAINING_DEFAULTS`); a `--config` YAML replaces them, and
 every `transformers.TrainingArguments` field given on the command line wins over both. A killed run resumes from

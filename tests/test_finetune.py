@@ -255,6 +255,14 @@ def test_best_checkpoint_is_selected_by_dev_macro_f1_and_test_scored_once(tmp_pa
 
     assert len(read_distributions(out / "predictions_test.jsonl")) == 629
 
+    # The saved best_model is the selected one: scoring it alone (the out-of-distribution path) gives the same numbers.
+    rescored = finetune(FinetuneArguments(source="chaosnli", model_name_or_path=str(out / "best_model"), max_length=64,
+                                          ood_test_file=str(anli), eval_only=True),
+                        _cpu_args(tmp_path / "rescore", per_device_eval_batch_size=128), log=lambda *_: None)
+    assert rescored["eval_only"] and rescored["global_step"] == 0
+    assert rescored["dev"]["macro_f1"] == pytest.approx(max(scores), abs=1e-6)
+    assert rescored["test"] == pytest.approx(metrics["test"]) and rescored["ood"] == pytest.approx(metrics["ood"])
+
 
 def metrics_history(out):
     return json.loads((out / "log_history.json").read_text())
