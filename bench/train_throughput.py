@@ -5,9 +5,10 @@
 Same model, LoRA (r=16, all linear layers), pairs (one target annotator's VariErr training pairs, <= 3 per item),
 precision (bf16 autocast, TRL's default) and learning rate, one epoch each, each variant in its own process so peak
 memory (max RSS on CPU) is its own. TRL keeps its defaults: batch 8, gradient checkpointing on, a reference forward
-every step. Ours packs prompt | chosen | rejected_1..k once per group with a block mask and no padding, 8 pairs per
+every step (and once more without checkpointing, for reference). Ours packs prompt | chosen | rejected_1..k once per group with a block mask and no padding, 8 pairs per
 step, no checkpointing. `wall` counts everything after the model is loaded: tokenisation, grouping, training.
-Per-pair losses of both implementations are compared on the same randomly initialised (non-zero) LoRA policy.
+Per-pair losses of both implementations are compared on the same randomly initialised (non-zero) LoRA policy, and
+each trained adapter's mean DPO loss on the target's dev pairs is measured with one scorer.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -49,7 +51,29 @@ def _tokens(rows, tokenizer) -> int:
     return total
 
 
-def _trl_trainer(args, rows, out, init=True, model=None):
+def _peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (training variants read it before the held-out scoring)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def held_out_loss(model, args) -> float:
+    """Mean DPO loss on the target's dev pairs (reference = adapters disabled), fp32, one scorer for every variant."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from capo.pairs import capo_pairs, load_task_data
+    from capo.training_packed import dpo_sigmoid_losses, group_pairs, pack, pair_logps
+
+    rows = capo_pairs(load_task_data("nli").items("dev"), args.annotator, max_pairs_per_item=3)
+    packed = pack(group_pairs(rows, AutoTokenizer.from_pretrained(args.model)))
+    model.eval()
+    with torch.no_grad():
+        with model.disable_adapter():
+            reference = pair_logps(model, packed)
+        return dpo_sigmoid_losses(pair_logps(model, packed), reference, args.beta).mean().item()
+
+
+def _trl_trainer(args, rows, out, init=True, model=None, gradient_checkpointing=True):
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
@@ -57,22 +81,22 @@ def _trl_trainer(args, rows, out, init=True, model=None):
     config = DPOConfig(output_dir=out, use_cpu=True, per_device_train_batch_size=8, num_train_epochs=1,
                        learning_rate=args.learning_rate, lr_scheduler_type="constant", report_to=[],
                        save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
-                       seed=args.seed)
+                       seed=args.seed, gradient_checkpointing=gradient_checkpointing)
     return DPOTrainer(model=model or args.model, args=config, train_dataset=Dataset.from_list(rows),
                       processing_class=AutoTokenizer.from_pretrained(args.model), peft_config=_lora(init))
 
 
-def run_trl(args, rows) -> dict:
+def run_trl(args, rows, gradient_checkpointing: bool = True) -> dict:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(args.model)  # loading is outside the timing, as for ours
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        trainer = _trl_trainer(args, rows, out, model=model)
+        trainer = _trl_trainer(args, rows, out, model=model, gradient_checkpointing=gradient_checkpointing)
         trainer.train()
         wall = time.perf_counter() - start
         losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-        return {"wall_s": wall, "steps": trainer.state.global_step, "losses": losses,
+        return {"wall_s": wall, "peak_rss_mib": _peak_rss_mib(), "held_out_loss": held_out_loss(trainer.model, args), "steps": trainer.state.global_step, "losses": losses,
                 "gradient_checkpointing": trainer.args.gradient_checkpointing, "bf16": trainer.args.bf16}
 
 
@@ -88,8 +112,11 @@ def run_packed(args, rows) -> dict:
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(args.model), _lora())
     start = time.perf_counter()
     groups = group_pairs(rows, tokenizer)
+    random.Random(args.seed).shuffle(groups)  # as the Trainer shuffles pairs; pairs of a group stay together
     steps = [pack(batch) for batch in batches(groups, 8)]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
+    # The Trainer's optimiser settings: AdamW without weight decay, gradients clipped to norm 1.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=0.0)
     model.train()
     losses, forwarded = [], 0
     for packed in steps:
@@ -98,12 +125,13 @@ def run_packed(args, rows) -> dict:
                 reference = pair_logps(model, packed)
             loss = dpo_sigmoid_losses(pair_logps(model, packed), reference, args.beta).mean()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
         forwarded += packed["tokens"]
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "steps": len(steps), "losses": losses, "groups": len(groups),
+    return {"wall_s": wall, "peak_rss_mib": _peak_rss_mib(), "held_out_loss": held_out_loss(model, args), "steps": len(steps), "losses": losses, "groups": len(groups),
             "tokens_forwarded_per_pass": forwarded}
 
 
@@ -140,7 +168,8 @@ def run_agreement(args, rows) -> dict:
             "mean_packed_loss": sum(by_row.values()) / len(rows)}
 
 
-VARIANTS = {"trl": run_trl, "packed": run_packed, "agreement": run_agreement}
+VARIANTS = {"trl": run_trl, "trl_no_checkpointing": lambda args, rows: run_trl(args, rows, False),
+            "packed": run_packed, "agreement": run_agreement}
 
 
 def child(args) -> None:
@@ -152,7 +181,7 @@ def child(args) -> None:
     if args.variant != "agreement":
         result["pair_tokens"] = _tokens(rows, AutoTokenizer.from_pretrained(args.model))
         result["pair_tokens_per_s"] = result["pair_tokens"] / result["wall_s"]
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result.setdefault("peak_rss_mib", _peak_rss_mib())
     print("RESULT " + json.dumps(result))
 
 
@@ -182,8 +211,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(variant, {k: v for k, v in results[variant].items() if k != "losses"}, flush=True)
     trl, packed = results["trl"], results["packed"]
     results["speedup_wall"] = trl["wall_s"] / packed["wall_s"]
+    results["speedup_wall_vs_no_checkpointing"] = results["trl_no_checkpointing"]["wall_s"] / packed["wall_s"]
     results["memory_ratio"] = packed["peak_rss_mib"] / trl["peak_rss_mib"]
-    print(json.dumps({k: results[k] for k in ("speedup_wall", "memory_ratio")}))
+    for variant in ("trl", "trl_no_checkpointing", "packed"):
+        results[variant]["mean_loss"] = sum(results[variant]["losses"]) / len(results[variant]["losses"])
+    print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}))
     if args.json:
         from capo.io import write_json
 

@@ -38,3 +38,42 @@ def test_packed_logps_match_separate_sequences(corpus_lm):
     steps = batches(groups, 4)
     assert all(sum(len(g.pairs) for g in step) >= 4 for step in steps[:-1])
     assert sum(len(g.pairs) for step in steps for g in step) == len(rows)
+
+
+def test_packed_gradients_equal_per_pair_gradients(corpus_lm):
+    """Sharing the prompt and chosen forward passes changes nothing about the DPO gradient of a batch."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(corpus_lm),
+                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    rows = capo_pairs(load_task_data("nli").items("train")[:4], "A1", rejected_valid="any")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def gradients(loss):
+        model.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in trainable]
+
+    packed = pack(group_pairs(rows, tokenizer))
+    with torch.no_grad(), model.disable_adapter():
+        reference = pair_logps(model, packed)
+    shared = gradients(dpo_sigmoid_losses(pair_logps(model, packed), reference, 0.1).mean())
+
+    def logp(prompt, completion):
+        logps = torch.log_softmax(model(torch.tensor([prompt + completion])).logits[0].float(), -1)
+        return sum(logps[len(prompt) + i - 1, t] for i, t in enumerate(completion))
+
+    losses = []
+    for k, row in enumerate(packed["pair_rows"]):
+        prompt, c = split_prompt_completion(tokenizer, rows[row]["prompt"], rows[row]["chosen"])
+        _, r = split_prompt_completion(tokenizer, rows[row]["prompt"], rows[row]["rejected"])
+        ref = (reference[0][k : k + 1], reference[1][k : k + 1])
+        losses.append(dpo_sigmoid_losses((logp(prompt, c)[None], logp(prompt, r)[None]), ref, 0.1))
+    separate = gradients(torch.cat(losses).mean())
+    for a, b in zip(shared, separate, strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-3)
+    assert any(a.abs().max() > 1e-6 for a in shared)
