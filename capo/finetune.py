@@ -463,9 +463,18 @@ def plot_training_curves(log_history: Sequence[Mapping], path: str | Path, title
 # --- comparison table ------------------------------------------------------------------------------------------
 
 
-def aggregate(runs: Sequence[Mapping]) -> dict[str, dict[str, dict[str, tuple[float, float, int]]]]:
+def reference_constants() -> dict[str, dict[str, float]]:
+    """split -> scores of always predicting the mean ChaosNLI HJD of the 341 training items: the constant every
+    table includes, so a source is never judged only against its own (possibly far worse) training mean."""
+    train = training_examples("chaosnli")
+    return {split: constant_scores(train, chaosnli_examples(split))["train_mean"] for split in ("dev", "test")}
+
+
+def aggregate(runs: Sequence[Mapping], reference: Mapping | None = None
+              ) -> dict[str, dict[str, dict[str, tuple[float, float, int]]]]:
     """row name -> split -> metric -> (mean, sd, n) over seeds. Rows: each trained source, then the constants
-    (uniform once; the training mean once per source, since each source has its own mean)."""
+    (uniform once; the training mean once per source, since each source has its own mean; and `reference`, the
+    ChaosNLI training mean from `reference_constants()`, as `train_mean[chaosnli]` when no run already gave it)."""
     rows: dict[str, dict[str, dict[str, list[float]]]] = {}
 
     def add(name: str, split: str, values: Mapping[str, float]) -> None:
@@ -485,6 +494,9 @@ def aggregate(runs: Sequence[Mapping]) -> dict[str, dict[str, dict[str, tuple[fl
             if "uniform" not in rows or split not in rows["uniform"]:
                 add("uniform", split, run["constants"][split]["uniform"])
             add(f"train_mean[{run['source']}]", split, run["constants"][split]["train_mean"])
+    if reference is not None and "train_mean[chaosnli]" not in rows:
+        for split in ("dev", "test"):
+            add("train_mean[chaosnli]", split, reference[split])
     out = {}
     for name, splits in rows.items():
         out[name] = {
@@ -508,14 +520,24 @@ def beats_constants(table: Mapping, split: str = "test", metric: str = "kl") -> 
 
 
 def verdict(table: Mapping, split: str = "test") -> str:
-    """One sentence per headline metric saying which trained sources (if any) beat every constant predictor."""
+    """One sentence per headline metric naming the best constant predictor and which trained sources (if any) beat
+    it, with the margin next to the spread over seeds (a margin inside the sd is no evidence of learning)."""
     lines = []
     for metric in ("kl", "macro_f1"):
+        sign = -1 if metric in HIGHER_IS_BETTER else 1
+        best_name = min((n for n in table if is_constant_row(n)), key=lambda n: sign * table[n][split][metric][0])
+        best = table[best_name][split][metric][0]
+        head = f"On {split} {metric}, the best constant predictor is {best_name} ({best:.4f})"
         winners = [name for name, ok in beats_constants(table, split, metric).items() if ok]
-        if winners:
-            lines.append(f"On {split} {metric}, beating the best constant predictor: {', '.join(winners)}.")
-        else:
-            lines.append(f"On {split} {metric}, NO trained source beats the best constant predictor.")
+        if not winners:
+            lines.append(f"{head}; NO trained source beats it.")
+            continue
+        parts = []
+        for name in winners:
+            mean, sd, _ = table[name][split][metric]
+            spread = "" if math.isnan(sd) else f", sd over seeds {sd:.4f}"
+            parts.append(f"{name} (by {abs(mean - best):.4f}{spread})")
+        lines.append(f"{head}; beating it: {', '.join(parts)}.")
     return " ".join(lines)
 
 

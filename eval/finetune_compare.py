@@ -7,6 +7,7 @@
 Each run is `recipes/finetune.py` in its own process (its folder holds metrics, curves and a run manifest); finished
 runs are skipped, so a killed comparison continues where it stopped. Arguments this script does not know are passed
 to every run (e.g. `--max_steps 10`). Writes `comparison.md`, `comparison.csv` and `runs.json` into --output_dir.
+Constants on the same items: uniform, each source's training mean, and always the ChaosNLI training mean.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from capo.cli import run_main
 from capo.errors import DataError
-from capo.finetune import SOURCES, aggregate, format_csv, format_markdown, source_name
+from capo.finetune import SOURCES, aggregate, format_csv, format_markdown, reference_constants, source_name
 from capo.io import atomic_write_text, read_json, write_json
 from capo.manifest import write_manifest
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         runs.append(run_one(source, seed, output_dir / source_name(source) / f"seed{seed}", args.config, extra))
     wall = time.monotonic() - started
 
-    table = aggregate(runs)
+    table = aggregate(runs, reference=reference_constants())
     markdown = format_markdown(table)
     atomic_write_text(output_dir / "comparison.md", markdown)
     atomic_write_text(output_dir / "comparison.csv", format_csv(table))

@@ -291,14 +291,23 @@ def test_comparison_table_says_when_no_source_beats_the_constants():
     assert beats_constants(table, "test", "kl") == {"chaosnli": False, "mnli_onehot": False}
     assert beats_constants(table, "test", "macro_f1") == {"chaosnli": True, "mnli_onehot": True}
     markdown = format_markdown(table)
-    assert "On test kl, NO trained source beats the best constant predictor." in markdown
+    assert ("On test kl, the best constant predictor is train_mean[chaosnli] (0.3000); NO trained source beats it."
+            in markdown)
     assert "| train_mean[chaosnli] (constant) | 1 |" in markdown and "0.3400 ± 0.0141" in markdown
     csv_text = format_csv(table)
     assert csv_text.splitlines()[0].startswith("source,constant,split,n,accuracy_mean,accuracy_sd")
     assert len(csv_text.splitlines()) == 1 + 5 * 2
 
-    better = aggregate([_run("chaosnli", 0, 0.20, 0.40)])
-    assert "On test kl, beating the best constant predictor: chaosnli." in format_markdown(better)
+    better = aggregate([_run("chaosnli", 0, 0.20, 0.40), _run("chaosnli", 1, 0.22, 0.40)])
+    assert "On test kl, the best constant predictor is train_mean[chaosnli] (0.3000); beating it: chaosnli (by 0.0900, " \
+        "sd over seeds 0.0141)." in format_markdown(better)
+
+    # A source judged alone still faces the ChaosNLI training mean, not only its own training mean.
+    reference = {split: {m: 0.5 for m in METRICS} | {"kl": 0.25, "macro_f1": 0.2} for split in ("dev", "test")}
+    alone = aggregate([_run("mjd", 0, 0.29, 0.3, const_kl=0.295)], reference=reference)
+    assert "train_mean[chaosnli]" in alone and "train_mean[mjd]" in alone
+    assert beats_constants(alone, "test", "kl") == {"mjd": False}
+    assert aggregate(runs, reference=reference)["train_mean[chaosnli]"]["test"]["kl"][0] == pytest.approx(0.30)
 
 
 @pytest.mark.slow
