@@ -70,6 +70,11 @@ class ExplainerScriptArguments:
         default="runs/sft/{task}/{annotator}", metadata={"help": "SFT adapter folder ({task}, {annotator} filled in)"}
     )
     ignore_bias_buffers: bool = field(default=False, metadata={"help": "DDP workaround for boolean buffers"})
+    shared_prefix: bool = field(
+        default=False,
+        metadata={"help": "CAPO: pack prompt | chosen | rejected_1..k once per group (capo.training_packed); the "
+                          "batch size then counts groups of 1-3 pairs"},
+    )
 
     def __post_init__(self) -> None:
         if self.init_from not in INIT_FROM:
@@ -239,7 +244,14 @@ def train_capo(script_args: ExplainerScriptArguments, capo_args: CapoArguments, 
     else:
         training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
         model, peft_config = model_args.model_name_or_path, _lora_config(model_args)
-    trainer = DPOTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=held,
+    if script_args.shared_prefix:
+        from capo.training_packed import shared_prefix_dpo_trainer_class
+
+        trainer_class = shared_prefix_dpo_trainer_class()
+    else:
+        trainer_class = DPOTrainer
+    extra["shared_prefix"] = script_args.shared_prefix
+    trainer = trainer_class(model=model, args=training_args, train_dataset=train, eval_dataset=held,
                          processing_class=tokenizer, peft_config=peft_config)
     if script_args.ignore_bias_buffers:  # torch distributed hack, as in TRL's dpo script
         import torch

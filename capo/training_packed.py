@@ -132,3 +132,83 @@ def batches(groups: Sequence[PairGroup], pairs_per_step: int) -> list[list[PairG
     if current:
         out.append(current)
     return out
+
+
+def _group_rows(dataset, tokenizer):
+    """Pair rows -> one row per (prompt, chosen) group, in TRL's tokenised column names."""
+    from datasets import Dataset
+
+    groups = group_pairs(list(dataset), tokenizer)
+    return Dataset.from_list([{"prompt_ids": g.prompt, "chosen_ids": g.chosen, "rejected_ids": g.rejected,
+                               "pair_index": g.pairs} for g in groups])
+
+
+def collate_groups(rows: Sequence[dict]) -> dict:
+    """A batch of group rows -> one packed row (see `pack`)."""
+    groups = [PairGroup(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], r["pair_index"]) for r in rows]
+    packed = pack(groups)
+    packed["chosen_tokens"] = sum(len(g.chosen) * len(g.rejected) for g in groups)
+    return packed
+
+
+def shared_prefix_dpo_trainer_class():
+    """`DPOTrainer` subclass that trains on packed (prompt, chosen, rejected_1..k) groups.
+
+    A batch is `per_device_train_batch_size` *groups* (1-3 pairs each). Losses: `sigmoid`, optionally plus `sft`
+    (weighted by `loss_weights`), as TRL computes them; the reference is the frozen "ref" adapter (a copy of the
+    starting adapter) or the base model with adapters disabled. Built lazily so that importing this module does not
+    import TRL.
+    """
+    import torch
+    from trl import DPOTrainer
+    from trl.trainer.utils import use_adapter
+
+    class SharedPrefixDPOTrainer(DPOTrainer):
+        SUPPORTED = ("sigmoid", "sft")
+
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("data_collator", collate_groups)
+            super().__init__(*args, **kwargs)
+            unknown = [t for t in self.loss_types if t not in self.SUPPORTED]
+            if unknown or self.args.precompute_ref_log_probs or self.ld_alpha is not None:
+                raise DataError(f"shared-prefix training supports loss_type {' / '.join(self.SUPPORTED)} without "
+                                f"precomputed reference log-probs or ld_alpha, got {self.loss_types}")
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return _group_rows(dataset, processing_class)
+
+        def _set_signature_columns_if_needed(self):
+            if self._signature_columns is None:
+                self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids", "pair_index"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            chosen, rejected = pair_logps(model, inputs)
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            with torch.no_grad(), use_adapter(unwrapped, "ref" if "ref" in unwrapped.peft_config else None):
+                ref_chosen, ref_rejected = pair_logps(model, inputs)
+            margin = (chosen - ref_chosen) - (rejected - ref_rejected)
+            loss = 0.0
+            for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
+                if loss_type == "sigmoid":
+                    term = dpo_sigmoid_losses((chosen, rejected), (ref_chosen, ref_rejected), self.beta).mean()
+                else:  # "sft": mean NLL per chosen token, every pair's chosen counted, as TRL does
+                    term = -chosen.sum() / inputs["chosen_tokens"]
+                loss = loss + weight * term
+            gather = lambda t: self.accelerator.gather_for_metrics(t.detach()).float().mean().item()
+            chosen_rewards, rejected_rewards = self.beta * (chosen - ref_chosen), self.beta * (rejected - ref_rejected)
+            self._metrics[mode]["rewards/chosen"].append(gather(chosen_rewards))
+            self._metrics[mode]["rewards/rejected"].append(gather(rejected_rewards))
+            self._metrics[mode]["rewards/accuracies"].append(gather((margin > 0).float()))
+            self._metrics[mode]["rewards/margins"].append(gather(self.beta * margin))
+            self._metrics[mode]["logps/chosen"].append(gather(chosen))
+            self._metrics[mode]["logps/rejected"].append(gather(rejected))
+            return (loss, {"margin": margin}) if return_outputs else loss
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss = self.compute_loss(model, inputs)
+            return loss.detach(), None, None
+
+    return SharedPrefixDPOTrainer

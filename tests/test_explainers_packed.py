@@ -77,3 +77,32 @@ def test_packed_gradients_equal_per_pair_gradients(corpus_lm):
     for a, b in zip(shared, separate, strict=True):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-3)
     assert any(a.abs().max() > 1e-6 for a in shared)
+
+
+def test_capo_recipe_with_shared_prefix_trains(corpus_lm, tmp_path):
+    """`recipes/capo.py --shared_prefix true`: the DPOTrainer subclass learns and saves a plain LoRA adapter."""
+    import importlib.util
+    import json
+
+    from conftest import ROOT
+    from peft import PeftConfig
+
+    spec = importlib.util.spec_from_file_location("recipe_capo_packed", ROOT / "recipes" / "capo.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    out = tmp_path / "packed"
+    recipe.main([
+        "--model_name_or_path", str(corpus_lm), "--output_dir", str(out), "--annotator", "A1", "--init_from", "base",
+        "--shared_prefix", "true", "--bf16", "false", "--gradient_checkpointing", "false", "--use_cpu", "true",
+        "--report_to", "none", "--disable_tqdm", "true", "--lora_r", "8", "--lora_alpha", "16",
+        "--max_train_rows", "6", "--max_eval_rows", "6", "--per_device_train_batch_size", "8",
+        "--learning_rate", "1e-2", "--lr_scheduler_type", "constant", "--max_steps", "6", "--logging_steps", "1",
+        "--eval_strategy", "no", "--save_strategy", "no", "--loss_type", "sigmoid",
+    ])
+    state = json.loads((out / "trainer_state.json").read_text())
+    logs = [row for row in state["log_history"] if "loss" in row]
+    assert abs(logs[0]["loss"] - 0.6931) < 1e-3 and abs(logs[0]["rewards/margins"]) < 1e-5  # fresh LoRA = base
+    assert logs[-1]["loss"] < logs[0]["loss"] - 0.05 and logs[-1]["rewards/accuracies"] > 0.5
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert manifest["shared_prefix"] is True and "eval_rewards/accuracies" in manifest["metrics"]
+    assert not PeftConfig.from_pretrained(out).modules_to_save and not (out / "ref").exists()
