@@ -5,7 +5,8 @@
 Same model, LoRA (r=16, all linear layers), pairs (one target annotator's VariErr training pairs, <= 3 per item),
 precision (bf16 autocast, TRL's default) and learning rate, one epoch each, each variant in its own process so peak
 memory (max RSS on CPU) is its own. TRL keeps its defaults: batch 8, gradient checkpointing on, a reference forward
-every step (and once more without checkpointing, for reference). Ours packs prompt | chosen | rejected_1..k once per group with a block mask and no padding, 8 pairs per
+every step (and once more without checkpointing, for reference). `packed_trainer` is the same packing inside the
+`DPOTrainer` subclass that `recipes/capo.py --shared_prefix true` uses (3 groups per batch, Trainer machinery). Ours packs prompt | chosen | rejected_1..k once per group with a block mask and no padding, 8 pairs per
 step, no checkpointing. `wall` counts everything after the model is loaded: tokenisation, grouping, training.
 Per-pair losses of both implementations are compared on the same randomly initialised (non-zero) LoRA policy, and
 each trained adapter's mean DPO loss on the target's dev pairs is measured with one scorer.
@@ -73,26 +74,32 @@ def held_out_loss(model, args) -> float:
         return dpo_sigmoid_losses(pair_logps(model, packed), reference, args.beta).mean().item()
 
 
-def _trl_trainer(args, rows, out, init=True, model=None, gradient_checkpointing=True):
+def _trl_trainer(args, rows, out, init=True, model=None, gradient_checkpointing=True, shared_prefix=False):
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    config = DPOConfig(output_dir=out, use_cpu=True, per_device_train_batch_size=8, num_train_epochs=1,
+    from capo.training_packed import shared_prefix_dpo_trainer_class
+
+    trainer_class = shared_prefix_dpo_trainer_class() if shared_prefix else DPOTrainer
+    # The shared-prefix trainer's batch counts groups of 1-3 pairs: 3 groups is about TRL's 8 pairs.
+    config = DPOConfig(output_dir=out, use_cpu=True, per_device_train_batch_size=3 if shared_prefix else 8,
+                       num_train_epochs=1,
                        learning_rate=args.learning_rate, lr_scheduler_type="constant", report_to=[],
                        save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
                        seed=args.seed, gradient_checkpointing=gradient_checkpointing)
-    return DPOTrainer(model=model or args.model, args=config, train_dataset=Dataset.from_list(rows),
+    return trainer_class(model=model or args.model, args=config, train_dataset=Dataset.from_list(rows),
                       processing_class=AutoTokenizer.from_pretrained(args.model), peft_config=_lora(init))
 
 
-def run_trl(args, rows, gradient_checkpointing: bool = True) -> dict:
+def run_trl(args, rows, gradient_checkpointing: bool = True, shared_prefix: bool = False) -> dict:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(args.model)  # loading is outside the timing, as for ours
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        trainer = _trl_trainer(args, rows, out, model=model, gradient_checkpointing=gradient_checkpointing)
+        trainer = _trl_trainer(args, rows, out, model=model, gradient_checkpointing=gradient_checkpointing,
+                               shared_prefix=shared_prefix)
         trainer.train()
         wall = time.perf_counter() - start
         losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
@@ -169,7 +176,9 @@ def run_agreement(args, rows) -> dict:
 
 
 VARIANTS = {"trl": run_trl, "trl_no_checkpointing": lambda args, rows: run_trl(args, rows, False),
-            "packed": run_packed, "agreement": run_agreement}
+            "packed": run_packed,
+            "packed_trainer": lambda args, rows: run_trl(args, rows, gradient_checkpointing=False, shared_prefix=True),
+            "agreement": run_agreement}
 
 
 def child(args) -> None:
@@ -212,8 +221,10 @@ def main(argv: list[str] | None = None) -> dict:
     trl, packed = results["trl"], results["packed"]
     results["speedup_wall"] = trl["wall_s"] / packed["wall_s"]
     results["speedup_wall_vs_no_checkpointing"] = results["trl_no_checkpointing"]["wall_s"] / packed["wall_s"]
+    results["speedup_wall_trainer_subclass"] = trl["wall_s"] / results["packed_trainer"]["wall_s"]
     results["memory_ratio"] = packed["peak_rss_mib"] / trl["peak_rss_mib"]
-    for variant in ("trl", "trl_no_checkpointing", "packed"):
+    results["memory_ratio_trainer_subclass"] = results["packed_trainer"]["peak_rss_mib"] / trl["peak_rss_mib"]
+    for variant in ("trl", "trl_no_checkpointing", "packed", "packed_trainer"):
         results[variant]["mean_loss"] = sum(results[variant]["losses"]) / len(results[variant]["losses"])
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}))
     if args.json:
