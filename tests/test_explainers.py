@@ -159,3 +159,21 @@ def test_ddp_two_processes_on_cpu(corpus_lm, tmp_path):
     assert manifest["world_size"] == 2
     assert len(_losses(out)) == 4
     _check_adapter(out, corpus_lm)
+
+
+def test_capo_resume_continues_exactly(sft_run, corpus_lm, tmp_path):
+    """A killed CAPO run (SFT start, frozen "ref" adapter) resumed from its checkpoint ends as if never stopped."""
+    out = tmp_path / "capo"
+    args = [str(a) for a in ("--model_name_or_path", corpus_lm, "--output_dir", out, "--annotator", "A2", *FAST,
+                             "--sft_adapter", sft_run, "--max_train_rows", "8", "--max_eval_rows", "4",
+                             "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--max_steps", "4",
+                             "--save_strategy", "steps", "--save_steps", "2")]
+    capo = _recipe("capo")
+    capo.main(args)
+    reference = _losses(out)
+    for path in out.iterdir():
+        if path.name != "checkpoint-2":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    capo.main(args + ["--resume_from_checkpoint", "true"])
+    assert _losses(out) == pytest.approx(reference, abs=1e-6) and len(reference) == 4
+    assert json.loads((out / "run_manifest.json").read_text())["init_from"] == "sft"
