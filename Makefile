@@ -17,8 +17,28 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) check
 	touch $(STAMP)
 
+# The main job, end to end on CPU with the offline corpus LM (about 10 minutes on 2 cores): baselines -> base LM ->
+# per-annotator SFT + CAPO explainers for A1 and A2 -> their explanations for held-out items -> likelihood
+# attribution -> MJDs for the 341 items -> MJD vs ChaosNLI. Every step skips what a previous run finished.
+DEMO := runs/demo
 demo: setup
 	$(PY) eval/distributions.py --baselines --plot results/baselines_ternary.png --csv results/baselines.csv
+	test -f models/corpus-lm/config.json || $(PY) recipes/build_corpus_lm.py --output_dir models/corpus-lm
+	for a in A1 A2; do \
+	  test -f $(DEMO)/sft/nli/$$a/run_manifest.json || $(PY) recipes/sft.py --annotator $$a \
+	    --config recipes/configs/sft_tiny.yaml --output_dir '$(DEMO)/sft/{task}/{annotator}' --bf16 true \
+	    --resume_from_checkpoint true || exit 1; \
+	  test -f $(DEMO)/capo/nli/$$a/run_manifest.json || $(PY) recipes/capo.py --annotator $$a \
+	    --config recipes/configs/capo_tiny.yaml --sft_adapter '$(DEMO)/sft/{task}/{annotator}' \
+	    --output_dir '$(DEMO)/capo/{task}/{annotator}' --bf16 true --resume_from_checkpoint true || exit 1; \
+	done
+	$(PY) recipes/generate.py --config recipes/configs/generate_tiny.yaml --output_dir $(DEMO)/generate \
+	  --adapters A1=$(DEMO)/capo/nli/A1 A2=$(DEMO)/capo/nli/A2
+	$(PY) eval/attribution.py --model models/corpus-lm --annotators A1 A2 --seeds 0 \
+	  --adapter 'sft=$(DEMO)/sft/{task}/{annotator}' --adapter 'capo=$(DEMO)/capo/{task}/{annotator}' \
+	  --output $(DEMO)/attribution.json
+	$(PY) recipes/mjd.py --config recipes/configs/mjd_tiny_parallel.yaml --output_dir $(DEMO)/mjd
+	$(PY) eval/distributions.py --human $(DEMO)/mjd/human_chaosnli.jsonl --model $(DEMO)/mjd/mjd.jsonl
 
 test: setup
 	$(PY) -m pytest -q

@@ -99,9 +99,13 @@ def paired_gain(model_rates: Sequence[dict[str, float]], base_rates: dict[str, f
             "high": float(result.confidence_interval.high), "items": len(ids)}
 
 
-def control_annotator(annotator: str) -> str:
-    """The annotator whose model serves as the control for `annotator` (the next one, cyclically)."""
-    return ANNOTATORS[(ANNOTATORS.index(annotator) + 1) % len(ANNOTATORS)]
+def control_annotator(annotator: str, among: Sequence[str] = ANNOTATORS) -> str:
+    """The annotator whose model serves as the control for `annotator`: the next one of `among`, cyclically (all
+    four when fewer than two are evaluated), so a run over a subset of annotators needs only their adapters."""
+    pool = [a for a in ANNOTATORS if a in among] if len(set(among)) > 1 else list(ANNOTATORS)
+    if annotator not in pool:
+        pool = list(ANNOTATORS)
+    return pool[(pool.index(annotator) + 1) % len(pool)]
 
 
 def _load(base_path: str, adapter: str | None):
@@ -139,7 +143,8 @@ def attribution_report(
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     folders = {(kind, seed, a): template.format(seed=seed, task=task, annotator=a)
                for kind, template in adapters.items() for seed in seeds for a in ANNOTATORS}
-    wanted = {key for key in folders if key[2] in annotators or key[2] in {control_annotator(t) for t in annotators}}
+    controls = {t: control_annotator(t, annotators) for t in annotators}
+    wanted = {key for key in folders if key[2] in annotators or key[2] in controls.values()}
     missing = [folders[k] for k in sorted(wanted) if not (Path(folders[k]) / "adapter_config.json").exists()]
     if missing:
         raise DataError(f"no adapter in {len(missing)} folder(s), first: {missing[0]}")
@@ -154,14 +159,14 @@ def attribution_report(
         row = {"base": mean_rate(base), "items": len(base)}
         for kind in adapters:
             own = [item_win_rates(scores[(kind, seed, target)], target) for seed in seeds]
-            other = [item_win_rates(scores[(kind, seed, control_annotator(target))], target) for seed in seeds]
+            other = [item_win_rates(scores[(kind, seed, controls[target])], target) for seed in seeds]
             own_means = [mean_rate(r) for r in own]
             row[kind] = {
                 "win_rate_mean": float(np.mean(own_means)),
                 "win_rate_sd": float(np.std(own_means, ddof=1)) if len(seeds) > 1 else 0.0,
                 "per_seed": own_means,
                 "gain": paired_gain(own, base, seed=bootstrap_seed),
-                "control": {"model_of": control_annotator(target),
+                "control": {"model_of": controls[target],
                             "win_rate_mean": float(np.mean([mean_rate(r) for r in other])),
                             "gain": paired_gain(other, base, seed=bootstrap_seed)},
             }

@@ -64,6 +64,13 @@ def _require(row: dict, key: str, kind: type | tuple, where: dict):
     return value
 
 
+def _optional(row: dict, key: str, kind: type, where: dict, default):
+    """A field that may be absent (or null); when present it must have the right type."""
+    if row.get(key) is None:
+        return default
+    return _require(row, key, kind, where)
+
+
 def _explanation(text, where: dict, field: str) -> str:
     if not isinstance(text, str):
         raise DataError(f"expected a string explanation, got {type(text).__name__}", field=field, **where)
@@ -118,7 +125,9 @@ def load_varierr(path: str | Path = VARIERR_PATH) -> list[Item]:
                     raise DataError("expected an object", field=field, **where)
                 author = _annotator_from_index(entry.get("annotator"), where, f"{field}.annotator")
                 votes = {}
-                for j, vote in enumerate(entry.get("judgments", [])):
+                for j, vote in enumerate(_optional(entry, "judgments", list, where, [])):
+                    if not isinstance(vote, dict):
+                        raise DataError("expected an object", field=f"{field}.judgments[{j}]", **where)
                     voter = _annotator_from_index(vote.get("annotator"), where, f"{field}.judgments[{j}].annotator")
                     if not isinstance(vote.get("makes_sense"), bool):
                         raise DataError("expected true/false", field=f"{field}.judgments[{j}].makes_sense", **where)
@@ -155,7 +164,13 @@ def load_varierr(path: str | Path = VARIERR_PATH) -> list[Item]:
                 error_labels=error_labels,
                 distributions=distributions,
                 validated=True,
-                meta={"idk": [f"A{k + 1}" for k in row.get("idk", [])], "source": "varierr"},
+                meta={
+                    "idk": [
+                        _annotator_from_index(k, where, f"idk[{j}]")
+                        for j, k in enumerate(_optional(row, "idk", list, where, []))
+                    ],
+                    "source": "varierr",
+                },
             )
         )
     return items
@@ -241,8 +256,17 @@ def load_lewidi(path: str | Path) -> list[Item]:
             )
         elif task == "nli" and isinstance(soft, dict):
             # One Bernoulli per label (annotators may give several labels): not a distribution over classes.
-            meta["label_presence"] = [float(soft[lab]["1"]) for lab in space.labels]
-        items.append(Item(id=str(item_id), task=task, inputs=inputs, annotations=annotations, distributions=distributions, meta=meta))
+            try:
+                meta["label_presence"] = [float(soft[lab]["1"]) for lab in space.labels]
+            except (KeyError, TypeError, ValueError):
+                raise DataError("expected {label: {'0': q, '1': p}} for each label", field="soft_label", **where) from None
+        if task == "nli":
+            # The VariErr id (MNLI pairID), as everywhere else: LeWiDi keys drop its letter and repeat across splits.
+            meta["lewidi_id"] = str(item_id)
+            item_id = nli_item_id(inputs["premise"], inputs["hypothesis"])
+        items.append(
+            Item(id=str(item_id), task=task, inputs=inputs, annotations=annotations, distributions=distributions, meta=meta)
+        )
     return items
 
 
@@ -386,7 +410,7 @@ def load_items_jsonl(path: str | Path) -> list[Item]:
                 raise DataError("missing or empty input text", field=f"inputs.{name}", **where)
             inputs[name] = value
         annotations = []
-        for k, entry in enumerate(row.get("annotations", [])):
+        for k, entry in enumerate(_optional(row, "annotations", list, where, [])):
             field = f"annotations[{k}]"
             if not isinstance(entry, dict):
                 raise DataError("expected an object", field=field, **where)
@@ -407,7 +431,7 @@ def load_items_jsonl(path: str | Path) -> list[Item]:
             )
         distributions = {
             name: check_distribution(values, len(space), where, f"distributions.{name}")
-            for name, values in (row.get("distributions") or {}).items()
+            for name, values in _optional(row, "distributions", dict, where, {}).items()
         }
         items.append(
             Item(
@@ -415,7 +439,9 @@ def load_items_jsonl(path: str | Path) -> list[Item]:
                 task=task,
                 inputs=inputs,
                 annotations=annotations,
-                error_labels=tuple(_label(space, lab, where, "error_labels") for lab in row.get("error_labels", [])),
+                error_labels=tuple(
+                    _label(space, lab, where, "error_labels") for lab in _optional(row, "error_labels", list, where, [])
+                ),
                 distributions=distributions,
                 validated=any(a.votes for a in annotations),
                 meta={"source": str(path)},

@@ -30,6 +30,8 @@ def test_win_rates_count_ties_half_and_average_per_item():
     assert rates == {"a": pytest.approx((1 + 0.5 + 0 + 0) / 4), "b": 0.0}
     assert item_win_rates(scored, "A4") == {"b": 1.0}
     assert control_annotator("A4") == "A1" and control_annotator("A2") == "A3"
+    # A subset of annotators controls within itself, so only its adapters are needed.
+    assert control_annotator("A2", ["A1", "A2"]) == "A1" and control_annotator("A3", ["A3"]) == "A4"
 
 
 def test_paired_gain_interval():

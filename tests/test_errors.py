@@ -48,6 +48,9 @@ CASES = [
     ("missing input", [_with(inputs={"premise": "x"})], r"field 'inputs.hypothesis': missing or empty input text"),
     ("duplicate id", [GOOD, GOOD], r"items.jsonl:3: item q1: field 'id': duplicate item id"),
     ("not an object", ["[1, 2]"], r"items.jsonl:2: expected a JSON object, got list"),
+    ("annotations not a list", [_with(annotations={"A1": "x"})], r"item q1: field 'annotations': expected list, got dict"),
+    ("distributions not an object", [_with(distributions=[0.2, 0.8])], r"field 'distributions': expected dict, got list"),
+    ("error labels not a list", [_with(error_labels="neutral")], r"field 'error_labels': expected list, got str"),
 ]
 
 
@@ -66,6 +69,12 @@ def test_varierr_bad_reason_and_annotator(tmp_path):
         load_varierr(_write(tmp_path, [row], "varierr.jsonl"))
     row["neutral"] = [dict(row["entailment"][0], annotator=7)]
     with pytest.raises(DataError, match=r"field 'neutral\[0\].annotator': unknown annotator 7"):
+        load_varierr(_write(tmp_path, [row], "varierr.jsonl"))
+    row["neutral"] = [dict(row["entailment"][0], judgments=["yes"])]
+    with pytest.raises(DataError, match=r"field 'neutral\[0\].judgments\[0\]': expected an object"):
+        load_varierr(_write(tmp_path, [row], "varierr.jsonl"))
+    row["neutral"], row["idk"] = [], ["A2"]
+    with pytest.raises(DataError, match=r"item 23751e: field 'idk\[0\]': unknown annotator 'A2'"):
         load_varierr(_write(tmp_path, [row], "varierr.jsonl"))
 
 

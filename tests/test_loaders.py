@@ -76,6 +76,7 @@ def test_lewidi_varierrnli_alignment_matches_varierr(varierr):
         theirs = sorted((a.annotator, a.label, a.explanation.strip()) for a in source.annotations)
         assert ours == theirs  # LeWiDi keeps round-1 labels, self-corrected ones included
         assert item.meta["split"] == "dev" and not item.validated
+        assert item.id == source.id and source.id.startswith(item.meta["lewidi_id"])  # joins with VariErr files
 
 
 def test_lewidi_paraphrase():
@@ -92,7 +93,7 @@ def test_lewidi_paraphrase():
 def test_annotators_meta_with_trailing_commas():
     meta = load_lewidi_annotators_meta(LEWIDI_DIR / "VariErrNLI" / "VariErrNLI_annotators_meta.json")
     assert list(meta) == list(ANNOTATORS)
-    assert json.loads(json.dumps(meta))  # plain data once loaded
+    assert meta["A2"]["Age"] == "33" and meta["A1"]["Nationality"] == "Chinese"
 
 
 @pytest.mark.parametrize(

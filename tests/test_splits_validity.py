@@ -35,10 +35,12 @@ def test_history_rejects_unknown_annotator(varierr):
 
 
 def test_predefined_lewidi_split():
-    items = load_dataset("lewidi-ven-dev") + load_dataset("lewidi-ven-test")
-    items = [i for i in items if i.id not in {"23751", "144753", "72870", "46198"}]  # keys reused across splits
+    items = load_dataset("lewidi-ven-train") + load_dataset("lewidi-ven-dev") + load_dataset("lewidi-ven-test")
+    # VariErr ids: unlike LeWiDi's numeric keys, they do not collide across splits.
+    assert len({i.id for i in items}) == len(items) == 488
     split = predefined_split(items)
-    assert len(split.dev) == 50 and not split.train
+    assert (len(split.train), len(split.dev), len(split.test)) == (388, 50, 50)
+    assert {i.meta["lewidi_id"] for i in split.select(items, "test")} >= {"23751", "144753", "72870", "46198"}
 
 
 def _item(votes: dict, author="A1", label="neutral", error_labels=(), self_corrected=False):
