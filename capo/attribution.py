@@ -138,8 +138,17 @@ def attribution_report(
 
     from transformers import AutoTokenizer
 
+    from capo.corpus_lm import pretraining_item_ids
     from capo.errors import DataError
 
+    # An item whose explanations the base model was pre-trained on is not held out, whatever the split says
+    # (e.g. another split seed than the corpus LM's, or LeWiDi test items that are VariErr train items).
+    seen = pretraining_item_ids(base_path)
+    if seen & {item.id for item in items}:
+        log(f"leaving out {len(seen & {item.id for item in items})} items the base model was pre-trained on")
+        items = [item for item in items if item.id not in seen]
+    if not items:
+        raise DataError("no held-out items left: the base model was pre-trained on all of them")
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     folders = {(kind, seed, a): template.format(seed=seed, task=task, annotator=a)
                for kind, template in adapters.items() for seed in seeds for a in ANNOTATORS}

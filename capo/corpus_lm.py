@@ -82,6 +82,19 @@ def corpus_documents(split_seed: int = 0) -> tuple[list[str], list[str]]:
     return train, held_out
 
 
+def pretraining_item_ids(model_path: str | Path) -> set[str]:
+    """Ids of the items whose human explanations the corpus LM at `model_path` was pre-trained on (VariErr train
+    items of its split seed, LeWiDi Paraphrase train); empty for any other model (e.g. a hub id)."""
+    from capo.loaders import load_dataset, load_varierr
+    from capo.splits import split_items
+
+    info = Path(model_path) / "corpus_lm.json"
+    if not info.is_file():
+        return set()
+    split_seed = json.loads(info.read_text())["config"]["split_seed"]
+    return set(split_items(load_varierr(), seed=split_seed).train) | {i.id for i in load_dataset("lewidi-par-train")}
+
+
 def train_tokenizer(texts: list[str], vocab_size: int):
     """Byte-level BPE with the chat template and special tokens, as a `PreTrainedTokenizerFast`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -8,38 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from capo.errors import DataError
-from capo.io import iter_jsonl, write_jsonl
-from capo.loaders import check_distribution, load_nli341
+from capo.loaders import load_nli341, read_distributions, write_distributions  # noqa: F401  (re-exported)
 from capo.metrics import distribution_report
 from capo.schema import NLI
 
 BASELINES = ("uniform", "mnli_onehot", "mnli_dist", "varierr_dist", "chaosnli")
 # Distribution name in `Item.distributions` behind each baseline (uniform is built here).
 _BASELINE_SOURCE = {"mnli_onehot": "mnli_onehot", "mnli_dist": "mnli", "varierr_dist": "varierr", "chaosnli": "chaosnli"}
-
-
-def read_distributions(path: str | Path, n_labels: int = 3) -> dict[str, list[float]]:
-    """id -> distribution, validated (right length, non-negative, sums to 1, unique ids)."""
-    out: dict[str, list[float]] = {}
-    for line, row in iter_jsonl(path):
-        where = {"path": str(path), "line": line}
-        item_id = row.get("id")
-        if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
-            raise DataError("missing or invalid id", field="id", **where)
-        item_id = str(item_id)
-        if item_id in out:
-            raise DataError("duplicate id", field="id", item=item_id, **where)
-        out[item_id] = check_distribution(row.get("distribution"), n_labels, {**where, "item": item_id}, "distribution")
-    if not out:
-        raise DataError("no distributions in file", path=str(path))
-    return out
-
-
-def write_distributions(path: str | Path, distributions: Mapping[str, Sequence[float]], extra: Mapping[str, dict] | None = None) -> None:
-    extra = extra or {}
-    write_jsonl(
-        path, ({"id": i, "distribution": [float(x) for x in d], **extra.get(i, {})} for i, d in distributions.items())
-    )
 
 
 def join(

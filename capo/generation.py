@@ -28,7 +28,7 @@ from typing import Protocol
 
 from capo.errors import DataError
 from capo.inference.base import Backend
-from capo.io import atomic_write_text, iter_jsonl, write_json
+from capo.io import atomic_write_text, iter_jsonl, read_json, write_json
 from capo.prompts import parse_response, prompt_messages
 from capo.schema import Item
 
@@ -77,7 +77,7 @@ def shard_path(output_dir: str | Path, index: int) -> Path:
 def _check_run_config(output_dir: Path, signature: dict, is_main: bool) -> None:
     path = output_dir / RUN_CONFIG
     if path.exists():
-        previous = json.loads(path.read_text())
+        previous = read_json(path)
         for key in sorted(set(previous) | set(signature)):
             if previous.get(key) != signature.get(key):
                 raise DataError(
@@ -293,12 +293,21 @@ class GenerateArguments:
 
 
 def select_items(dataset: str, split: str | None, split_seed: int = 0, limit: int | None = None) -> list[Item]:
+    """The items of `split`, cut exactly as the explainers' training data was (`capo.pairs.load_task_data` for the
+    data sets it knows; a source's own split, e.g. LeWiDi's, before a seeded re-split), so held-out stays held out."""
     from capo.loaders import load_dataset
-    from capo.splits import split_items
+    from capo.pairs import DATASET_TASK, load_task_data
+    from capo.splits import SPLITS, predefined_split, split_items
 
-    items = load_dataset(dataset)
-    if split is not None:
-        items = split_items(items, seed=split_seed).select(items, split)
+    if dataset in DATASET_TASK:
+        data = load_task_data(DATASET_TASK[dataset], dataset, split_seed)
+        items = [i for name in SPLITS for i in data.items(name)] if split is None else data.items(split)
+    else:
+        items = load_dataset(dataset)
+        if split is not None:
+            has_own_split = items and all(i.meta.get("split") in SPLITS for i in items)
+            cut = predefined_split(items) if has_own_split else split_items(items, seed=split_seed)
+            items = cut.select(items, split)
     if limit is not None:
         if limit < 1:
             raise DataError(f"limit must be at least 1, got {limit}", field="limit")
@@ -318,7 +327,7 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
     import torch
     from accelerate import PartialState
 
-    from capo.inference import load_backend
+    from capo.inference import backend_options, load_backend
     from capo.manifest import write_manifest
 
     # cpu=True lets several CPU processes (torchrun / accelerate launch without GPUs) form a gloo group.
@@ -336,9 +345,7 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
             raise DataError("'base' names the base model; give the adapter another name", field="adapters")
         annotators["base"] = None
     units = plan_units(items, annotators)
-    options = {"dtype": args.dtype}
-    options.update({"batch_size": args.batch_size} if args.backend == "hf" else
-                   {"tensor_parallel_size": args.tensor_parallel_size})
+    options = backend_options(args.backend, args.dtype, args.batch_size, args.tensor_parallel_size)
     signature = {key: getattr(args, key) for key in ("model", "dataset", "split", "split_seed", "limit", "backend",
                                                         "dtype", "batch_size", "max_new_tokens")}
     # An adapter retrained in place must not be mixed with records from its old weights.

@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
 from capo.errors import DataError
-from capo.io import iter_jsonl, read_json
+from capo.io import iter_jsonl, read_json, write_jsonl
 from capo.schema import ANNOTATORS, NLI, TASK_INPUTS, Annotation, Item, label_space
 
 DATA_DIR = Path(os.environ.get("CAPO_DATA_DIR", Path(__file__).resolve().parents[1] / "data"))
@@ -98,6 +99,35 @@ def check_distribution(values, n_labels: int, where: dict, field: str) -> list[f
     if abs(total - 1.0) > SUM_TOLERANCE:
         raise DataError(f"distribution sums to {total:.6g}, not 1", field=field, **where)
     return [v / total for v in values]
+
+
+# --- distribution files (one {"id", "distribution"} per line: HJDs, MJDs, predictions) --------------------------
+
+
+def read_distributions(path: str | Path, n_labels: int = 3) -> dict[str, list[float]]:
+    """id -> distribution, validated (right length, non-negative, sums to 1, unique ids)."""
+    out: dict[str, list[float]] = {}
+    for line, row in iter_jsonl(path):
+        where = {"path": str(path), "line": line}
+        item_id = row.get("id")
+        if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
+            raise DataError("missing or invalid id", field="id", **where)
+        item_id = str(item_id)
+        if item_id in out:
+            raise DataError("duplicate id", field="id", item=item_id, **where)
+        out[item_id] = check_distribution(row.get("distribution"), n_labels, {**where, "item": item_id}, "distribution")
+    if not out:
+        raise DataError("no distributions in file", path=str(path))
+    return out
+
+
+def write_distributions(
+    path: str | Path, distributions: Mapping[str, Sequence[float]], extra: Mapping[str, dict] | None = None
+) -> None:
+    extra = extra or {}
+    write_jsonl(
+        path, ({"id": i, "distribution": [float(x) for x in d], **extra.get(i, {})} for i, d in distributions.items())
+    )
 
 
 def _normalise_counts(counts: list[float]) -> list[float]:

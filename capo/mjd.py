@@ -250,7 +250,8 @@ def estimate_mjds(
     letter_scores = np.asarray(scorer.score(texts), dtype=np.float64)
     if letter_scores.shape != (len(texts), len(OPTION_LETTERS)):
         raise DataError(f"scorer returned shape {letter_scores.shape}, expected {(len(texts), len(OPTION_LETTERS))}")
-    bad = ~np.isfinite(letter_scores).all(axis=1)
+    # -inf is a letter outside a vLLM top-k (probability 0); NaN, +inf or a row of -inf cannot be normalised.
+    bad = np.isnan(letter_scores).any(axis=1) | np.isposinf(letter_scores).any(axis=1) | np.isneginf(letter_scores).all(axis=1)
     if bad.any():  # e.g. fp16 overflow: never average a NaN into a distribution
         raise DataError("scorer returned non-finite scores (try float32 or bfloat16)", item=specs[int(bad.argmax())].item_id,
                         field="scores")

@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from capo.distributions import write_distributions
 from capo.errors import DataError
 from capo.io import read_json, write_json, write_jsonl
+from capo.loaders import write_distributions
 from capo.mjd import (
     MJDSettings,
     Scorer,
@@ -196,9 +196,10 @@ def _load_scorer(args: MJDScriptArguments, device):
     if args.dtype not in DTYPES:
         raise DataError(f"unknown dtype {args.dtype!r} (valid: {', '.join(DTYPES)})", field="dtype")
     if args.engine == "backend":
-        from capo.inference import load_backend
+        from capo.inference import backend_options, load_backend
 
-        backend = load_backend(args.backend, args.model_name_or_path, dtype=args.dtype, batch_size=args.batch_size)
+        backend = load_backend(args.backend, args.model_name_or_path,
+                               **backend_options(args.backend, args.dtype, args.batch_size))
         tokenizer = getattr(backend, "tokenizer", None) or AutoTokenizer.from_pretrained(args.model_name_or_path)
         return BackendScorer(backend), tokenizer
     if args.engine != "prefix_cache":

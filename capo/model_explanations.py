@@ -210,7 +210,7 @@ def run_model_explanations(args: ModelExplanationArguments) -> dict:
     """Generate every label's explanation list for every item (sharded, resumable), then write the six released-
     format sets (`Label-Free-first.json`, ...) that `capo.loaders.load_model_explanations` reads."""
     from capo.generation import MERGED, Progress, chat_prompt, merge_shards, run_sharded
-    from capo.inference import load_backend
+    from capo.inference import backend_options, load_backend
     from capo.io import iter_jsonl, write_jsonl
     from capo.loaders import load_dataset
     from capo.manifest import write_manifest
@@ -221,9 +221,7 @@ def run_model_explanations(args: ModelExplanationArguments) -> dict:
         raise DataError("no NLI items to explain", path=args.dataset, field="dataset")
     order = [NLI.normalise(label) for label in args.label_free_order]
     units = [LabelUnit(item, label) for item in items for label in NLI.labels]
-    options = {"dtype": args.dtype}
-    options.update({"batch_size": args.batch_size} if args.backend == "hf" else
-                   {"tensor_parallel_size": args.tensor_parallel_size})
+    options = backend_options(args.backend, args.dtype, args.batch_size, args.tensor_parallel_size)
     backend = load_backend(args.backend, args.model, None, **options)
     render = lambda unit: chat_prompt(backend.tokenizer, explanation_messages(unit.item, unit.label))
 

@@ -8,11 +8,11 @@ written under it so a killed run resumes with `--resume_from_checkpoint true`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from capo.errors import DataError
+from capo.io import read_json
 from capo.manifest import write_manifest
 from capo.pairs import DEFAULT_VALIDITY, REJECTED_FROM, capo_pairs, load_task_data, sft_rows
 from capo.schema import check_annotator, label_space
@@ -215,7 +215,7 @@ def load_sft_policy(adapter_dir: str | Path, capo_args: CapoArguments, model_arg
                         "recipes/sft.py, or pass --init_from base", path=str(adapter_dir))
     manifest_path = adapter_dir / "run_manifest.json"
     if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_json(manifest_path)
         if (manifest.get("annotator"), manifest.get("task")) != (capo_args.annotator, capo_args.task):
             raise DataError(f"the SFT adapter is for {manifest.get('annotator')} ({manifest.get('task')}), not "
                             f"{capo_args.annotator} ({capo_args.task})", path=str(adapter_dir))

@@ -45,3 +45,15 @@ def test_corpus_never_contains_held_out_explanations():
     leaked = [t for t in held_texts if t in corpus_text and t not in train_texts]
     assert held_texts and not leaked
     assert held_out and all(parse_response(doc[-1]["content"], "nli") for doc in held_out)
+
+
+def test_pretraining_items_are_known_for_corpus_lms_only(corpus_lm, tmp_path):
+    from capo.corpus_lm import pretraining_item_ids
+    from capo.loaders import load_dataset
+
+    seen = pretraining_item_ids(corpus_lm)
+    split = split_items(load_varierr(), seed=0)
+    assert set(split.train) <= seen and not (set(split.dev) | set(split.test)) & seen
+    # LeWiDi VariErrNLI test items that are VariErr train items would leak: they are flagged.
+    assert any(item.id in seen for item in load_dataset("lewidi-ven-test"))
+    assert pretraining_item_ids(tmp_path) == set()

@@ -18,6 +18,13 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def backend_options(name: str, dtype: str, batch_size: int, tensor_parallel_size: int = 1) -> dict:
+    """The options each backend takes from a recipe's common arguments (vLLM batches by itself)."""
+    if name == "vllm":
+        return {"dtype": dtype, "tensor_parallel_size": tensor_parallel_size}
+    return {"dtype": dtype, "batch_size": batch_size}
+
+
 def load_backend(name: str, model: str, adapters: Mapping[str, str] | None = None, **options) -> Backend:
     """A backend for `model` (hub id or folder) with LoRA `adapters` {name: hub id or folder} registered.
 
