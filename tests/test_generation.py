@@ -154,3 +154,17 @@ def test_a_tokenizer_without_chat_template_is_a_one_line_error(corpus_lm):
     tokenizer.chat_template = None
     with pytest.raises(DataError, match="no chat template"):
         render_prompt(tokenizer, item)
+
+
+def test_held_out_items_follow_the_explainers_split():
+    from capo.generation import select_items
+    from capo.pairs import load_task_data
+
+    dev = load_task_data("paraphrase", "lewidi-par").items("dev")
+    assert [i.id for i in select_items("lewidi-par", "dev")] == [i.id for i in dev]
+    assert [i.id for i in select_items("lewidi-par-dev", "dev", limit=5)] == [i.id for i in dev[:5]]
+    # The explainers train on all of LeWiDi train: it has no held-out part to generate for.
+    with pytest.raises(DataError, match="no items to generate for"):
+        select_items("lewidi-par-train", "test")
+    varierr_test = load_task_data("nli", "varierr", split_seed=1).items("test")
+    assert [i.id for i in select_items("varierr", "test", split_seed=1)] == [i.id for i in varierr_test]

@@ -155,6 +155,29 @@ def test_p_norm_error_names_the_item():
                       lambda t: t)
 
 
+class OutsideTopK:
+    """Fake vLLM-like scorer: the letter bound to `missing` fell outside the top-k (-inf), or every letter did."""
+
+    def __init__(self, missing: str | None) -> None:
+        self.missing = missing
+
+    def score(self, prompts):
+        rows = []
+        for prompt in prompts:
+            letters = _letters(prompt)
+            rows.append([-math.inf if self.missing in (None, letters[letter]) else -1.0 for letter in "ABC"])
+        return np.array(rows)
+
+
+def test_letters_outside_a_top_k_get_probability_zero_but_all_missing_is_an_error():
+    item = _item()
+    settings = MJDSettings(mode="none", normalisation="prob")
+    (result,) = estimate_mjds([item], {item.id: []}, OutsideTopK("Neutral"), settings, lambda t: t)
+    assert result.distribution == pytest.approx([0.5, 0.0, 0.5])
+    with pytest.raises(DataError, match=r"item x1: field 'scores': scorer returned non-finite scores"):
+        estimate_mjds([item], {item.id: []}, OutsideTopK(None), settings, lambda t: t)
+
+
 def test_bad_settings_are_one_line_errors():
     with pytest.raises(DataError, match="field 'mode'"):
         MJDSettings(mode="sideways")
