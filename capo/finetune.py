@@ -25,14 +25,7 @@ from capo.distributions import baseline_distributions, read_distributions
 from capo.errors import DataError
 from capo.io import iter_jsonl, write_json
 from capo.loaders import CHAOS_DIR, load_chaosnli, load_nli341
-from capo.metrics import (
-    classification_metrics,
-    js_distance_per_item,
-    kl_per_item,
-    kl_torch_mean,
-    soft_cross_entropy_per_item,
-    tvd_per_item,
-)
+from capo.metrics import distribution_report
 from capo.schema import NLI
 
 SOURCES = ("chaosnli", "varierr_dist", "mnli_dist", "mnli_onehot")
@@ -195,16 +188,11 @@ def to_dataset(examples: Sequence[Example], tokenizer, max_length: int):
 
 
 def score(human, predicted) -> dict[str, float]:
-    """Every metric of the comparison table for predictions (rows = items) against the HJDs. Distance correlation
-    is left out: the papers' fine-tuning tables do not report it, and importing dcor (numba) costs seconds a run."""
+    """Every metric of the comparison table for predictions (rows = items) against the HJDs (no dcorr: the papers'
+    fine-tuning tables do not report it)."""
     h, m = np.asarray(human, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
-    return classification_metrics(h, m) | {
-        "soft_ce": float(soft_cross_entropy_per_item(h, m).mean()),
-        "kl": float(kl_per_item(h, m).mean()),
-        "kl_torch_mean": float(kl_torch_mean(h, m).mean()),
-        "jsd": float(js_distance_per_item(h, m).mean()),
-        "tvd": float(tvd_per_item(h, m).mean()),
-    }
+    report = distribution_report(h, m, classification=True, dcorr=False)
+    return {name: report[name] for name in METRICS}
 
 
 def compute_metrics(eval_pred) -> dict[str, float]:

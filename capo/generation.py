@@ -28,7 +28,7 @@ from typing import Protocol
 
 from capo.errors import DataError
 from capo.inference.base import Backend
-from capo.io import atomic_write_text, iter_jsonl, read_json, write_json
+from capo.io import atomic_write_text, check_run_signature, iter_jsonl
 from capo.prompts import parse_response, prompt_messages
 from capo.schema import Item
 
@@ -74,21 +74,6 @@ def shard_path(output_dir: str | Path, index: int) -> Path:
     return Path(output_dir) / SHARD_DIR / f"shard-{index:05d}.jsonl"
 
 
-def _check_run_config(output_dir: Path, signature: dict, is_main: bool) -> None:
-    path = output_dir / RUN_CONFIG
-    if path.exists():
-        previous = read_json(path)
-        for key in sorted(set(previous) | set(signature)):
-            if previous.get(key) != signature.get(key):
-                raise DataError(
-                    f"holds a run with different arguments ({key}: {previous.get(key)!r} there, "
-                    f"{signature.get(key)!r} now); restart with the same arguments or use a new output_dir",
-                    path=str(output_dir), field=key,
-                )
-    elif is_main:
-        write_json(path, signature)
-
-
 def record_key(record: dict) -> str:
     """The unit key a generation record answers (`Unit.key`)."""
     return f"{record.get('id')}\t{record.get('annotator')}"
@@ -122,8 +107,8 @@ def run_sharded(
     if shard_size < 1:
         raise DataError(f"shard size must be at least 1, got {shard_size}", field="shard_size")
     output_dir = Path(output_dir)
-    _check_run_config(output_dir, {**signature, "shard_size": shard_size, "units": _digest(units)},
-                      process_index == 0)
+    check_run_signature(output_dir / RUN_CONFIG, {**signature, "shard_size": shard_size, "units": _digest(units)},
+                        record=process_index == 0)
     (output_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     n_shards = (len(units) + shard_size - 1) // shard_size
     mine = [k for k in range(n_shards) if k % num_processes == process_index]
@@ -353,7 +338,8 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
                                for name in annotators}
     output_dir = Path(args.output_dir)
     n_shards = (len(units) + args.shard_size - 1) // args.shard_size
-    _check_run_config(output_dir, {**signature, "shard_size": args.shard_size, "units": _digest(units)}, False)
+    check_run_signature(Path(args.output_dir) / RUN_CONFIG,
+                        {**signature, "shard_size": args.shard_size, "units": _digest(units)}, record=False)
     done = sum(shard_path(output_dir, k).exists() for k in range(n_shards))
     main = index == 0
     if main:

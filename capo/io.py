@@ -70,3 +70,22 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 
 def write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def check_run_signature(path: str | Path, signature: dict, *, record: bool = True) -> None:
+    """Refuse to resume into a folder whose run was started with other settings (the signature stored as JSON at
+    `path`); with `record`, store `signature` there on first use. Resumable commands call this before any work."""
+    path = Path(path)
+    signature = json.loads(json.dumps(signature))  # compared as it reads back from JSON
+    if path.exists():
+        previous = read_json(path)
+        changed = sorted(k for k in set(previous) | set(signature) if previous.get(k) != signature.get(k))
+        if changed:
+            key = changed[0]
+            raise DataError(
+                f"holds a run with other settings ({', '.join(changed)}; {key}: {previous.get(key)!r} there, "
+                f"{signature.get(key)!r} now): restart with the same arguments or use a new output_dir",
+                path=str(path.parent), field=key,
+            )
+    elif record:
+        write_json(path, signature)

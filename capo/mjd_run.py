@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from capo.errors import DataError
-from capo.io import read_json, write_json, write_jsonl
+from capo.io import check_run_signature, write_jsonl
 from capo.loaders import write_distributions
 from capo.mjd import (
     MJDSettings,
@@ -70,20 +70,6 @@ def completed_chunks(output_dir: str | Path, chunks: Sequence[Sequence[Item]]) -
             if c in wanted and c not in found and set(wanted[c]) <= set(rows):
                 found[c] = rows
     return {c: [rows[i] for i in wanted[c]] for c, rows in found.items()}
-
-
-def check_run_key(output_dir: str | Path, key: Mapping, record: bool = True) -> None:
-    """Refuse to resume into a folder written with other settings; with `record`, write the key on first use."""
-    path = Path(output_dir) / RUN_KEY_FILE
-    key = json.loads(json.dumps(key))  # as it reads back from JSON
-    if path.exists():
-        previous = read_json(path)
-        if previous != key:
-            changed = sorted(k for k in set(previous) | set(key) if previous.get(k) != key.get(k))
-            raise DataError(f"output folder holds a run with other settings ({', '.join(changed)}); use a new "
-                            "output_dir or delete it", path=str(path))
-    elif record:
-        write_json(path, key)
 
 
 def run_shard(
@@ -244,7 +230,7 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
            "min_shared_tokens": args.min_shared_tokens, "batch_size": args.batch_size,
            "max_batch_tokens": args.max_batch_tokens,
            "chat_template": args.chat_template, "items_per_chunk": args.items_per_chunk, "limit": args.limit}
-    check_run_key(args.output_dir, key, record=False)  # before loading a model: fail fast
+    check_run_signature(Path(args.output_dir) / RUN_KEY_FILE, key, record=False)  # before loading a model: fail fast
     import torch
 
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only: torchrun/accelerate ranks meet over gloo
@@ -257,7 +243,7 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
                                                                   prompt_specs(first.id, len(explanations[first.id]), settings)[0],
                                                                   settings.explicit)))
     if state.is_main_process:
-        check_run_key(args.output_dir, key)
+        check_run_signature(Path(args.output_dir) / RUN_KEY_FILE, key)
     state.wait_for_everyone()
 
     start = time.time()

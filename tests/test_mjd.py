@@ -355,7 +355,7 @@ def test_recipe_end_to_end_and_eval_joins(corpus_lm, tmp_path, capsys):
     before = (out / "mjd.jsonl").read_bytes()
     stderr = _fails(capsys, "--config", "recipes/configs/mjd_tiny_parallel.yaml", "--model_name_or_path", str(corpus_lm),
                     "--output_dir", str(out), "--limit", "5")
-    assert "other settings (explicit)" in stderr and (out / "mjd.jsonl").read_bytes() == before
+    assert "other settings (explicit;" in stderr and (out / "mjd.jsonl").read_bytes() == before
 
 
 def _script(path: str):

@@ -13,10 +13,13 @@ compare it within one backend only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from capo.errors import DataError
 
 
 @dataclass
@@ -43,3 +46,17 @@ class Backend(Protocol):
         HF: raw logits; vLLM: log-probabilities (see the module docstring).
         """
         ...
+
+
+def single_token_ids(tokenizer, candidate_tokens: Sequence[str], model_id: str) -> list[int]:
+    """Token id of each candidate; each must be exactly one token for `tokenizer`, and all distinct."""
+    ids = []
+    for candidate in candidate_tokens:
+        pieces = tokenizer.encode(candidate, add_special_tokens=False)
+        if len(pieces) != 1:
+            raise DataError(f"candidate {candidate!r} is {len(pieces)} tokens for this tokenizer, not one",
+                            path=model_id, field="candidate_tokens")
+        ids.append(pieces[0])
+    if len(set(ids)) != len(ids):
+        raise DataError(f"candidates {list(candidate_tokens)!r} share a token id", path=model_id, field="candidate_tokens")
+    return ids

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from capo.errors import DataError
-from capo.inference.base import Generation
+from capo.inference.base import Generation, single_token_ids
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -108,19 +108,7 @@ class HFBackend:
 
     def candidate_ids(self, candidate_tokens: Sequence[str]) -> list[int]:
         """Token id of each candidate; each must be exactly one token, and all distinct."""
-        ids = []
-        for candidate in candidate_tokens:
-            pieces = self.tokenizer.encode(candidate, add_special_tokens=False)
-            if len(pieces) != 1:
-                raise DataError(
-                    f"candidate {candidate!r} is {len(pieces)} tokens for this tokenizer, not one",
-                    path=self.model_id, field="candidate_tokens",
-                )
-            ids.append(pieces[0])
-        if len(set(ids)) != len(ids):
-            raise DataError(f"candidates {list(candidate_tokens)!r} share a token id", path=self.model_id,
-                            field="candidate_tokens")
-        return ids
+        return single_token_ids(self.tokenizer, candidate_tokens, self.model_id)
 
     def _generated_length(self, row: list[int]) -> int:
         """Tokens up to and including the first end-of-sequence token (the rest is padding)."""

@@ -9,12 +9,12 @@ logprobs=k)`) and reads the candidates from them: scores are log-probabilities, 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from capo.errors import DataError
-from capo.inference.base import Generation
+from capo.inference.base import Generation, single_token_ids
 
 
 class VLLMBackend:
@@ -65,18 +65,9 @@ class VLLMBackend:
         encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
         return [TokensPrompt(prompt_token_ids=ids) for ids in encoded]
 
-    def candidate_ids(self, candidate_tokens: list[str]) -> list[int]:
-        ids = []
-        for candidate in candidate_tokens:
-            pieces = self.tokenizer.encode(candidate, add_special_tokens=False)
-            if len(pieces) != 1:
-                raise DataError(f"candidate {candidate!r} is {len(pieces)} tokens for this tokenizer, not one",
-                                path=self.model_id, field="candidate_tokens")
-            ids.append(pieces[0])
-        if len(set(ids)) != len(ids):
-            raise DataError(f"candidates {candidate_tokens!r} share a token id", path=self.model_id,
-                            field="candidate_tokens")
-        return ids
+    def candidate_ids(self, candidate_tokens: Sequence[str]) -> list[int]:
+        """Token id of each candidate; each must be exactly one token, and all distinct."""
+        return single_token_ids(self.tokenizer, candidate_tokens, self.model_id)
 
     def generate(
         self, prompts: list[str], adapter: str | None = None, *, max_new_tokens: int = 128, temperature: float = 0.0,
