@@ -4,7 +4,7 @@ PIP     := $(PY) -m pip
 STAMP   := .venv/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo attribution test lint clean
 
 setup: $(STAMP)
 
@@ -17,21 +17,24 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) check
 	touch $(STAMP)
 
+# $(call explainers,OUT,ANNOTATORS,SEED): per-annotator SFT, then CAPO from that SFT adapter (NLI, tiny CPU configs,
+# bf16 autocast), skipping finished runs and resuming killed ones.
+explainers = for a in $(2); do \
+	  test -f $(1)/sft/nli/$$a/run_manifest.json || $(PY) recipes/sft.py --annotator $$a --seed $(3) \
+	    --config recipes/configs/sft_tiny.yaml --output_dir '$(1)/sft/{task}/{annotator}' --bf16 true \
+	    --resume_from_checkpoint true || exit 1; \
+	  test -f $(1)/capo/nli/$$a/run_manifest.json || $(PY) recipes/capo.py --annotator $$a --seed $(3) \
+	    --config recipes/configs/capo_tiny.yaml --sft_adapter '$(1)/sft/{task}/{annotator}' \
+	    --output_dir '$(1)/capo/{task}/{annotator}' --bf16 true --resume_from_checkpoint true || exit 1; \
+	done
+
 # The main job, end to end on CPU with the offline corpus LM (about 10 minutes on 2 cores): baselines -> base LM ->
 # per-annotator SFT + CAPO explainers for A1 and A2 -> their explanations for held-out items -> likelihood
 # attribution -> MJDs for the 341 items -> MJD vs ChaosNLI. Every step skips what a previous run finished.
 DEMO := runs/demo
-demo: setup
+demo: setup models/corpus-lm/config.json
 	$(PY) eval/distributions.py --baselines --plot results/baselines_ternary.png --csv results/baselines.csv
-	test -f models/corpus-lm/config.json || $(PY) recipes/build_corpus_lm.py --output_dir models/corpus-lm
-	for a in A1 A2; do \
-	  test -f $(DEMO)/sft/nli/$$a/run_manifest.json || $(PY) recipes/sft.py --annotator $$a \
-	    --config recipes/configs/sft_tiny.yaml --output_dir '$(DEMO)/sft/{task}/{annotator}' --bf16 true \
-	    --resume_from_checkpoint true || exit 1; \
-	  test -f $(DEMO)/capo/nli/$$a/run_manifest.json || $(PY) recipes/capo.py --annotator $$a \
-	    --config recipes/configs/capo_tiny.yaml --sft_adapter '$(DEMO)/sft/{task}/{annotator}' \
-	    --output_dir '$(DEMO)/capo/{task}/{annotator}' --bf16 true --resume_from_checkpoint true || exit 1; \
-	done
+	$(call explainers,$(DEMO),A1 A2,0)
 	$(PY) recipes/generate.py --config recipes/configs/generate_tiny.yaml --output_dir $(DEMO)/generate \
 	  --adapters A1=$(DEMO)/capo/nli/A1 A2=$(DEMO)/capo/nli/A2
 	$(PY) eval/attribution.py --model models/corpus-lm --annotators A1 A2 --seeds 0 \
@@ -39,6 +42,18 @@ demo: setup
 	  --output $(DEMO)/attribution.json
 	$(PY) recipes/mjd.py --config recipes/configs/mjd_tiny_parallel.yaml --output_dir $(DEMO)/mjd
 	$(PY) eval/distributions.py --human $(DEMO)/mjd/human_chaosnli.jsonl --model $(DEMO)/mjd/mjd.jsonl
+
+models/corpus-lm/config.json: | setup
+	$(PY) recipes/build_corpus_lm.py --output_dir models/corpus-lm
+
+# The likelihood-attribution table of docs/results.md: all four annotators, 3 seeds (about 30-60 min on 2 cores).
+ATTR := runs/attr
+attribution: setup models/corpus-lm/config.json
+	$(call explainers,$(ATTR)/seed0,A1 A2 A3 A4,0)
+	$(call explainers,$(ATTR)/seed1,A1 A2 A3 A4,1)
+	$(call explainers,$(ATTR)/seed2,A1 A2 A3 A4,2)
+	$(PY) eval/attribution.py --model models/corpus-lm --seeds 0 1 2 --output results/attribution_nli.json \
+	  --adapter 'sft=$(ATTR)/seed{seed}/sft/{task}/{annotator}' --adapter 'capo=$(ATTR)/seed{seed}/capo/{task}/{annotator}'
 
 test: setup
 	$(PY) -m pytest -q
