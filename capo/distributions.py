@@ -41,12 +41,13 @@ def baseline_distributions(items=None) -> dict[str, dict[str, list[float]]]:
     return out
 
 
-def baseline_report(items=None) -> dict[str, dict[str, float]]:
-    dists = baseline_distributions(items)
+def baseline_report(dists=None, *, classification: bool = False) -> dict[str, dict[str, float]]:
+    """Each baseline scored against ChaosNLI; `dists` as `baseline_distributions()` returns (built when None)."""
+    dists = baseline_distributions() if dists is None else dists
     report = {}
     for name in BASELINES:
         _, h, m = join(dists["human"], dists[name])
-        report[name] = distribution_report(h, m)
+        report[name] = distribution_report(h, m, classification=classification)
     return report
 
 

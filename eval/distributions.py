@@ -41,13 +41,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.baselines == bool(args.human or args.model):
         raise DataError("give either --baselines, or both --human and --model")
     if args.baselines:
-        report = baseline_report()
-        if args.classification:
-            dists = baseline_distributions()
-            for name in report:
-                _, h, m = join(dists["human"], dists[name])
-                report[name] = distribution_report(h, m, classification=True)
-        plotted = {k: v for k, v in baseline_distributions().items() if k != "human"} if args.plot else None
+        dists = baseline_distributions()
+        report = baseline_report(dists, classification=args.classification)
+        plotted = {k: v for k, v in dists.items() if k != "human"} if args.plot else None
     else:
         if not (args.human and args.model):
             raise DataError("--human and --model go together")
@@ -56,15 +52,14 @@ def main(argv: list[str] | None = None) -> dict:
         report = {Path(args.model).stem: distribution_report(h, m, classification=args.classification)}
         plotted = {"human": human, Path(args.model).stem: model} if args.plot else None
 
+    columns = list(next(iter(report.values())))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        columns = list(next(iter(report.values())))
         print(format_table(report, columns))
     if args.csv:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        columns = list(next(iter(report.values())))
         writer.writerow(["source", *columns])
         for name, row in report.items():
             writer.writerow([name, *(f"{row[c]:.6f}" for c in columns)])
