@@ -5,7 +5,7 @@
 
 Seed method (the published MJD code): greedy `generate(..., output_scores=True)` in batches of 20 in data order,
 reading the letters' step-0 scores; run with max_new_tokens=32 (a typical chat answer) and =1 (credits only our
-batching and prefix reuse, not skipped decoding). Ours: `capo.mjd_scoring.HFScorer` (length-sorted batches,
+batching and prefix reuse, not skipped decoding). Ours: `capo.mjd.scoring.HFScorer` (length-sorted batches,
 identical prompts once, prefix-tree KV-cache reuse, last-position logits only), also without prefix reuse.
 Reports prompts/s, the ratios, max |Δp| of the per-prompt p_softmax (T=20) and prob distributions and of the
 per-item MJDs, and an MFU estimate (FLOPs actually computed / time / peak; on CPU the peak is a measured matmul
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import torch
 
-    from capo.loaders import load_nli341
-    from capo.mjd import (
+    from capo.data.loaders import load_nli341
+    from capo.mjd.estimate import (
         MJDSettings,
         chat_renderer,
         estimate_mjds,
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         prompt_specs,
         user_message,
     )
-    from capo.mjd_scoring import HFScorer
+    from capo.mjd.scoring import HFScorer
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.random_init and not args.tokenizer:

@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads s
 
 
 def _pairs(args) -> list[dict]:
-    from capo.pairs import capo_pairs, load_task_data
+    from capo.train.pairs import capo_pairs, load_task_data
 
     rows = capo_pairs(load_task_data("nli").items("train"), args.annotator, max_pairs_per_item=3)
     return rows[: args.pairs]
@@ -42,7 +42,7 @@ def _lora(init=True):
 
 
 def _tokens(rows, tokenizer) -> int:
-    from capo.pairs import split_prompt_completion
+    from capo.train.pairs import split_prompt_completion
 
     total = 0
     for row in rows:
@@ -62,8 +62,8 @@ def held_out_loss(model, args) -> float:
     import torch
     from transformers import AutoTokenizer
 
-    from capo.pairs import capo_pairs, load_task_data
-    from capo.training_packed import dpo_sigmoid_losses, group_pairs, pack, pair_logps
+    from capo.train.pairs import capo_pairs, load_task_data
+    from capo.train.packed import dpo_sigmoid_losses, group_pairs, pack, pair_logps
 
     rows = capo_pairs(load_task_data("nli").items("dev"), args.annotator, max_pairs_per_item=3)
     packed = pack(group_pairs(rows, AutoTokenizer.from_pretrained(args.model)))
@@ -79,7 +79,7 @@ def _trl_trainer(args, rows, out, init=True, model=None, gradient_checkpointing=
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from capo.training_packed import shared_prefix_dpo_trainer_class
+    from capo.train.packed import shared_prefix_dpo_trainer_class
 
     trainer_class = shared_prefix_dpo_trainer_class() if shared_prefix else DPOTrainer
     # The shared-prefix trainer's batch counts groups of 1-3 pairs: 3 groups is about TRL's 8 pairs.
@@ -112,7 +112,7 @@ def run_packed(args, rows) -> dict:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-    from capo.training_packed import batches, dpo_sigmoid_losses, group_pairs, pack, pair_logps
+    from capo.train.packed import batches, dpo_sigmoid_losses, group_pairs, pack, pair_logps
 
     set_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -148,7 +148,7 @@ def run_agreement(args, rows) -> dict:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from capo.training_packed import dpo_sigmoid_losses, group_pairs, pack, pair_logps
+    from capo.train.packed import dpo_sigmoid_losses, group_pairs, pack, pair_logps
 
     rows = rows[: args.agreement_pairs]
     with tempfile.TemporaryDirectory() as out:

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared options l
 from build_sft import add_common_arguments, finish
 
 from capo.cli import run_main
-from capo.pairs import DEFAULT_VALIDITY, REJECTED_FROM, capo_pairs, load_task_data
-from capo.schema import check_annotator
+from capo.train.pairs import DEFAULT_VALIDITY, REJECTED_FROM, capo_pairs, load_task_data
+from capo.data.schema import check_annotator
 
 
 @run_main

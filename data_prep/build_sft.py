@@ -10,8 +10,8 @@ import argparse
 
 from capo.cli import run_main
 from capo.io import write_jsonl
-from capo.pairs import load_task_data, preview, sft_rows
-from capo.schema import check_annotator
+from capo.train.pairs import load_task_data, preview, sft_rows
+from capo.data.schema import check_annotator
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

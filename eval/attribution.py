@@ -17,12 +17,12 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
-from capo.attribution import attribution_report, format_report
+from capo.evaluate.attribution import attribution_report, format_report
 from capo.cli import run_main
 from capo.errors import DataError
 from capo.io import write_json
-from capo.pairs import load_task_data
-from capo.schema import ANNOTATORS, check_annotator
+from capo.train.pairs import load_task_data
+from capo.data.schema import ANNOTATORS, check_annotator
 
 
 @run_main

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from capo.cli import run_main
-from capo.distributions import (
+from capo.evaluate.distributions import (
     baseline_distributions,
     baseline_report,
     format_table,
@@ -23,7 +23,7 @@ from capo.distributions import (
 )
 from capo.errors import DataError
 from capo.io import atomic_write_text
-from capo.metrics import distribution_report
+from capo.evaluate.metrics import distribution_report
 
 
 @run_main

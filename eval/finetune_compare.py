@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from capo.cli import run_main
 from capo.errors import DataError
-from capo.finetune import SOURCES, aggregate, format_csv, format_markdown, reference_constants, source_name
+from capo.evaluate.finetune import SOURCES, aggregate, format_csv, format_markdown, reference_constants, source_name
 from capo.io import atomic_write_text, read_json, write_json
 from capo.manifest import write_manifest
 

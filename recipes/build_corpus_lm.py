@@ -11,7 +11,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared 2-core machines 10-25x
 
 from capo.cli import run_main
-from capo.corpus_lm import SIZES, build_corpus_lm, config_for
+from capo.train.corpus_lm import SIZES, build_corpus_lm, config_for
 
 
 @run_main

@@ -30,7 +30,7 @@ else:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
     from capo.cli import run_main
-    from capo.training import CapoArguments, ExplainerScriptArguments, train_capo
+    from capo.train.explainers import CapoArguments, ExplainerScriptArguments, train_capo
 
     def make_parser():
         from trl import DPOConfig, ModelConfig, TrlParser

@@ -7,7 +7,7 @@
     python recipes/finetune.py --eval_only true --model_name_or_path runs/ft/chaosnli/best_model \
         --ood_test_file anli_r1_test.jsonl --output_dir runs/ft/chaosnli_anli_r1
 
-Defaults are the papers' settings (`capo.finetune.PAPER_TRAINING_DEFAULTS`); a `--config` YAML replaces them, and
+Defaults are the papers' settings (`capo.evaluate.finetune.PAPER_TRAINING_DEFAULTS`); a `--config` YAML replaces them, and
 every `transformers.TrainingArguments` field given on the command line wins over both. A killed run resumes from
 its last checkpoint when started again with the same output folder.
 """
@@ -24,7 +24,7 @@ from trl import TrlParser
 
 from capo.cli import run_main
 from capo.errors import DataError
-from capo.finetune import PAPER_TRAINING_DEFAULTS, FinetuneArguments, finetune
+from capo.evaluate.finetune import PAPER_TRAINING_DEFAULTS, FinetuneArguments, finetune
 
 
 @run_main

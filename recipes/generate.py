@@ -8,7 +8,7 @@
     (on CPU-only machines `accelerate launch` needs `--multi_gpu` to start more than one process)
 
 A killed run started again with the same arguments skips the finished shards and ends with exactly the records an
-uninterrupted run writes (`generations.jsonl`). See `capo.generation` for the output layout.
+uninterrupted run writes (`generations.jsonl`). See `capo.generate.explanations` for the output layout.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from trl import TrlParser
 
 from capo.cli import run_main
 from capo.errors import DataError
-from capo.generation import GenerateArguments, run_generation
+from capo.generate.explanations import GenerateArguments, run_generation
 
 
 @run_main

@@ -20,7 +20,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
 from capo.cli import run_main
-from capo.mjd_run import MJDScriptArguments, run_mjd
+from capo.mjd.run import MJDScriptArguments, run_mjd
 
 
 def make_parser():

@@ -7,7 +7,7 @@ label-free and label-guided (VariErr / MNLI label multisets) `first` / `longest`
         --output_dir runs/model_explanations/llama3
 
 The output folder holds `generations.jsonl` (raw text and parsed list per item and label) and the sets
-(`Label-Free-first.json`, `VariErr-Label-Guided-longest.json`, ...) that `capo.loaders.load_model_explanations`
+(`Label-Free-first.json`, `VariErr-Label-Guided-longest.json`, ...) that `capo.data.loaders.load_model_explanations`
 and the MJD recipe read. A killed run started again with the same arguments skips the finished shards.
 """
 
@@ -22,7 +22,7 @@ from trl import TrlParser
 
 from capo.cli import run_main
 from capo.errors import DataError
-from capo.model_explanations import ModelExplanationArguments, run_model_explanations
+from capo.generate.model_explanations import ModelExplanationArguments, run_model_explanations
 
 
 @run_main

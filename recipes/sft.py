@@ -11,7 +11,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
 from capo.cli import run_main
-from capo.training import CapoArguments, ExplainerScriptArguments, train_sft
+from capo.train.explainers import CapoArguments, ExplainerScriptArguments, train_sft
 
 
 def make_parser():

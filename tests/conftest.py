@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def corpus_lm(tmp_path_factory) -> Path:
     """Path of a tiny corpus LM (size "test"), loadable with AutoModelForCausalLM / AutoTokenizer."""
-    from capo.corpus_lm import SIZES, build_corpus_lm
+    from capo.train.corpus_lm import SIZES, build_corpus_lm
 
     path = tmp_path_factory.mktemp("corpus-lm") / "model"
     build_corpus_lm(path, SIZES["test"], log=lambda *_: None)

@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import ROOT, run_script
 
-from capo.attribution import (
+from capo.evaluate.attribution import (
     Scored,
     _explanation_mask,
     control_annotator,
@@ -16,7 +16,7 @@ from capo.attribution import (
     paired_gain,
     score_annotations,
 )
-from capo.pairs import load_task_data
+from capo.train.pairs import load_task_data
 
 
 def test_win_rates_count_ties_half_and_average_per_item():

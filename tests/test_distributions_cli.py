@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from conftest import run_script
 
-from capo.distributions import baseline_distributions, join, read_distributions, write_distributions
-from capo.metrics import kl_per_item
+from capo.evaluate.distributions import baseline_distributions, join, read_distributions, write_distributions
+from capo.evaluate.metrics import kl_per_item
 
 
 @pytest.fixture(scope="module")

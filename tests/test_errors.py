@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from conftest import run_script
 
-from capo.distributions import read_distributions
+from capo.evaluate.distributions import read_distributions
 from capo.errors import DataError
-from capo.loaders import load_items_jsonl, load_lewidi, load_lewidi_annotators_meta, load_nli341, load_varierr
+from capo.data.loaders import load_items_jsonl, load_lewidi, load_lewidi_annotators_meta, load_nli341, load_varierr
 
 GOOD = {
     "id": "q1",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from capo.pairs import capo_pairs, load_task_data, split_prompt_completion
-from capo.training_packed import batches, dpo_sigmoid_losses, group_pairs, pack, pair_logps
+from capo.train.pairs import capo_pairs, load_task_data, split_prompt_completion
+from capo.train.packed import batches, dpo_sigmoid_losses, group_pairs, pack, pair_logps
 
 
 def test_packed_logps_match_separate_sequences(corpus_lm):

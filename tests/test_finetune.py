@@ -10,7 +10,7 @@ import pytest
 from conftest import run_script
 
 from capo.errors import DataError
-from capo.finetune import (
+from capo.evaluate.finetune import (
     METRICS,
     FinetuneArguments,
     aggregate,
@@ -32,7 +32,7 @@ from capo.finetune import (
     training_distributions,
     training_examples,
 )
-from capo.loaders import load_nli341
+from capo.data.loaders import load_nli341
 
 
 def _write_jsonl(path, rows):
@@ -251,7 +251,7 @@ def test_best_checkpoint_is_selected_by_dev_macro_f1_and_test_scored_once(tmp_pa
     assert metrics["constants"]["test"]["uniform"]["soft_ce"] == pytest.approx(math.log(3))
     for name in ("metrics.json", "run_manifest.json", "training_curves.png", "predictions_test.jsonl"):
         assert (out / name).stat().st_size > 0
-    from capo.distributions import read_distributions
+    from capo.evaluate.distributions import read_distributions
 
     assert len(read_distributions(out / "predictions_test.jsonl")) == 629
 

@@ -12,8 +12,8 @@ from conftest import ROOT, run_script
 from transformers import AutoModelForCausalLM
 
 from capo.errors import DataError
-from capo.generation import KILL_AFTER_ENV, MERGED, GenerateArguments, run_generation, shard_path
-from capo.prompts import parse_response
+from capo.generate.explanations import KILL_AFTER_ENV, MERGED, GenerateArguments, run_generation, shard_path
+from capo.data.prompts import parse_response
 
 pytestmark = pytest.mark.slow
 
@@ -122,8 +122,8 @@ def test_one_line_errors(argv, uninterrupted, tmp_path, capsys):
         lines = [line for line in err.splitlines() if line.startswith("error: ")]
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err, err
     with pytest.raises(DataError, match="duplicate item id"):
-        from capo.generation import plan_units
-        from capo.loaders import load_varierr
+        from capo.generate.explanations import plan_units
+        from capo.data.loaders import load_varierr
 
         item = load_varierr()[0]
         plan_units([item, item], {"base": None})
@@ -145,8 +145,8 @@ def test_an_adapter_retrained_in_place_refuses_to_resume(corpus_lm, tmp_path, ca
 def test_a_tokenizer_without_chat_template_is_a_one_line_error(corpus_lm):
     from transformers import AutoTokenizer
 
-    from capo.generation import render_prompt
-    from capo.loaders import load_varierr
+    from capo.generate.explanations import render_prompt
+    from capo.data.loaders import load_varierr
 
     tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
     item = load_varierr()[0]
@@ -157,8 +157,8 @@ def test_a_tokenizer_without_chat_template_is_a_one_line_error(corpus_lm):
 
 
 def test_held_out_items_follow_the_explainers_split():
-    from capo.generation import select_items
-    from capo.pairs import load_task_data
+    from capo.generate.explanations import select_items
+    from capo.train.pairs import load_task_data
 
     dev = load_task_data("paraphrase", "lewidi-par").items("dev")
     assert [i.id for i in select_items("lewidi-par", "dev")] == [i.id for i in dev]

@@ -9,10 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from capo.errors import DataError
-from capo.inference import load_backend, vllm_available
-from capo.inference.hf import HFBackend
-from capo.loaders import load_varierr
-from capo.prompts import prompt_messages
+from capo.generate.backends import load_backend, vllm_available
+from capo.generate.backends.hf import HFBackend
+from capo.data.loaders import load_varierr
+from capo.data.prompts import prompt_messages
 
 CANDIDATES = ["A", "B", "C"]
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from capo.loaders import (
+from capo.data.loaders import (
     CHAOS_DIR,
     LEWIDI_DIR,
     MODEL_EXPLANATIONS_DIR,
@@ -16,7 +16,7 @@ from capo.loaders import (
     load_nli341,
     load_varierr,
 )
-from capo.schema import ANNOTATORS, NLI
+from capo.data.schema import ANNOTATORS, NLI
 
 
 @pytest.fixture(scope="module")

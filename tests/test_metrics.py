@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import entropy, wasserstein_distance
 
-from capo import metrics
+from capo.evaluate import metrics
 
 
 def _ref_kl(h, m):

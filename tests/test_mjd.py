@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from capo.errors import DataError
-from capo.loaders import load_nli341
-from capo.mjd import (
+from capo.data.loaders import load_nli341
+from capo.mjd.estimate import (
     OPTION_ORDERS,
     MJDSettings,
     estimate_mjds,
@@ -24,9 +24,9 @@ from capo.mjd import (
     prompt_specs,
     to_label_order,
 )
-from capo.mjd_run import merge_shards, run_shard
-from capo.mjd_scoring import BackendScorer, HFScorer, build_prefix_tree
-from capo.schema import Item
+from capo.mjd.run import merge_shards, run_shard
+from capo.mjd.scoring import BackendScorer, HFScorer, build_prefix_tree
+from capo.data.schema import Item
 from tests.conftest import ROOT
 
 NAMES = {"Entailment": 0, "Neutral": 1, "Contradiction": 2}
@@ -64,7 +64,7 @@ class PreferFirstComment:
 
 
 def _item(labels=("neutral", "neutral", "contradiction", "entailment")) -> Item:
-    from capo.schema import Annotation
+    from capo.data.schema import Annotation
 
     return Item(
         id="x1", task="nli", inputs={"premise": "A man sleeps.", "hypothesis": "A person rests."},
@@ -117,7 +117,7 @@ def test_explanation_orders_counts_and_seeded_sampling():
 
 
 def test_released_model_explanations_feed_the_prompts():
-    from capo.loaders import MODEL_EXPLANATIONS_DIR, load_model_explanations
+    from capo.data.loaders import MODEL_EXPLANATIONS_DIR, load_model_explanations
 
     items = load_nli341()
     pairs = item_explanations(items, load_model_explanations(MODEL_EXPLANATIONS_DIR / "Llama3" / "Label-Free-first.json"))
@@ -236,8 +236,8 @@ def _generate_step0(model, tokenizer, prompts, letter_ids, batch_size=20):
 
 @pytest.mark.slow
 def test_scores_equal_generate_step0_in_fp32(lm, corpus_lm):
-    from capo.inference.hf import HFBackend
-    from capo.mjd import chat_renderer, user_message
+    from capo.generate.backends.hf import HFBackend
+    from capo.mjd.estimate import chat_renderer, user_message
 
     model, tokenizer = lm
     items = load_nli341()[:3]
@@ -255,7 +255,7 @@ def test_scores_equal_generate_step0_in_fp32(lm, corpus_lm):
                                                                 max_batch_tokens=300),
         "prefix reuse (>= 16 tokens)": HFScorer(model, tokenizer, batch_size=16, min_shared_tokens=16),
         "plain batched forward": HFScorer(model, tokenizer, batch_size=16, min_shared_tokens=10**9),
-        "backend (capo.inference.hf)": BackendScorer(HFBackend(str(corpus_lm), dtype="float32", batch_size=16)),
+        "backend (capo.generate.backends.hf)": BackendScorer(HFBackend(str(corpus_lm), dtype="float32", batch_size=16)),
     }
     for name, scorer in scorers.items():
         scores = scorer.score(prompts)
@@ -303,7 +303,7 @@ class Counting:
 
 @pytest.mark.slow
 def test_sharded_and_resumed_runs_equal_one_process(lm, tmp_path):
-    from capo.mjd import chat_renderer
+    from capo.mjd.estimate import chat_renderer
 
     model, tokenizer = lm
     items = load_nli341()[:7]

@@ -16,8 +16,8 @@ from collections import defaultdict
 import pytest
 
 from capo.errors import DataError
-from capo.loaders import MODEL_EXPLANATIONS_DIR, load_model_explanations, load_nli341
-from capo.model_explanations import (
+from capo.data.loaders import MODEL_EXPLANATIONS_DIR, load_model_explanations, load_nli341
+from capo.generate.model_explanations import (
     explanation_prompt,
     explanation_sets,
     label_free,
@@ -27,7 +27,7 @@ from capo.model_explanations import (
     released_row,
     select,
 )
-from capo.schema import NLI
+from capo.data.schema import NLI
 
 KINDS = ("Label-Free", "VariErr-Label-Guided", "MNLI-Label-Guided")
 
@@ -144,7 +144,7 @@ def test_prompt_and_multiset_errors():
 
 @pytest.mark.slow
 def test_recipe_writes_loadable_sets_from_generated_lists(corpus_lm, tmp_path):
-    from capo.model_explanations import ModelExplanationArguments, run_model_explanations
+    from capo.generate.model_explanations import ModelExplanationArguments, run_model_explanations
 
     out = tmp_path / "mx"
     summary = run_model_explanations(ModelExplanationArguments(

@@ -9,9 +9,9 @@ import pytest
 from conftest import run_script
 
 from capo.errors import DataError
-from capo.pairs import capo_pairs, load_task_data, normalise_text, preview, sft_rows, split_prompt_completion
-from capo.prompts import parse_response, render_inputs, user_prompt
-from capo.schema import Annotation, Item
+from capo.train.pairs import capo_pairs, load_task_data, normalise_text, preview, sft_rows, split_prompt_completion
+from capo.data.prompts import parse_response, render_inputs, user_prompt
+from capo.data.schema import Annotation, Item
 
 
 def _vote(ok_peers: int, peers: int, author: str) -> dict[str, bool]:

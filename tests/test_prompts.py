@@ -1,7 +1,7 @@
 import pytest
 
-from capo.loaders import load_dataset, load_varierr
-from capo.prompts import parse_response, render_response, user_prompt
+from capo.data.loaders import load_dataset, load_varierr
+from capo.data.prompts import parse_response, render_response, user_prompt
 
 
 def test_nli_prompt_shows_instruction_inputs_and_few_shot_examples():

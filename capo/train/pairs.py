@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from capo.errors import DataError
-from capo.prompts import prompt_messages, response_messages
-from capo.schema import Annotation, Item, check_annotator, label_space
-from capo.splits import SPLITS, history, split_items
-from capo.validity import Predicate, predicate
+from capo.data.prompts import prompt_messages, response_messages
+from capo.data.schema import Annotation, Item, check_annotator, label_space
+from capo.data.splits import SPLITS, history, split_items
+from capo.data.validity import Predicate, predicate
 
 REJECTED_FROM = ("all", "same_label", "different_label")
 # Which data set a task reads by default; LeWiDi files carry their own split, VariErr is split by seed.
@@ -45,7 +45,7 @@ class TaskData:
 def load_task_data(task: str, dataset: str | None = None, split_seed: int = 0) -> TaskData:
     """VariErr split item-disjointly with `split_seed` (the corpus LM is pre-trained on split seed 0's train items);
     LeWiDi data sets use their predefined split files (keys repeat across LeWiDi files, so splits stay separate)."""
-    from capo.loaders import DATASETS, load_dataset
+    from capo.data.loaders import DATASETS, load_dataset
 
     label_space(task)  # unknown task -> one-line error listing the valid ones
     dataset = dataset or DEFAULT_DATASET[task]

@@ -14,15 +14,15 @@ from pathlib import Path
 from capo.errors import DataError
 from capo.io import read_json
 from capo.manifest import write_manifest
-from capo.pairs import DEFAULT_VALIDITY, REJECTED_FROM, capo_pairs, load_task_data, sft_rows
-from capo.schema import check_annotator, label_space
+from capo.train.pairs import DEFAULT_VALIDITY, REJECTED_FROM, capo_pairs, load_task_data, sft_rows
+from capo.data.schema import check_annotator, label_space
 
 INIT_FROM = ("sft", "base")
 
 
 @dataclass
 class CapoArguments:
-    """Which annotator and task to model, and how its training data is built (see `capo.pairs`)."""
+    """Which annotator and task to model, and how its training data is built (see `capo.train.pairs`)."""
 
     annotator: str = field(default="A1", metadata={"help": "target annotator: A1, A2, A3 or A4"})
     task: str = field(default="nli", metadata={"help": "nli or paraphrase"})
@@ -72,7 +72,7 @@ class ExplainerScriptArguments:
     ignore_bias_buffers: bool = field(default=False, metadata={"help": "DDP workaround for boolean buffers"})
     shared_prefix: bool = field(
         default=False,
-        metadata={"help": "CAPO: pack prompt | chosen | rejected_1..k once per group (capo.training_packed); the "
+        metadata={"help": "CAPO: pack prompt | chosen | rejected_1..k once per group (capo.train.packed); the "
                           "batch size then counts groups of 1-3 pairs"},
     )
 
@@ -165,7 +165,7 @@ def _resume_point(training_args) -> str | None:
 
 def _finish(trainer, training_args, config: dict, extra: dict) -> dict:
     """Adapter, tokenizer, metrics and manifest into output_dir (the manifest last: its presence marks a done run)."""
-    from capo.loaders import DATA_DIR
+    from capo.data.loaders import DATA_DIR
 
     metrics = dict(trainer.state.log_history[-1]) if trainer.state.log_history else {}
     if trainer.eval_dataset is not None:
@@ -245,7 +245,7 @@ def train_capo(script_args: ExplainerScriptArguments, capo_args: CapoArguments, 
         training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
         model, peft_config = model_args.model_name_or_path, _lora_config(model_args)
     if script_args.shared_prefix:
-        from capo.training_packed import shared_prefix_dpo_trainer_class
+        from capo.train.packed import shared_prefix_dpo_trainer_class
 
         trainer_class = shared_prefix_dpo_trainer_class()
     else:

@@ -10,8 +10,8 @@ For every item, a multiple-choice prompt shows the context, the statement, optio
   explanation in each prompt and averages over the explanations; `none` shows no explanation.
 
 Every distribution comes back in [entailment, neutral, contradiction] order. Scoring is pluggable
-(`capo.mjd_scoring`): the fast Hugging Face scorer reuses shared prompt prefixes through the KV cache; any
-`capo.inference.base.Backend` (vLLM included) can score through its `score_next_token`.
+(`capo.mjd.scoring`): the fast Hugging Face scorer reuses shared prompt prefixes through the KV cache; any
+`capo.generate.backends.base.Backend` (vLLM included) can score through its `score_next_token`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 from scipy.special import softmax
 
 from capo.errors import DataError
-from capo.schema import NLI, Item
+from capo.data.schema import NLI, Item
 
 OPTION_LETTERS: tuple[str, ...] = ("A", "B", "C")
 OPTION_NAMES: tuple[str, ...] = ("Entailment", "Neutral", "Contradiction")  # index = NLI label index

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from capo.errors import DataError
-from capo.pairs import split_prompt_completion
+from capo.train.pairs import split_prompt_completion
 
 
 @dataclass

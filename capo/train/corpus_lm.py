@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from capo.prompts import prompt_messages, response_messages
+from capo.data.prompts import prompt_messages, response_messages
 
 SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 # `{% generation %}` marks the assistant's tokens so TRL's assistant-only loss works with this template.
@@ -60,8 +60,8 @@ SIZES = {
 
 def corpus_documents(split_seed: int = 0) -> tuple[list[str], list[str]]:
     """(train, held-out) documents as chat message lists rendered later; held-out = VariErr dev items."""
-    from capo.loaders import MODEL_EXPLANATIONS_DIR, load_dataset, load_model_explanations, load_varierr
-    from capo.splits import split_items
+    from capo.data.loaders import MODEL_EXPLANATIONS_DIR, load_dataset, load_model_explanations, load_varierr
+    from capo.data.splits import split_items
 
     varierr = load_varierr()
     split = split_items(varierr, seed=split_seed)
@@ -85,8 +85,8 @@ def corpus_documents(split_seed: int = 0) -> tuple[list[str], list[str]]:
 def pretraining_item_ids(model_path: str | Path) -> set[str]:
     """Ids of the items whose human explanations the corpus LM at `model_path` was pre-trained on (VariErr train
     items of its split seed, LeWiDi Paraphrase train); empty for any other model (e.g. a hub id)."""
-    from capo.loaders import load_dataset, load_varierr
-    from capo.splits import split_items
+    from capo.data.loaders import load_dataset, load_varierr
+    from capo.data.splits import split_items
 
     info = Path(model_path) / "corpus_lm.json"
     if not info.is_file():

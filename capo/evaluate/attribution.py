@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capo.prompts import prompt_messages, render_response
-from capo.schema import ANNOTATORS, Item
+from capo.data.prompts import prompt_messages, render_response
+from capo.data.schema import ANNOTATORS, Item
 
 EXPLANATION_MARK = "\nExplanation:"
 
@@ -138,7 +138,7 @@ def attribution_report(
 
     from transformers import AutoTokenizer
 
-    from capo.corpus_lm import pretraining_item_ids
+    from capo.train.corpus_lm import pretraining_item_ids
     from capo.errors import DataError
 
     # An item whose explanations the base model was pre-trained on is not held out, whatever the split says

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from capo.schema import TASK_INPUTS, Annotation, Item, label_space
+from capo.data.schema import TASK_INPUTS, Annotation, Item, label_space
 
 INSTRUCTIONS = {
     "nli": (

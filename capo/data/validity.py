@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from capo.schema import Annotation, Item
+from capo.data.schema import Annotation, Item
 
 Predicate = Callable[[Item, Annotation], bool]
 

@@ -3,7 +3,7 @@
 One `LoRARequest` per annotator adapter on one engine (`enable_lora=True`); `tensor_parallel_size` spreads the model
 over GPUs. Scoring asks for one new token with the top-k log-probabilities (`SamplingParams(max_tokens=1,
 logprobs=k)`) and reads the candidates from them: scores are log-probabilities, not logits (see
-`capo.inference.base`). A candidate outside the top k gets -inf (probability 0 after any softmax) and a warning.
+`capo.generate.backends.base`). A candidate outside the top k gets -inf (probability 0 after any softmax) and a warning.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from capo.errors import DataError
-from capo.inference.base import Generation, single_token_ids
+from capo.generate.backends.base import Generation, single_token_ids
 
 
 class VLLMBackend:

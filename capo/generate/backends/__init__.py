@@ -1,4 +1,4 @@
-"""Inference backends behind one interface (`capo.inference.base.Backend`): Hugging Face transformers, and vLLM
+"""Inference backends behind one interface (`capo.generate.backends.base.Backend`): Hugging Face transformers, and vLLM
 when it is installed. `load_backend` picks one by name."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import importlib.util
 from collections.abc import Mapping
 
 from capo.errors import DataError
-from capo.inference.base import Backend, Generation
+from capo.generate.backends.base import Backend, Generation
 
 BACKENDS = ("hf", "vllm")
 
@@ -32,7 +32,7 @@ def load_backend(name: str, model: str, adapters: Mapping[str, str] | None = Non
     max_lora_rank, score_top_k, seed and any `vllm.LLM` engine argument.
     """
     if name == "hf":
-        from capo.inference.hf import HFBackend
+        from capo.generate.backends.hf import HFBackend
 
         return HFBackend(model, adapters, **options)
     if name == "vllm":
@@ -41,7 +41,7 @@ def load_backend(name: str, model: str, adapters: Mapping[str, str] | None = Non
                 "backend 'vllm' needs the vllm package, which is not installed (CUDA only: pip install "
                 "'capo[infer]' in its own environment); use backend 'hf'", field="backend",
             )
-        from capo.inference.vllm import VLLMBackend
+        from capo.generate.backends.vllm import VLLMBackend
 
         return VLLMBackend(model, adapters, **options)
     raise DataError(f"unknown backend {name!r} (valid: {', '.join(BACKENDS)})", field="backend")

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from capo.errors import DataError
-from capo.schema import Annotation, Item, check_annotator
-from capo.validity import Predicate, always
+from capo.data.schema import Annotation, Item, check_annotator
+from capo.data.validity import Predicate, always
 
 SPLITS = ("train", "dev", "test")
 

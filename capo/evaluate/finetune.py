@@ -8,7 +8,7 @@ scoring the ChaosNLI test half once. This module holds all of it; `recipes/finet
 - Training sources: `chaosnli`, `varierr_dist`, `mnli_dist`, `mnli_onehot` (the 341-item baselines), or a path to
   any distribution JSONL (`{"id", "distribution"}` per line, ids = the 341 items' ids, e.g. from `recipes/mjd.py`).
 - Dev/test: ChaosNLI 629/629 (`data/mjd/chaos_dev_test`). Out of distribution: any NLI file in ANLI's format.
-- Metrics (`capo.metrics`): accuracy, macro-F1, weighted-F1 against argmax(HJD); soft CE; per-item KL(HJD||pred);
+- Metrics (`capo.evaluate.metrics`): accuracy, macro-F1, weighted-F1 against argmax(HJD); soft CE; per-item KL(HJD||pred);
   JS distance; TVD; and `kl_torch_mean` (= KL/3, what the papers' code printed as "KL") under its own name.
 """
 
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from capo.distributions import baseline_distributions, read_distributions
+from capo.evaluate.distributions import baseline_distributions, read_distributions
 from capo.errors import DataError
 from capo.io import iter_jsonl, write_json
-from capo.loaders import CHAOS_DIR, load_chaosnli, load_nli341
-from capo.metrics import distribution_report
-from capo.schema import NLI
+from capo.data.loaders import CHAOS_DIR, load_chaosnli, load_nli341
+from capo.evaluate.metrics import distribution_report
+from capo.data.schema import NLI
 
 SOURCES = ("chaosnli", "varierr_dist", "mnli_dist", "mnli_onehot")
 CONSTANTS = ("uniform", "train_mean")
@@ -342,7 +342,7 @@ def finetune(script: FinetuneArguments, training_args, log=print) -> dict:
     from transformers import DataCollatorWithPadding, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from capo.distributions import write_distributions
+    from capo.evaluate.distributions import write_distributions
     from capo.manifest import write_manifest
 
     # All input is read and checked before anything is written, so bad input leaves no output folder behind.

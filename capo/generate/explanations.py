@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Protocol
 
 from capo.errors import DataError
-from capo.inference.base import Backend
+from capo.generate.backends.base import Backend
 from capo.io import atomic_write_text, check_run_signature, iter_jsonl
-from capo.prompts import parse_response, prompt_messages
-from capo.schema import Item
+from capo.data.prompts import parse_response, prompt_messages
+from capo.data.schema import Item
 
 RUN_CONFIG = "run_config.json"
 MERGED = "generations.jsonl"
@@ -181,7 +181,7 @@ def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
 
 
 def render_prompt(tokenizer, item: Item) -> str:
-    """The explainer's prompt for an item, as in SFT/CAPO training (`capo.prompts.prompt_messages`, zero-shot)."""
+    """The explainer's prompt for an item, as in SFT/CAPO training (`capo.data.prompts.prompt_messages`, zero-shot)."""
     return chat_prompt(tokenizer, prompt_messages(item))
 
 
@@ -262,11 +262,11 @@ class GenerateArguments:
     """Arguments of `recipes/generate.py` (a `TrlParser` dataclass; YAML config keys have the same names)."""
 
     model: str = "models/corpus-lm"  # base model: hub id or local folder
-    dataset: str = "varierr"  # a `capo.loaders.load_dataset` name or path
+    dataset: str = "varierr"  # a `capo.data.loaders.load_dataset` name or path
     output_dir: str = "runs/generate"
     adapters: list[str] | None = None  # annotator explainers as NAME=PATH (hub id or folder), on the one base model
     base: bool = False  # also generate with the base model (annotator "base"); implied when there are no adapters
-    split: str | None = "test"  # held-out items: this part of `capo.splits.split_items(seed=split_seed)`; None = all
+    split: str | None = "test"  # held-out items: this part of `capo.data.splits.split_items(seed=split_seed)`; None = all
     split_seed: int = 0
     limit: int | None = None  # only the first N items (after the split)
     backend: str = "hf"  # hf | vllm
@@ -278,11 +278,11 @@ class GenerateArguments:
 
 
 def select_items(dataset: str, split: str | None, split_seed: int = 0, limit: int | None = None) -> list[Item]:
-    """The items of `split`, cut exactly as the explainers' training data was (`capo.pairs.load_task_data` for the
+    """The items of `split`, cut exactly as the explainers' training data was (`capo.train.pairs.load_task_data` for the
     data sets it knows; a source's own split, e.g. LeWiDi's, before a seeded re-split), so held-out stays held out."""
-    from capo.loaders import load_dataset
-    from capo.pairs import DATASET_TASK, load_task_data
-    from capo.splits import SPLITS, predefined_split, split_items
+    from capo.data.loaders import load_dataset
+    from capo.train.pairs import DATASET_TASK, load_task_data
+    from capo.data.splits import SPLITS, predefined_split, split_items
 
     if dataset in DATASET_TASK:
         data = load_task_data(DATASET_TASK[dataset], dataset, split_seed)
@@ -312,7 +312,7 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
     import torch
     from accelerate import PartialState
 
-    from capo.inference import backend_options, load_backend
+    from capo.generate.backends import backend_options, load_backend
     from capo.manifest import write_manifest
 
     # cpu=True lets several CPU processes (torchrun / accelerate launch without GPUs) form a gloo group.

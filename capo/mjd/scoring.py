@@ -10,7 +10,7 @@ the options; explanation permutations share their leading explanations; all prom
 `min_shared_tokens` pushes short shared segments down into their children (fewer, larger forward passes); set it
 very large to score every distinct prompt in one plain length-sorted forward pass (no prefix reuse).
 
-`BackendScorer` is the generic path: any `capo.inference.base.Backend` (e.g. vLLM) through `score_next_token`.
+`BackendScorer` is the generic path: any `capo.generate.backends.base.Backend` (e.g. vLLM) through `score_next_token`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from capo.errors import DataError
-from capo.mjd import OPTION_LETTERS, letter_token_ids
+from capo.mjd.estimate import OPTION_LETTERS, letter_token_ids
 
 
 @dataclass
@@ -188,7 +188,7 @@ class HFScorer:
 
 
 class BackendScorer:
-    """The generic path: letter scores from any `capo.inference.base.Backend`, identical prompts sent once."""
+    """The generic path: letter scores from any `capo.generate.backends.base.Backend`, identical prompts sent once."""
 
     def __init__(self, backend, adapter: str | None = None, letters: Sequence[str] = OPTION_LETTERS) -> None:
         self.backend, self.adapter, self.letters = backend, adapter, list(letters)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from capo.errors import DataError
 from capo.io import check_run_signature, write_jsonl
-from capo.loaders import write_distributions
-from capo.mjd import (
+from capo.data.loaders import write_distributions
+from capo.mjd.estimate import (
     MJDSettings,
     Scorer,
     chat_renderer,
@@ -29,8 +29,8 @@ from capo.mjd import (
     prompt_specs,
     user_message,
 )
-from capo.mjd_scoring import BackendScorer, HFScorer
-from capo.schema import Item
+from capo.mjd.scoring import BackendScorer, HFScorer
+from capo.data.schema import Item
 
 SHARD_DIR = "shards"
 RUN_KEY_FILE = "mjd_run_key.json"
@@ -144,7 +144,7 @@ class MJDScriptArguments:
 
     output_dir: str | None = field(default=None, metadata={"help": "folder for mjd.jsonl, shards, manifest"})
     model_name_or_path: str = field(default="models/corpus-lm", metadata={"help": "hub id or local folder"})
-    dataset: str = field(default="nli341", metadata={"help": "a shipped data set name or a file (capo.loaders)"})
+    dataset: str = field(default="nli341", metadata={"help": "a shipped data set name or a file (capo.data.loaders)"})
     explanations: str = field(
         default="human", metadata={"help": "human (the items' annotations), none, or a released model-explanation file"}
     )
@@ -156,7 +156,7 @@ class MJDScriptArguments:
     temperature: float = field(default=20.0, metadata={"help": "p_softmax temperature"})
     seed: int = field(default=0, metadata={"help": "seed of the explanation-order sample"})
     engine: str = field(default="prefix_cache", metadata={"help": "prefix_cache (HF model, KV reuse) | backend"})
-    backend: str = field(default="hf", metadata={"help": "engine backend: hf | vllm (capo.inference)"})
+    backend: str = field(default="hf", metadata={"help": "engine backend: hf | vllm (capo.generate.backends)"})
     min_shared_tokens: int = field(default=16, metadata={"help": "prefix_cache: shortest shared segment cached"})
     batch_size: int = field(default=32, metadata={"help": "most rows per forward pass"})
     max_batch_tokens: int | None = field(default=None, metadata={"help": "prefix_cache: most padded new tokens per pass"})
@@ -182,7 +182,7 @@ def _load_scorer(args: MJDScriptArguments, device):
     if args.dtype not in DTYPES:
         raise DataError(f"unknown dtype {args.dtype!r} (valid: {', '.join(DTYPES)})", field="dtype")
     if args.engine == "backend":
-        from capo.inference import backend_options, load_backend
+        from capo.generate.backends import backend_options, load_backend
 
         backend = load_backend(args.backend, args.model_name_or_path,
                                **backend_options(args.backend, args.dtype, args.batch_size))
@@ -208,7 +208,7 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
     from accelerate import PartialState
     from transformers.utils import logging as hf_logging
 
-    from capo.loaders import load_dataset, load_model_explanations
+    from capo.data.loaders import load_dataset, load_model_explanations
     from capo.manifest import write_manifest
 
     if not args.output_dir:

@@ -11,7 +11,7 @@ Explanation sets are then built from the pools:
 `first` takes each label's explanations in generation order, `longest` by decreasing character count (ties keep
 generation order). When a label is needed more often than it has explanations, the extra slots repeat the label's
 top-ranked explanation: the released files show `a b a a` for four slots over two explanations, not `a b a b`.
-The resulting structures are those `capo.loaders.load_model_explanations` returns for the released files, and
+The resulting structures are those `capo.data.loaders.load_model_explanations` returns for the released files, and
 `released_row` writes files in the released format.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from capo.errors import DataError
-from capo.schema import NLI, Item
+from capo.data.schema import NLI, Item
 
 Strategy = Literal["first", "longest"]
 STRATEGIES: tuple[str, ...] = ("first", "longest")
@@ -141,7 +141,7 @@ def label_multiset(item: Item, source: str) -> list[str]:
     if source == "mnli":
         counts = item.meta.get("mnli_counts")
         if not counts or len(counts) != len(NLI):
-            raise DataError("no MNLI label counts (load the 341-item set: capo.loaders.load_nli341)", item=item.id,
+            raise DataError("no MNLI label counts (load the 341-item set: capo.data.loaders.load_nli341)", item=item.id,
                             field="mnli labels")
         return [label for label, count in zip(NLI.labels, counts, strict=True) for _ in range(int(count))]
     raise DataError(f"unknown label multiset {source!r} (valid: {', '.join(MULTISETS)})", field="multiset")
@@ -162,7 +162,7 @@ def set_name(kind: str, strategy: str) -> str:
 
 
 def released_row(item: Item, pairs: Pairs, kind: str) -> dict:
-    """One line of a released-format file (`capo.loaders.load_model_explanations` reads it back)."""
+    """One line of a released-format file (`capo.data.loaders.load_model_explanations` reads it back)."""
     return {
         "premise": item.inputs["premise"],
         "hypothesis": item.inputs["hypothesis"],
@@ -208,11 +208,11 @@ class ModelExplanationArguments:
 
 def run_model_explanations(args: ModelExplanationArguments) -> dict:
     """Generate every label's explanation list for every item (sharded, resumable), then write the six released-
-    format sets (`Label-Free-first.json`, ...) that `capo.loaders.load_model_explanations` reads."""
-    from capo.generation import MERGED, Progress, chat_prompt, merge_shards, run_sharded
-    from capo.inference import backend_options, load_backend
+    format sets (`Label-Free-first.json`, ...) that `capo.data.loaders.load_model_explanations` reads."""
+    from capo.generate.explanations import MERGED, Progress, chat_prompt, merge_shards, run_sharded
+    from capo.generate.backends import backend_options, load_backend
     from capo.io import iter_jsonl, write_jsonl
-    from capo.loaders import load_dataset
+    from capo.data.loaders import load_dataset
     from capo.manifest import write_manifest
 
     items = load_dataset(args.dataset)

@@ -1,4 +1,4 @@
-"""Loaders: every supported source file becomes a list of `capo.schema.Item`.
+"""Loaders: every supported source file becomes a list of `capo.data.schema.Item`.
 
 Sources: VariErr NLI (JSONL), LeWiDi 2025 VariErrNLI / Paraphrase (+ annotator meta files with trailing
 commas), the MJD papers' 341-item `NLI_explanations.json`, ChaosNLI dev/test, the released LLM
@@ -19,9 +19,9 @@ from pathlib import Path
 
 from capo.errors import DataError
 from capo.io import iter_jsonl, read_json, write_jsonl
-from capo.schema import ANNOTATORS, NLI, TASK_INPUTS, Annotation, Item, label_space
+from capo.data.schema import ANNOTATORS, NLI, TASK_INPUTS, Annotation, Item, label_space
 
-DATA_DIR = Path(os.environ.get("CAPO_DATA_DIR", Path(__file__).resolve().parents[1] / "data"))
+DATA_DIR = Path(os.environ.get("CAPO_DATA_DIR", Path(__file__).resolve().parents[2] / "data"))
 VARIERR_PATH = DATA_DIR / "varierr" / "varierr.json"
 NLI341_PATH = DATA_DIR / "mjd" / "NLI_explanations.json"
 CHAOS_DIR = DATA_DIR / "mjd" / "chaos_dev_test"

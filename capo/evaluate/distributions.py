@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from capo.errors import DataError
-from capo.loaders import load_nli341, read_distributions, write_distributions  # noqa: F401  (re-exported)
-from capo.metrics import distribution_report
-from capo.schema import NLI
+from capo.data.loaders import load_nli341, read_distributions, write_distributions  # noqa: F401  (re-exported)
+from capo.evaluate.metrics import distribution_report
+from capo.data.schema import NLI
 
 BASELINES = ("uniform", "mnli_onehot", "mnli_dist", "varierr_dist", "chaosnli")
 # Distribution name in `Item.distributions` behind each baseline (uniform is built here).

@@ -3,7 +3,7 @@
 Several annotators' adapters sit on one base model (`PeftModel.load_adapter` / `set_adapter`); `adapter=None` runs
 the base model with the adapters disabled. `score_next_token` is one forward pass per prompt that computes only the
 last position's logits; identical prompts are computed once. Under `accelerate launch` each process uses its own
-device (`PartialState().device`); sharding the work is the caller's job (see `capo.generation`).
+device (`PartialState().device`); sharding the work is the caller's job (see `capo.generate.explanations`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from capo.errors import DataError
-from capo.inference.base import Generation, single_token_ids
+from capo.generate.backends.base import Generation, single_token_ids
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 

@@ -1,0 +1,1 @@
+"""Stage 5, evaluation: metrics, distribution files and baselines, likelihood attribution, soft-label fine-tuning."""
