@@ -1,0 +1,184 @@
+"""LeWiDi 2025 split files as the shared task sees them: LeWiDi item keys, LeWiDi annotator names, and labels that
+may be absent (the official `*_test_clear.json` files keep every key but blank every label).
+
+`capo.data.loaders.load_lewidi` turns a labelled file into `Item`s (VariErr ids, canonical `A1..A4`) for the rest of
+the pipeline; this module keeps what a submission needs instead: the file's own keys and order, the distinct
+annotators of each item in `annotations` key order (the order the official scorer builds its targets in), and
+targets only where the file has them. Field meanings: `data/lewidi2025/README.md`.
+
+A label-less file is any file whose `annotations` values are all `""` (the `_test_clear` form, e.g.
+AadiSanghani/LeWidi `dataset/VariErrNLI/VariErrNLI_test_clear.json`) or whose `annotations` is `{}`/absent (then
+the annotators come from the `annotators` string); its `soft_label` is ignored. A file labelled for some items or
+annotators only is an error: partial gold would be scored silently wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from capo.data.loaders import LEWIDI_DIR
+from capo.data.schema import LIKERT, NLI
+from capo.errors import DataError
+from capo.io import read_json
+
+# Short names (as in the task's overview paper) -> the organisers' file prefix.
+LEWIDI_DATASETS: dict[str, str] = {"ven": "VariErrNLI", "par": "Paraphrase"}
+_TASKS = {"natural language inference": "ven", "paraphrase detection": "par"}
+_TEXT_FIELDS = {"ven": ("context", "statement"), "par": ("Question1", "Question2")}
+LEWIDI_ANNOTATORS: tuple[str, ...] = ("Ann1", "Ann2", "Ann3", "Ann4")
+# Label order of the official VEN targets and submission rows (the `soft_label` key order), not capo's [E, N, C].
+VEN_LABELS: tuple[str, ...] = ("contradiction", "entailment", "neutral")
+PAR_LABELS: tuple[int, ...] = tuple(range(-5, 6))
+
+
+@dataclass(frozen=True)
+class LewidiItem:
+    """One item of a LeWiDi split file.
+
+    `labels[a]`: VEN, the annotator's label set (sorted, one or more of VEN_LABELS); Par, a one-tuple of the Likert
+    integer. `soft_label`: VEN, label -> share of annotators whose set holds it (as rounded in the file); Par, the 11
+    probabilities for -5..5. Both are None for a label-less file.
+    """
+
+    id: str
+    dataset: str
+    inputs: tuple[str, str]
+    annotators: tuple[str, ...]
+    labels: dict[str, tuple] | None = None
+    soft_label: dict | None = None
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+
+def lewidi_annotator(name, where: dict, field: str) -> str:
+    """`Ann1`..`Ann4`; capo's canonical `A1`..`A4` are accepted for the same people."""
+    text = str(name).strip()
+    if text.startswith("A") and not text.startswith("Ann"):
+        text = "Ann" + text[1:]
+    if text not in LEWIDI_ANNOTATORS:
+        raise DataError(f"unknown annotator {name!r} (valid: {', '.join(LEWIDI_ANNOTATORS)})", field=field, **where)
+    return text
+
+
+def lewidi_split_path(dataset: str, split: str, data_dir: str | Path = LEWIDI_DIR) -> Path:
+    """A split name (train/dev/test) -> the vendored file; anything else is taken as a path."""
+    if split in ("train", "dev", "test"):
+        prefix = LEWIDI_DATASETS[check_dataset(dataset)]
+        return Path(data_dir) / prefix / f"{prefix}_{split}.json"
+    return Path(split)
+
+
+def check_dataset(dataset: str) -> str:
+    if dataset not in LEWIDI_DATASETS:
+        raise DataError(f"unknown LeWiDi dataset {dataset!r} (valid: {', '.join(LEWIDI_DATASETS)})", field="dataset")
+    return dataset
+
+
+def parse_ven_labels(value, where: dict, field: str) -> tuple[str, ...]:
+    """`"contradiction,neutral"` (or a list) -> a sorted, duplicate-free label set; short forms e/n/c accepted."""
+    parts = value.split(",") if isinstance(value, str) else value
+    if not isinstance(parts, list | tuple) or not all(isinstance(p, str) for p in parts):
+        raise DataError("expected a comma-separated label string or a list of labels", field=field, **where)
+    out = set()
+    for part in parts:
+        try:
+            out.add(NLI.normalise(part))
+        except ValueError as err:
+            raise DataError(str(err), field=field, **where) from None
+    return tuple(sorted(out))
+
+
+def parse_par_label(value, where: dict, field: str) -> int:
+    """A Likert point -5..5, as an int or its string spelling ("3", "+3")."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise DataError(f"expected an integer from -5 to 5, got {value!r}", field=field, **where)
+    try:
+        return int(LIKERT.normalise(value))
+    except ValueError:
+        raise DataError(f"expected an integer from -5 to 5, got {value!r}", field=field, **where) from None
+
+
+def _blank(value) -> bool:
+    return value is None or value == ""
+
+
+def read_lewidi(path: str | Path, dataset: str | None = None) -> list[LewidiItem]:
+    """Every item of a LeWiDi VEN or Par split file, labelled or not, in file order.
+
+    `dataset` (ven/par), when given, must match the file's `annotation task`.
+    """
+    path = str(path)
+    data = read_json(path)
+    if not isinstance(data, dict) or not data:
+        raise DataError("expected a non-empty JSON object mapping item ids to records", path=path)
+    items, first = [], None
+    for key, row in data.items():
+        where = {"path": path, "item": str(key)}
+        if not isinstance(row, dict):
+            raise DataError("expected an object", **where)
+        task = row.get("annotation task")
+        if task not in _TASKS:
+            raise DataError(f"unknown task {task!r} (valid: {', '.join(_TASKS)})", field="annotation task", **where)
+        found = _TASKS[task]
+        if dataset is not None and found != dataset:
+            raise DataError(f"a {LEWIDI_DATASETS[found]} file, not {LEWIDI_DATASETS[dataset]}", field="annotation task", **where)
+        dataset = found
+        text = row.get("text")
+        fields = _TEXT_FIELDS[found]
+        if not isinstance(text, dict) or not all(isinstance(text.get(f), str) for f in fields):
+            raise DataError(f"expected text fields {', '.join(fields)}", field="text", **where)
+        names_field = row.get("annotators")
+        if not isinstance(names_field, str):
+            raise DataError("expected a comma-separated string", field="annotators", **where)
+        slots = [lewidi_annotator(n, where, "annotators") for n in names_field.split(",") if n.strip()]
+        distinct = tuple(dict.fromkeys(slots))
+        annotations = row.get("annotations") or {}
+        if not isinstance(annotations, dict):
+            raise DataError("expected an object {annotator: label}", field="annotations", **where)
+        keys = tuple(lewidi_annotator(n, where, "annotations") for n in annotations)
+        if keys and set(keys) != set(distinct):
+            raise DataError(f"annotators {', '.join(keys)} in 'annotations' but {', '.join(distinct)} in 'annotators'",
+                            field="annotations", **where)
+        annotators = keys or distinct  # the official targets follow the `annotations` key order
+        if not annotators:
+            raise DataError("no annotators", field="annotators", **where)
+        blank = [k for k, v in zip(keys, annotations.values()) if _blank(v)]
+        if blank and len(blank) != len(keys):
+            raise DataError(f"labels blank for {', '.join(blank)} only: a split is either labelled or label-less",
+                            field="annotations", **where)
+        labelled = bool(keys) and not blank
+        if first is None:
+            first = (str(key), labelled)
+        elif labelled != first[1]:
+            state = {True: "labelled", False: "label-less"}
+            raise DataError(f"{state[labelled]}, but item {first[0]} is {state[first[1]]}: a split is either "
+                            "labelled or label-less", field="annotations", **where)
+        labels = soft = None
+        if labelled:
+            if found == "ven":
+                labels = {k: parse_ven_labels(v, where, f"annotations.{raw}")
+                          for k, raw, v in zip(keys, annotations, annotations.values())}
+            else:
+                labels = {k: (parse_par_label(v, where, f"annotations.{raw}"),)
+                          for k, raw, v in zip(keys, annotations, annotations.values())}
+            soft = _soft_label(row.get("soft_label"), found, where)
+        items.append(LewidiItem(id=str(key), dataset=found, inputs=(text[fields[0]], text[fields[1]]),
+                                annotators=annotators, labels=labels, soft_label=soft))
+    return items
+
+
+def _soft_label(soft, dataset: str, where: dict) -> dict:
+    """The file's soft label, read as the official scorer reads it (VEN: the "1" entry of each label)."""
+    try:
+        if dataset == "ven":
+            return {label: float(soft[label]["1"]) for label in VEN_LABELS}
+        values = {point: float(soft[str(point)]) for point in PAR_LABELS}
+    except (KeyError, TypeError, ValueError):
+        shape = "{label: {'0': q, '1': p}} for each label" if dataset == "ven" else "a probability for each of -5..5"
+        raise DataError(f"expected {shape}", field="soft_label", **where) from None
+    if abs(sum(values.values()) - 1) > 1e-6:
+        raise DataError(f"sums to {sum(values.values()):.6g}, not 1", field="soft_label", **where)
+    return values

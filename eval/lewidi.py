@@ -1,0 +1,113 @@
+r"""LeWiDi 2025 on VariErrNLI (ven) and Paraphrase (par): baseline predictions, official scores, Codabench files.
+
+    python eval/lewidi.py predict --dataset ven --split test --baseline most_frequent --output runs/lw/ven_mf.jsonl
+    python eval/lewidi.py predict --dataset par --split dev --baseline random --seed 0 --output runs/lw/par_rand.jsonl
+    python eval/lewidi.py score --dataset ven --split test --predictions runs/lw/ven_mf.jsonl [--soft SOFT.jsonl]
+    python eval/lewidi.py export --dataset ven --split VariErrNLI_test_clear.json --predictions P.jsonl \
+        --output_dir runs/lw/submission [--naming short]
+
+predict  writes one row per (item, annotator) of the split ({"id", "annotator", "labels"} for ven, {"id",
+         "annotator", "label"} for par); labels in the split file may be absent. Trained on the LeWiDi train split.
+score    prints {"perspectivist", "soft", ...} (lower is better) against a labelled split; a prediction file that
+         misses an (item, annotator) of the split is refused, naming the first missing pair.
+export   writes <Dataset>_test_soft.tsv and <Dataset>_test_pe.tsv (one `key<TAB>[...]` line per item) and a flat
+         res.zip of every submission file in --output_dir.
+File formats and sources: capo/evaluate/lewidi.py. Each command's flags follow.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from capo.cli import run_main
+from capo.data.lewidi import check_dataset, lewidi_split_path, read_lewidi
+from capo.errors import DataError
+from capo.evaluate.lewidi import (
+    ExportArguments,
+    PredictArguments,
+    ScoreArguments,
+    aggregate_soft,
+    most_frequent_predictions,
+    random_predictions,
+    read_annotator_predictions,
+    read_soft_predictions,
+    score,
+    write_annotator_predictions,
+    write_soft_predictions,
+    write_submission,
+)
+from capo.io import write_json
+
+COMMANDS = {"predict": PredictArguments, "score": ScoreArguments, "export": ExportArguments}
+
+
+def make_parser(command: str):
+    from trl import TrlParser
+
+    parser = TrlParser((COMMANDS[command],))
+    parser.prog = f"eval/lewidi.py {command}"
+    parser.description = COMMANDS[command].__doc__
+    return parser
+
+
+def predict(args: PredictArguments) -> dict:
+    dataset = check_dataset(args.dataset)
+    items = read_lewidi(lewidi_split_path(dataset, args.split), dataset)
+    if args.baseline == "most_frequent":
+        train = read_lewidi(args.train_file or lewidi_split_path(dataset, "train"), dataset)
+        predictions = most_frequent_predictions(train, items, args.vote)
+    elif args.baseline == "random":
+        predictions = random_predictions(items, args.seed)
+    else:
+        raise DataError(f"unknown baseline {args.baseline!r} (valid: most_frequent, random)", field="baseline")
+    write_annotator_predictions(args.output, predictions, dataset)
+    if args.soft_output:
+        write_soft_predictions(args.soft_output, aggregate_soft(items, predictions))
+    return {"items": len(items), "predictions": len(predictions), "output": args.output}
+
+
+def score_files(args: ScoreArguments) -> dict:
+    dataset = check_dataset(args.dataset)
+    items = read_lewidi(lewidi_split_path(dataset, args.split), dataset)
+    predictions = read_annotator_predictions(args.predictions, dataset) if args.predictions else None
+    soft = read_soft_predictions(args.soft, dataset) if args.soft else None
+    report = score(items, predictions, soft, predictions_path=args.predictions or "", soft_path=args.soft or "")
+    report = {"dataset": dataset, "split": args.split, **report}
+    if args.output:
+        write_json(args.output, report)
+    return report
+
+
+def export(args: ExportArguments) -> dict:
+    dataset = check_dataset(args.dataset)
+    items = read_lewidi(lewidi_split_path(dataset, args.split), dataset)
+    predictions = read_annotator_predictions(args.predictions, dataset)
+    soft = read_soft_predictions(args.soft, dataset) if args.soft else None
+    written = write_submission(args.output_dir, items, predictions, soft, naming=args.naming,
+                               zip_name=args.zip_name or None, predictions_path=args.predictions,
+                               soft_path=args.soft or "")
+    return {"items": len(items), "written": [str(p) for p in written]}
+
+
+RUN = {"predict": predict, "score": score_files, "export": export}
+
+
+@run_main
+def main(argv: list[str] | None = None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        for command in COMMANDS:
+            print(make_parser(command).format_help())
+        return None
+    if argv[0] not in COMMANDS:
+        raise DataError(f"unknown command {argv[0]!r} (valid: {', '.join(COMMANDS)}; --help shows all three)")
+    (args,) = make_parser(argv[0]).parse_args_and_config(args=argv[1:])
+    result = RUN[argv[0]](args)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
