@@ -1,0 +1,118 @@
+"""Aggregation-aware imitation: does an explainer behave like *its* annotator once behaviour is aggregated?
+
+For one target annotator, the explainer's generated responses on held-out items are compared with every real
+annotator's held-out responses on the same items:
+- group attribution: the judge applied to groups of k generated responses (k = 1, 2, 4, 8, 16); the same protocol
+  on the target's own held-out responses is the human ceiling;
+- label-marginal match: JS distance between the target's label distribution and the generated one;
+- nearest real annotator by the cosine of MiniLM embedding centroids;
+- style statistics (length, hedging and negation rates, overlap with the input);
+- per-item label agreement with the target.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from capo.data.schema import ANNOTATORS, Item, LabelSpace
+from capo.errors import DataError
+from capo.evaluate.patterns import Response, accuracy_interval, embed, group_predictions
+
+_WORD = re.compile(r"[a-z']+")
+HEDGES = ("may", "might", "could", "possibly", "perhaps", "probably", "likely", "unlikely", "seems", "seem",
+          "unclear", "suggests", "suggest", "maybe", "uncertain", "assume")
+NEGATIONS = ("not", "no", "never", "nothing", "none", "neither", "nor", "without", "cannot")
+
+
+def generated_responses(records: Sequence[Mapping], items: Mapping[str, Item], label_space: LabelSpace
+                        ) -> tuple[list[Response], int]:
+    """Parsed generation records as responses (unparsed ones are counted, not used): (responses, unparsed)."""
+    rows, unparsed = [], 0
+    for number, record in enumerate(records, 1):
+        item = items.get(str(record.get("id")))
+        if item is None:
+            raise DataError("generated record for an item not in the evaluation set", line=number,
+                            item=str(record.get("id")), field="id")
+        label, explanation = record.get("label"), str(record.get("explanation") or "").strip()
+        try:
+            label = label_space.normalise(label) if label is not None else None
+        except ValueError:
+            label = None
+        if not record.get("parsed", True) or label is None or not explanation:
+            unparsed += 1
+            continue
+        rows.append(Response(item.id, str(record.get("annotator")), label, explanation, tuple(item.inputs.values())))
+    return rows, unparsed
+
+
+def style_stats(rows: Sequence[Response]) -> dict[str, float]:
+    """Mean words per explanation; share with a hedge, with a negation; share of words copied from the input."""
+    if not rows:
+        return {"words": float("nan"), "hedging": float("nan"), "negation": float("nan"), "input_overlap": float("nan")}
+    words = [_WORD.findall(r.explanation.lower().replace("n't", " not")) for r in rows]
+    copied = []
+    for r, ws in zip(rows, words):
+        source = {w for text in r.inputs for w in _WORD.findall(text.lower())}
+        copied.append(np.mean([w in source for w in ws]) if ws else 0.0)
+    return {"words": float(np.mean([len(ws) for ws in words])),
+            "hedging": float(np.mean([any(w in HEDGES for w in ws) for ws in words])),
+            "negation": float(np.mean([any(w in NEGATIONS for w in ws) for ws in words])),
+            "input_overlap": float(np.mean(copied))}
+
+
+def label_distribution(rows: Sequence[Response], label_space: LabelSpace) -> np.ndarray:
+    counts = Counter(r.label for r in rows)
+    values = np.array([counts.get(label, 0) for label in label_space.labels], dtype=float)
+    return values / values.sum() if values.sum() else np.full(len(label_space), 1 / len(label_space))
+
+
+def group_attribution(log_proba: np.ndarray, rows: Sequence[Response], target: str, ks: Sequence[int], seed: int = 0,
+                      classes: Sequence[str] = ANNOTATORS) -> list[dict]:
+    """Share of groups of k responses (distinct items) that the judge attributes to `target`."""
+    out = []
+    for k in ks:
+        true, pred = group_predictions(log_proba, [target] * len(rows), [r.item_id for r in rows], k,
+                                       np.random.default_rng(seed), classes)
+        acc, low, high = accuracy_interval(pred == list(classes).index(target), seed)
+        out.append({"k": k, "groups": len(true), "recognised": acc, "ci_low": low, "ci_high": high})
+    return out
+
+
+def imitation_report(target: str, generated: Sequence[Response], real: Sequence[Response], judge, label_space: LabelSpace,
+                     *, ks: Sequence[int] = (1, 2, 4, 8, 16), seed: int = 0, embeddings: bool = True) -> dict:
+    """Every imitation measure for one target; `real` are all annotators' held-out responses on the same items."""
+    from scipy.spatial.distance import jensenshannon
+
+    classes = list(judge.classes)
+    target_real = [r for r in real if r.annotator == target]
+    if not generated or not target_real:
+        raise DataError(f"target {target}: {len(generated)} generated and {len(target_real)} real held-out responses")
+    report = {"target": target, "generated": len(generated),
+              "attribution": group_attribution(judge.log_proba(generated), generated, target, ks, seed, classes),
+              "human_ceiling": group_attribution(judge.log_proba(target_real), target_real, target, ks, seed, classes)}
+    generated_labels = label_distribution(generated, label_space)
+    report["label_js"] = {name: float(jensenshannon(label_distribution([r for r in real if r.annotator == name],
+                                                                        label_space), generated_labels, base=2))
+                          for name in classes}
+    report["label_js_target"] = report["label_js"][target]
+    target_labels = {}
+    for r in target_real:
+        target_labels.setdefault(r.item_id, set()).add(r.label)
+    shared = [r for r in generated if r.item_id in target_labels]
+    report["item_label_agreement"] = float(np.mean([r.label in target_labels[r.item_id] for r in shared])) if shared else float("nan")
+    report["style"] = {"generated": style_stats(generated), **{name: style_stats([r for r in real if r.annotator == name])
+                                                               for name in classes}}
+    if embeddings:
+        centroid = embed([r.explanation for r in generated]).mean(axis=0)
+        cosines = {}
+        for name in classes:
+            mine = [r.explanation for r in real if r.annotator == name]
+            c = embed(mine).mean(axis=0)
+            cosines[name] = float(centroid @ c / (np.linalg.norm(centroid) * np.linalg.norm(c)))
+        report["centroid_cosine"] = cosines
+        report["nearest_annotator"] = max(cosines, key=cosines.get)
+    return report

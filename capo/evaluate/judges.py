@@ -1,0 +1,145 @@
+"""Attribution judges: which of the annotators wrote this response (label + explanation)?
+
+The trained judge is the pattern-analysis classifier fitted on the annotators' training histories. It refuses to
+judge a response on an item it was trained on: its examples never include the evaluated item.
+
+The LLM judge asks a causal LM a multiple-choice question: the examples of each annotator (from their training
+history, never the evaluated item) under letters A-D, then the response, then "Answer:"; the next-token scores of
+the letters (through the shared scoring engine) give a distribution over annotators. The assignment of annotators to
+letters is rotated over all cyclic shifts and the probabilities averaged back per annotator, as MJDs average option
+orders, so no annotator profits from a letter position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from capo.data.schema import ANNOTATORS
+from capo.errors import DataError
+from capo.evaluate.figures import save_figure
+from capo.evaluate.patterns import Response, accuracy_interval, features, make_classifier
+
+LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
+
+
+class TrainedJudge:
+    """Logistic regression on char n-grams or MiniLM embeddings of the training histories' responses."""
+
+    def __init__(self, kind: str = "char", *, with_label: bool = True, reduce: bool = False, seed: int = 0,
+                 classes: Sequence[str] = ANNOTATORS) -> None:
+        self.kind, self.with_label, self.reduce, self.seed = kind, with_label, reduce, seed
+        self.classes = list(classes)
+        self.train_items: set[str] = set()
+
+    def fit(self, train: Sequence[Response]) -> TrainedJudge:
+        present = sorted({r.annotator for r in train})
+        if present != sorted(self.classes):
+            raise DataError(f"training histories cover annotators {present}, expected {sorted(self.classes)}")
+        self.train_items = {r.item_id for r in train}
+        x = features(train, self.kind, reduce=self.reduce, with_label=self.with_label)
+        self.model = make_classifier(self.kind, self.seed).fit(x, [r.annotator for r in train])
+        return self
+
+    def log_proba(self, rows: Sequence[Response]) -> np.ndarray:
+        """Log-probability of each annotator (columns in `classes` order) for each response."""
+        seen = [r.item_id for r in rows if r.item_id in self.train_items]
+        if seen:
+            raise DataError(f"{len(seen)} responses are on items the judge was trained on (e.g. {seen[0]}): "
+                            "judge held-out items only", item=seen[0])
+        x = features(rows, self.kind, reduce=self.reduce, with_label=self.with_label)
+        out = np.full((len(rows), len(self.classes)), -np.inf)
+        columns = [self.classes.index(c) for c in self.model.classes_]
+        out[:, columns] = self.model.predict_log_proba(x)
+        return out
+
+
+def judge_prompt(response: Response, examples: dict[str, Sequence[Response]], order: Sequence[str]) -> str:
+    """The multiple-choice question: annotator `order[i]`'s examples under letter i, then the response."""
+    if response.item_id in {e.item_id for rows in examples.values() for e in rows}:
+        raise DataError("the evaluated item is among the judge's examples", item=response.item_id)
+    parts = ["Several annotators labelled sentence pairs and explained their labels. Here are examples of each "
+             "annotator's responses.", ""]
+    for letter, name in zip(LETTERS, order):
+        parts.append(f"Annotator {letter}:")
+        parts.extend(f"- {e.label}: {e.explanation}" for e in examples[name])
+        parts.append("")
+    parts += ["Which annotator wrote this response?", f"- {response.label}: {response.explanation}", "",
+              f"Answer with one letter ({', '.join(LETTERS[: len(order)])})."]
+    return "\n".join(parts)
+
+
+def pick_examples(history: Sequence[Response], per_annotator: int, seed: int = 0,
+                  classes: Sequence[str] = ANNOTATORS) -> dict[str, list[Response]]:
+    """`per_annotator` seeded examples of each annotator from the training history."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in classes:
+        rows = [r for r in history if r.annotator == name]
+        if len(rows) < per_annotator:
+            raise DataError(f"annotator {name} has {len(rows)} history responses, fewer than {per_annotator}")
+        out[name] = [rows[i] for i in rng.choice(len(rows), per_annotator, replace=False)]
+    return out
+
+
+class LLMJudge:
+    """Annotator attribution from next-token letter scores; `render` turns a user message into the model's prompt
+    (chat template), `score(prompts, letters)` returns next-token logits of the letters (the shared scoring engine)."""
+
+    def __init__(self, score: Callable[[list[str], Sequence[str]], np.ndarray], render: Callable[[str], str],
+                 history: Sequence[Response], *, per_annotator: int = 3, seed: int = 0,
+                 classes: Sequence[str] = ANNOTATORS) -> None:
+        self.score, self.render, self.classes = score, render, list(classes)
+        self.history, self.per_annotator, self.seed = list(history), per_annotator, seed
+
+    def log_proba(self, rows: Sequence[Response]) -> np.ndarray:
+        n = len(self.classes)
+        letters = LETTERS[:n]
+        orders = [self.classes[s:] + self.classes[:s] for s in range(n)]  # every annotator under every letter once
+        prompts, index = [], []
+        for row_index, row in enumerate(rows):
+            pool = [h for h in self.history if h.item_id != row.item_id]  # never the evaluated item
+            examples = pick_examples(pool, self.per_annotator, self.seed + row_index, self.classes)
+            for order in orders:
+                prompts.append(self.render(judge_prompt(row, examples, order)))
+                index.append((row_index, order))
+        logits = np.asarray(self.score(prompts, letters), dtype=np.float64)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        total = np.zeros((len(rows), n))
+        for (row_index, order), p in zip(index, probs):
+            for letter_pos, name in enumerate(order):
+                total[row_index, self.classes.index(name)] += p[letter_pos]
+        return np.log(total / len(orders))
+
+
+def judge_report(log_proba: np.ndarray, true: Sequence[str], classes: Sequence[str] = ANNOTATORS,
+                 seed: int = 0) -> dict:
+    """Accuracy with a bootstrap interval, per-annotator accuracy, the confusion matrix and chance."""
+    from sklearn.metrics import confusion_matrix
+
+    classes = list(classes)
+    pred = [classes[i] for i in np.argmax(log_proba, axis=1)]
+    correct = np.array([p == t for p, t in zip(pred, true)])
+    acc, low, high = accuracy_interval(correct, seed)
+    per = {c: float(np.mean([p == t for p, t in zip(pred, true) if t == c])) for c in classes if c in set(true)}
+    return {"n": len(true), "accuracy": acc, "ci_low": low, "ci_high": high, "chance": 1 / len(classes),
+            "per_annotator": per, "labels": classes,
+            "confusion": confusion_matrix(list(true), pred, labels=classes).tolist()}
+
+
+def confusion_plot(report: dict, path: str | Path, title: str = "") -> None:
+    """The report's confusion matrix as a PNG (rows: true annotator, columns: judged)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ConfusionMatrixDisplay(np.asarray(report["confusion"]), display_labels=report["labels"]).plot(ax=ax, colorbar=False)
+    ax.set_title(title or f"accuracy {report['accuracy']:.2f} (chance {report['chance']:.2f})")
+    fig.tight_layout()
+    save_figure(fig, path)

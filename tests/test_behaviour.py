@@ -1,0 +1,201 @@
+"""Pattern analysis on hand-made responses: writers with a signature are found, shuffled names are not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from capo.evaluate.patterns import (
+    Response,
+    accuracy_interval,
+    group_predictions,
+    pattern_table,
+    shuffle_within_items,
+    strip_inputs,
+    subtract_item_means,
+)
+from tests.conftest import run_script
+
+TOPICS = ["dogs run in the park", "a man reads a book", "two kids play chess", "the cafe is closed today",
+          "a woman sings loudly", "rain falls on the roof", "cars wait at the light", "the train leaves early"]
+# Each writer has a weak habit: one marker word that appears in a third of their explanations.
+MARKERS = {"A1": "arguably", "A2": "plainly", "A3": "seemingly", "A4": "frankly"}
+
+
+def _rows(n_items: int = 120, seed: int = 0) -> list[Response]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_items):
+        topic = TOPICS[i % len(TOPICS)]
+        premise = f"{topic} number {i}"
+        for name, marker in MARKERS.items():
+            words = [marker if rng.random() < 0.35 else "the", "statement", "is", "about", topic]
+            rows.append(Response(f"item{i}", name, "neutral", " ".join(words), (premise, "hypothesis")))
+    return rows
+
+
+def test_strip_inputs_removes_copied_words_case_insensitively():
+    assert strip_inputs("The Dog is NOT sleeping", ["the dog sleeps"]) == "is NOT sleeping"
+
+
+def test_subtract_item_means_centres_each_item():
+    emb = np.array([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
+    out = subtract_item_means(emb, ["a", "a", "b"])
+    assert np.allclose(out, [[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]])
+
+
+def test_group_predictions_sum_log_probabilities_over_distinct_items():
+    # Three responses of A1; individually 2 of 3 look like A2, but summed evidence says A1.
+    log_proba = np.log(np.array([[0.9, 0.1], [0.4, 0.6], [0.45, 0.55]]))
+    true, pred = group_predictions(log_proba, ["A1", "A1", "A1"], ["x", "y", "z"], 3, np.random.default_rng(0), ["A1", "A2"])
+    assert true.tolist() == [0] and pred.tolist() == [0]
+    single_true, single_pred = group_predictions(log_proba, ["A1"] * 3, ["x", "y", "z"], 1, np.random.default_rng(0), ["A1", "A2"])
+    assert sorted(single_pred.tolist()) == [0, 1, 1]
+    # Two responses on the same item count once: no group of 2 can be formed from one item.
+    true, _ = group_predictions(log_proba[:2], ["A1", "A1"], ["x", "x"], 2, np.random.default_rng(0), ["A1", "A2"])
+    assert len(true) == 0
+
+
+def test_shuffle_within_items_keeps_each_items_names():
+    names = ["A1", "A2", "A3", "A1", "A2"]
+    items = ["a", "a", "a", "b", "b"]
+    shuffled = shuffle_within_items(names, items, np.random.default_rng(3))
+    assert sorted(shuffled[:3]) == ["A1", "A2", "A3"] and sorted(shuffled[3:]) == ["A1", "A2"]
+
+
+def test_accuracy_interval_brackets_the_mean():
+    acc, low, high = accuracy_interval(np.array([1, 0, 1, 1, 0, 1, 1, 1]))
+    assert acc == pytest.approx(0.75) and low < acc < high
+
+
+def test_pattern_table_finds_weak_writer_signatures_and_the_control_does_not():
+    table = pattern_table(_rows(), kinds=["char"], ks=[1, 8], seed=0, folds=4)
+    get = {(r["reduced"], r["annotators"], r["k"]): r["accuracy"] for r in table}
+    # Single responses: the marker is present a third of the time, so well above chance but far from perfect.
+    assert 0.3 < get[(False, "real", 1)] < 0.8
+    # Aggregating 8 responses of the same writer makes the habit visible.
+    assert get[(False, "real", 8)] > get[(False, "real", 1)] and get[(False, "real", 8)] > 0.8
+    # Input-content reduction removes the topic words, not the habit.
+    assert get[(True, "real", 8)] > 0.8
+    # Names shuffled within items: nothing to learn.
+    assert get[(False, "shuffled", 1)] < 0.35 and get[(False, "shuffled", 8)] < 0.6
+
+
+def test_cli_bad_group_size_is_one_line(tmp_path):
+    out = tmp_path / "p.json"
+    result = run_script("eval/patterns.py", "--dataset", "varierr", "--ks", "0", "--output", out)
+    assert result.returncode == 2 and "--ks" in result.stderr and not out.exists()
+
+
+def test_cli_unknown_dataset_is_one_line(tmp_path):
+    out = tmp_path / "p.json"
+    result = run_script("eval/patterns.py", "--dataset", str(tmp_path / "nope.jsonl"), "--output", out)
+    assert result.returncode == 2 and result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+# --- judges --------------------------------------------------------------------------------------------------------
+from capo.data.schema import NLI  # noqa: E402
+from capo.evaluate.imitation import generated_responses, imitation_report, style_stats  # noqa: E402
+from capo.evaluate.judges import LLMJudge, TrainedJudge, confusion_plot, judge_prompt, judge_report, pick_examples  # noqa: E402
+from capo.errors import DataError  # noqa: E402
+
+
+def _split(rows, n_train_items=80):
+    train = [r for r in rows if int(r.item_id[4:]) < n_train_items]
+    test = [r for r in rows if int(r.item_id[4:]) >= n_train_items]
+    return train, test
+
+
+def test_trained_judge_attributes_held_out_responses_and_refuses_training_items(tmp_path):
+    train, test = _split(_rows(160))
+    judge = TrainedJudge("char", with_label=True).fit(train)
+    report = judge_report(judge.log_proba(test), [r.annotator for r in test])
+    assert report["accuracy"] > 0.35 and report["chance"] == 0.25
+    assert np.asarray(report["confusion"]).sum() == len(test)
+    assert set(report["per_annotator"]) == set(MARKERS)
+    with pytest.raises(DataError, match="trained on"):
+        judge.log_proba(train[:3])
+    confusion_plot(report, tmp_path / "cm.png")
+    assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_llm_judge_never_shows_the_evaluated_item_and_undoes_letter_rotation(monkeypatch):
+    import capo.evaluate.judges as judges
+
+    train, test = _split(_rows(40), 30)
+    example_items: list[tuple[str, set[str]]] = []
+    real_prompt = judges.judge_prompt
+
+    def spy(response, examples, order):
+        example_items.append((response.item_id, {e.item_id for rows in examples.values() for e in rows}))
+        return real_prompt(response, examples, order)
+
+    monkeypatch.setattr(judges, "judge_prompt", spy)
+    shown: list[str] = []
+
+    def score(prompts, letters):
+        # A "model" that reads the response's marker and answers the letter under which that marker's writer sits.
+        shown.extend(prompts)
+        out = []
+        for prompt in prompts:
+            body, response = prompt.rsplit("Which annotator wrote this response?", 1)
+            logits = np.zeros(len(letters))
+            for i, letter in enumerate(letters):
+                section = body.split(f"Annotator {letter}:")[1].split("Annotator ")[0]
+                writer = next(n for n, m in MARKERS.items() if m in section) if any(m in section for m in MARKERS.values()) else None
+                if writer and MARKERS[writer] in response:
+                    logits[i] = 5.0
+            out.append(logits)
+        return np.array(out)
+
+    # Examples that always carry the marker, so the fake model can tell the sections apart.
+    history = [r for r in train + test if MARKERS[r.annotator] in r.explanation]  # evaluated items included
+    judge = LLMJudge(score, lambda text: text, history, per_annotator=2)
+    marked = [r for r in test if MARKERS[r.annotator] in r.explanation][:8]
+    log_proba = judge.log_proba(marked)
+    assert np.allclose(np.exp(log_proba).sum(axis=1), 1)
+    assert [judge.classes[i] for i in log_proba.argmax(axis=1)] == [r.annotator for r in marked]
+    assert len(shown) == 4 * len(marked)  # every cyclic letter assignment once
+    assert len(example_items) == len(shown)
+    assert all(item not in used for item, used in example_items)  # no example from the evaluated item
+
+
+def test_judge_prompt_refuses_the_evaluated_item_among_examples():
+    rows = _rows(4)
+    examples = pick_examples(rows, 1, seed=0)
+    with pytest.raises(DataError, match="among the judge's examples"):
+        judge_prompt(examples["A1"][0], examples, list(MARKERS))
+
+
+def test_imitation_report_recognises_a_faithful_imitator_more_as_groups_grow():
+    train, test = _split(_rows(200), 100)
+    judge = TrainedJudge("char", with_label=False).fit(train)
+    rng = np.random.default_rng(5)
+    # An "explainer" for A3 that uses A3's habit as often as A3 does, on the held-out items.
+    items = sorted({r.item_id for r in test})
+    generated = [Response(i, "A3", "neutral", f"{'seemingly' if rng.random() < 0.35 else 'the'} statement is about x",
+                          ("p", "h")) for i in items]
+    report = imitation_report("A3", generated, test, judge, NLI, ks=[1, 8], embeddings=False)
+    by_k = {row["k"]: row["recognised"] for row in report["attribution"]}
+    assert by_k[8] > by_k[1] and by_k[8] > 0.7
+    assert report["label_js_target"] == pytest.approx(0.0)
+    assert report["item_label_agreement"] == 1.0
+    assert report["style"]["generated"]["words"] == pytest.approx(5.0)  # "<marker> statement is about x"
+
+
+def test_generated_responses_count_unparsed_and_locate_unknown_items():
+    items = {"x": type("I", (), {"id": "x", "inputs": {"premise": "p", "hypothesis": "h"}})()}
+    rows, unparsed = generated_responses(
+        [{"id": "x", "annotator": "A1", "label": "Neutral", "explanation": "e", "parsed": True},
+         {"id": "x", "annotator": "A1", "label": None, "explanation": "", "parsed": False}], items, NLI)
+    assert [r.label for r in rows] == ["neutral"] and unparsed == 1
+    with pytest.raises(DataError, match="item y"):
+        generated_responses([{"id": "y", "label": "neutral", "explanation": "e"}], items, NLI)
+
+
+def test_style_stats_counts_hedges_negations_and_copied_words():
+    rows = [Response("i", "A1", "neutral", "It might not rain", ("rain today",)),
+            Response("j", "A1", "neutral", "Cats sleep", ("dogs",))]
+    stats = style_stats(rows)
+    assert stats == {"words": 3.0, "hedging": 0.5, "negation": 0.5, "input_overlap": pytest.approx((1 / 4) / 2)}
