@@ -199,3 +199,32 @@ def test_style_stats_counts_hedges_negations_and_copied_words():
             Response("j", "A1", "neutral", "Cats sleep", ("dogs",))]
     stats = style_stats(rows)
     assert stats == {"words": 3.0, "hedging": 0.5, "negation": 0.5, "input_overlap": pytest.approx((1 / 4) / 2)}
+
+
+# --- variability ---------------------------------------------------------------------------------------------------
+from capo.evaluate.variability import input_overlap, pairwise_overlap, variability, words  # noqa: E402
+
+
+def test_ngram_overlaps_worked_by_hand():
+    a, b = words("the cat sat"), words("the cat ran")
+    # unigrams {the, cat, sat} vs {the, cat, ran}: 2 shared of 4 -> 0.5; bigrams {the cat, cat sat} vs
+    # {the cat, cat ran}: 1 of 3; trigrams: 0 of 2.
+    assert pairwise_overlap([a, b], 1) == pytest.approx(0.5)
+    assert pairwise_overlap([a, b], 2) == pytest.approx(1 / 3)
+    assert pairwise_overlap([a, b], 3) == 0.0
+    assert np.isnan(pairwise_overlap([a], 1))
+    # "the cat sat" against the input "a cat sat down": unigrams cat, sat of 3 -> 2/3; bigram "cat sat" of 2 -> 1/2.
+    assert input_overlap(a, words("a cat sat down"), 1) == pytest.approx(2 / 3)
+    assert input_overlap(a, words("a cat sat down"), 2) == pytest.approx(0.5)
+
+
+def test_variability_of_identical_explanations_is_maximal_and_tags_are_used_when_present():
+    sets = {"i": ["the dog runs", "the dog runs"], "j": ["a cat", "a cat", "a cat"]}
+    out = variability(sets, {"i": "dog", "j": "cat"}, embeddings=False)
+    assert out["lex1_within"] == 1.0 and out["lex2_within"] == 1.0
+    assert out["lex1_input"] == pytest.approx((1 / 3 * 2 + 1 / 2 * 3) / 5)
+    from capo.evaluate.variability import pos_tagger
+
+    assert ("pos1_within" in out) == (pos_tagger() is not None)
+    with pytest.raises(DataError, match="item k"):
+        variability({"k": ["x"]}, {"i": "y"})
