@@ -16,7 +16,7 @@ from capo.evaluate.attribution import (
     paired_gain,
     score_annotations,
 )
-from capo.train.pairs import load_task_data
+from capo.data.datasets import load_task_data
 
 
 def test_win_rates_count_ties_half_and_average_per_item():
