@@ -93,7 +93,8 @@ def select_heldout(data: TaskData, split: str | None, adapters: Mapping[str, str
             for path, manifest in zip(adapters.values(), _manifests(adapters).values(), strict=True)
             if manifest is not None for record in _chain(manifest, path)]
     own = {item.id: name for name in SPLITS for item in data.splits[name]}
-    return [item for item in data.all_items() if all(cut.get(item.id, own[item.id]) == split for cut in cuts)]
+    names = lambda i: [cut.get(i, own[i]) for cut in cuts] or [own[i]]
+    return [item for item in data.all_items() if all(name == split for name in names(item.id))]
 
 
 def check_heldout(items: Sequence[Item], adapters: Mapping[str, str | Path], log: Callable[[str], None] = print) -> None:
