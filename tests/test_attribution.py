@@ -9,6 +9,8 @@ import json
 import pytest
 from conftest import ROOT, run_script
 
+from capo.data.datasets import load_task_data
+from capo.data.heldout import training_record
 from capo.evaluate.attribution import (
     Scored,
     _explanation_mask,
@@ -17,8 +19,6 @@ from capo.evaluate.attribution import (
     paired_gain,
     score_annotations,
 )
-from capo.data.datasets import load_task_data
-from capo.data.heldout import training_record
 from capo.io import write_json
 
 

@@ -90,8 +90,8 @@ def test_adapters_without_a_record(varierr_seed0, tmp_path):
     data, _ = varierr_seed0
     lines: list[str] = []
     check_heldout(data.items("train"), {"hub": "someone/adapter"}, log=lines.append)
-    assert lines == ["adapter hub (someone/adapter) has no run manifest: which items it trained on is unknown, "
-                     "not checked"]
+    assert lines == [("adapter hub (someone/adapter) has no run manifest: which items it trained on is unknown, "
+                      "not checked")]
     write_json(tmp_path / "old" / "run_manifest.json", {"stage": "sft"})
     with pytest.raises(DataError, match="does not record the adapter's training items"):
         check_heldout(data.items("test"), {"A1": str(tmp_path / "old")})
@@ -100,9 +100,8 @@ def test_adapters_without_a_record(varierr_seed0, tmp_path):
 
 
 def test_mjd_reports_and_can_leave_out_pretraining_items(corpus_lm, tmp_path):
-    from capo.mjd.run import MJDScriptArguments, run_mjd
-
     from capo.data.loaders import load_dataset
+    from capo.mjd.run import MJDScriptArguments, run_mjd
 
     first = load_dataset("nli341")[:12]
     seen = sum(i.id in set(split_items(load_dataset("varierr"), seed=0).train) for i in first)

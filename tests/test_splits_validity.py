@@ -1,10 +1,10 @@
 import pytest
 
-from capo.errors import DataError
 from capo.data.loaders import load_dataset, load_varierr
 from capo.data.schema import Annotation, Item
 from capo.data.splits import history, predefined_split, split_items
 from capo.data.validity import not_error_label, own_vote, peer_majority, predicate, unanimous
+from capo.errors import DataError
 
 
 @pytest.fixture(scope="module")
