@@ -28,7 +28,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads s
 
 
 def _pairs(args) -> list[dict]:
-    from capo.train.pairs import capo_pairs, load_task_data
+    from capo.data.datasets import load_task_data
+    from capo.train.pairs import capo_pairs
 
     rows = capo_pairs(load_task_data("nli").items("train"), args.annotator, max_pairs_per_item=3)
     return rows[: args.pairs]
@@ -62,7 +63,8 @@ def held_out_loss(model, args) -> float:
     import torch
     from transformers import AutoTokenizer
 
-    from capo.train.pairs import capo_pairs, load_task_data
+    from capo.data.datasets import load_task_data
+    from capo.train.pairs import capo_pairs
     from capo.train.packed import dpo_sigmoid_losses, group_pairs, pack, pair_logps
 
     rows = capo_pairs(load_task_data("nli").items("dev"), args.annotator, max_pairs_per_item=3)

@@ -1,6 +1,7 @@
 """Build CAPO preference pairs (prompt / chosen / rejected) for one target annotator.
 
     python data_prep/build_pairs.py --annotator A2 --task nli --output runs/data/pairs_A2_nli.jsonl
+        [--dataset varierr|lewidi-ven|lewidi-par|path/to/your.jsonl]
         [--rejected_from all|same_label|different_label] [--max_pairs_per_item 3]
         [--chosen_valid peer_majority_not_self_corrected] [--rejected_valid peer_majority_not_self_corrected]
         [--preview 3 --model models/corpus-lm]
@@ -17,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared options l
 from build_sft import add_common_arguments, finish
 
 from capo.cli import run_main
-from capo.train.pairs import DEFAULT_VALIDITY, REJECTED_FROM, capo_pairs, load_task_data
+from capo.data.datasets import load_task_data
 from capo.data.schema import check_annotator
+from capo.train.pairs import DEFAULT_VALIDITY, REJECTED_FROM, capo_pairs
 
 
 @run_main

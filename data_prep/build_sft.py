@@ -1,7 +1,8 @@
 """Build SFT rows (conversational prompt/completion) for one target annotator.
 
     python data_prep/build_sft.py --annotator A2 --task nli --output runs/data/sft_A2_nli.jsonl
-        [--split train] [--few_shot 0] [--preview 3 --model models/corpus-lm]
+        [--dataset varierr|lewidi-ven|lewidi-par|path/to/your.jsonl] [--split train] [--few_shot 0]
+        [--valid peer_majority_not_self_corrected] [--preview 3 --model models/corpus-lm]
 """
 
 from __future__ import annotations
@@ -9,17 +10,20 @@ from __future__ import annotations
 import argparse
 
 from capo.cli import run_main
-from capo.io import write_jsonl
-from capo.train.pairs import load_task_data, preview, sft_rows
+from capo.data.datasets import load_task_data
 from capo.data.schema import check_annotator
+from capo.io import write_jsonl
+from capo.train.pairs import DEFAULT_VALIDITY, preview, sft_rows
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotator", required=True, help="target annotator: A1..A4")
     parser.add_argument("--task", default="nli", help="nli or paraphrase")
-    parser.add_argument("--dataset", help="varierr | lewidi-ven (nli), lewidi-par (paraphrase); default per task")
+    parser.add_argument("--dataset", help="varierr | lewidi-ven (nli), lewidi-par (paraphrase), or a path to your own "
+                        "JSONL (capo.data.loaders.load_items_jsonl, split by --split_seed); default per task")
     parser.add_argument("--split", default="train", help="train (training data) or dev/test (held-out evaluation)")
-    parser.add_argument("--split_seed", type=int, default=0, help="VariErr item split seed (the corpus LM uses 0)")
+    parser.add_argument("--split_seed", type=int, default=0,
+                        help="item split seed of VariErr and your own JSONL (the corpus LM uses 0)")
     parser.add_argument("--few_shot", type=int, default=0, help="k worked examples from the target's train history")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="JSONL file to write (atomically)")
@@ -42,11 +46,12 @@ def finish(rows: list[dict], args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
+    parser.add_argument("--valid", default=DEFAULT_VALIDITY, help="validity predicate for SFT rows (any: all)")
     args = parser.parse_args(argv)
     check_annotator(args.annotator)
     data = load_task_data(args.task, args.dataset, args.split_seed)
     rows = sft_rows(data.items(args.split), args.annotator, few_shot=args.few_shot, few_shot_pool=data.items("train"),
-                    seed=args.seed)
+                    valid=args.valid, seed=args.seed)
     finish(rows, args)
     return rows
 

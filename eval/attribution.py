@@ -3,11 +3,13 @@
     python eval/attribution.py --model models/corpus-lm \
         --adapter sft=runs/attr/seed{seed}/sft/{task}/{annotator} \
         --adapter capo=runs/attr/seed{seed}/capo/{task}/{annotator} \
-        --seeds 0 1 2 [--splits dev test] [--output results/attribution.json]
+        --seeds 0 1 2 [--splits dev test] [--exclude_pretrained true] [--output results/attribution.json]
 
 For every target annotator: the share of held-out comparisons in which the model scores the target's real
 explanation above another annotator's (length-normalised log-likelihood), for the base model and each adapter kind,
 the gain over base with a 95 % paired bootstrap interval over items, and a control (another annotator's model).
+Held-out items follow the split recorded in the adapters' run manifests (`capo.data.heldout`); an item an adapter
+trained on is refused, and items the base corpus LM was pre-trained on are counted and left out by default.
 """
 
 from __future__ import annotations
@@ -17,12 +19,19 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
-from capo.evaluate.attribution import attribution_report, format_report
 from capo.cli import run_main
-from capo.errors import DataError
-from capo.io import write_json
-from capo.train.pairs import load_task_data
+from capo.data.datasets import load_task_data
+from capo.data.heldout import select_heldout
 from capo.data.schema import ANNOTATORS, check_annotator
+from capo.errors import DataError
+from capo.evaluate.attribution import adapter_folders, adapter_names, attribution_report, format_report
+from capo.io import write_json
+
+
+def _flag(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise DataError(f"expected true or false, got {text!r}", field="exclude_pretrained")
+    return text.lower() == "true"
 
 
 @run_main
@@ -34,9 +43,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--annotators", nargs="+", default=list(ANNOTATORS))
     parser.add_argument("--task", default="nli")
-    parser.add_argument("--dataset", help="default: varierr for nli, lewidi-par for paraphrase")
-    parser.add_argument("--split_seed", type=int, default=0, help="must match the split the adapters trained on")
+    parser.add_argument("--dataset", help="default: varierr for nli, lewidi-par for paraphrase; or your own JSONL")
+    parser.add_argument("--split_seed", type=int, default=0,
+                        help="split of items the adapters' manifests do not know (theirs decides the others)")
     parser.add_argument("--splits", nargs="+", default=["dev", "test"], help="held-out splits to score")
+    parser.add_argument("--exclude_pretrained", default="true",
+                        help="true: leave out items the base corpus LM was pre-trained on (their count is reported)")
     parser.add_argument("--output", help="write the full report as JSON")
     args = parser.parse_args(argv)
     for annotator in args.annotators:
@@ -49,11 +61,14 @@ def main(argv: list[str] | None = None) -> dict:
         adapters[kind] = template
     if "train" in args.splits:
         raise DataError("attribution is measured on held-out items: use dev and/or test, not train")
+    exclude = _flag(args.exclude_pretrained)
     data = load_task_data(args.task, args.dataset, args.split_seed)
-    items = [item for split in args.splits for item in data.items(split)]
+    folders = adapter_names(adapter_folders(adapters, args.seeds, args.annotators, args.task))
+    items = [item for split in args.splits for item in select_heldout(data, split, folders)]
     report = attribution_report(args.model, adapters, items, seeds=args.seeds, annotators=args.annotators,
-                                task=args.task, log=lambda msg: print(msg, flush=True))
-    report.update(model=args.model, adapters=adapters, splits=args.splits, task=args.task)
+                                task=args.task, exclude_pretrained=exclude, log=lambda msg: print(msg, flush=True))
+    report.update(model=args.model, adapters=adapters, splits=args.splits, task=args.task,
+                  dataset=data.dataset, exclude_pretrained=exclude)
     print(format_report(report, list(adapters)))
     if args.output:
         write_json(args.output, report)

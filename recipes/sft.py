@@ -2,6 +2,10 @@
 
     accelerate launch recipes/sft.py --annotator A2 --config recipes/configs/sft.yaml
     python recipes/sft.py --annotator A2 --task paraphrase --config recipes/configs/sft_tiny.yaml
+    python recipes/sft.py --annotator A2 --dataset my_items.jsonl --sft_valid any --config ...
+
+Rows pass `--sft_valid` (default: the predicate CAPO's chosen side uses). The output's run_manifest.json records the
+data set, its content hash, the split and the items trained on; generation and attribution hold those items out.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Likelihood attribution: explanation token masks, batched scoring, win rates, bootstrap gains, and the CLI."""
+"""Likelihood attribution: explanation token masks, batched scoring, win rates, bootstrap gains, held-out items by the
+adapters' manifests, the corpus LM's pre-training items, and the CLI (adapters really trained: tests/test_heldout.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import pytest
 from conftest import ROOT, run_script
 
+from capo.data.datasets import load_task_data
+from capo.data.heldout import training_record
 from capo.evaluate.attribution import (
     Scored,
     _explanation_mask,
@@ -16,7 +19,7 @@ from capo.evaluate.attribution import (
     paired_gain,
     score_annotations,
 )
-from capo.train.pairs import load_task_data
+from capo.io import write_json
 
 
 def test_win_rates_count_ties_half_and_average_per_item():
@@ -67,18 +70,22 @@ def test_mask_and_batched_scores_match_a_direct_computation(corpus_lm):
         assert row.score == pytest.approx(sum(picked) / len(picked), abs=1e-4)
 
 
-def _adapters(corpus_lm, root, zero: bool):
-    """A LoRA adapter per annotator: zero-initialised (identical to base) or random (a different model)."""
+def _adapters(corpus_lm, root, zero: bool, split_seed: int = 0, annotators=("A1", "A2", "A3", "A4")):
+    """A LoRA adapter per annotator: zero-initialised (identical to base) or random (a different model), with a run
+    manifest saying it trained on every training item of VariErr split `split_seed`."""
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    for k, annotator in enumerate(("A1", "A2", "A3", "A4")):
-        import torch
-
+    data = load_task_data("nli", split_seed=split_seed)
+    for k, annotator in enumerate(annotators):
         torch.manual_seed(k)
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(corpus_lm),
                                LoraConfig(r=4, target_modules="all-linear", init_lora_weights=zero or False))
-        model.save_pretrained(root / "seed0" / "nli" / annotator)
+        folder = root / "seed0" / "nli" / annotator
+        model.save_pretrained(folder)
+        record = training_record(data, annotator, [i.id for i in data.items("train")])
+        write_json(folder / "run_manifest.json", {"stage": "sft", "training_data": record})
     return str(root / "seed{seed}" / "{task}" / "{annotator}")
 
 
@@ -101,16 +108,40 @@ def test_cli_identity_adapters_gain_nothing_and_random_ones_differ(corpus_lm, tm
     assert any(abs(r) > 1e-3 for r in rates)
 
 
-
-def test_cli_errors_are_one_line(corpus_lm, tmp_path, capsys):
+def _cli():
     spec = importlib.util.spec_from_file_location("eval_attribution", ROOT / "eval" / "attribution.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
+    return cli
+
+
+def test_items_follow_the_adapters_split_and_pretraining_items_are_counted(corpus_lm, tmp_path, capsys):
+    """Adapters trained on split seed 1: their dev items, of which the corpus LM (split seed 0) saw some."""
+    template = _adapters(corpus_lm, tmp_path / "seed1", zero=True, split_seed=1, annotators=("A1", "A2"))
+    dev = {i.id for i in load_task_data("nli", split_seed=1).items("dev")}
+    seen = len(dev & set(load_task_data("nli").split().train))
+    assert 0 < seen < len(dev)
+    reports = {}
+    for exclude in ("false", "true"):
+        capsys.readouterr()
+        out = tmp_path / f"{exclude}.json"
+        _cli().main(["--model", str(corpus_lm), "--adapter", f"same={template}", "--annotators", "A1", "A2",
+                     "--splits", "dev", "--exclude_pretrained", exclude, "--output", str(out)])
+        reports[exclude] = json.loads(out.read_text()), capsys.readouterr().out
+    assert reports["false"][0]["items"] == len(dev) and reports["true"][0]["items"] == len(dev) - seen
+    assert f"{seen} of {len(dev)} items are in the base model's pre-training corpus" in reports["false"][1]
+    assert f"leaving out {seen} of {len(dev)} items the base model was pre-trained on" in reports["true"][1]
+
+
+
+def test_cli_errors_are_one_line(corpus_lm, tmp_path, capsys):
+    cli = _cli()
     for argv, expected in (
         (["--adapter", f"x={tmp_path}/{{annotator}}"], "error: no adapter in 4 folder(s), first: "),
         (["--splits", "train"], "error: attribution is measured on held-out items"),
         (["--adapter", "sft"], "error: --adapter expects KIND=TEMPLATE"),
         (["--annotators", "A0"], "error: unknown annotator 'A0'"),
+        (["--exclude_pretrained", "maybe"], "error: field 'exclude_pretrained': expected true or false"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(["--model", str(corpus_lm), *argv])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from capo.train.pairs import capo_pairs, load_task_data, split_prompt_completion
+from capo.data.datasets import load_task_data
+from capo.train.pairs import capo_pairs, split_prompt_completion
 from capo.train.packed import batches, dpo_sigmoid_losses, group_pairs, pack, pair_logps
 
 

@@ -158,7 +158,7 @@ def test_a_tokenizer_without_chat_template_is_a_one_line_error(corpus_lm):
 
 def test_held_out_items_follow_the_explainers_split():
     from capo.generate.explanations import select_items
-    from capo.train.pairs import load_task_data
+    from capo.data.datasets import load_task_data
 
     dev = load_task_data("paraphrase", "lewidi-par").items("dev")
     assert [i.id for i in select_items("lewidi-par", "dev")] == [i.id for i in dev]

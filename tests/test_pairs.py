@@ -1,5 +1,5 @@
-"""SFT rows and CAPO pairs: validity, rejected_from modes, normalised duplicates, caps, split isolation, determinism,
-prompt rendering and the tokenised preview."""
+"""SFT rows and CAPO pairs: validity (CAPO sides and SFT rows), rejected_from modes, normalised duplicates, caps,
+split isolation, determinism, separate pair / few-shot generators, your own JSONL, prompt rendering and the preview."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import json
 import pytest
 from conftest import run_script
 
-from capo.errors import DataError
-from capo.train.pairs import capo_pairs, load_task_data, normalise_text, preview, sft_rows, split_prompt_completion
+from capo.data.datasets import load_task_data
+from capo.data.loaders import item_to_json
 from capo.data.prompts import parse_response, render_inputs, user_prompt
 from capo.data.schema import Annotation, Item
+from capo.data.splits import split_items
+from capo.errors import DataError
+from capo.train.pairs import capo_pairs, normalise_text, preview, sft_rows, split_prompt_completion
 
 
 def _vote(ok_peers: int, peers: int, author: str) -> dict[str, bool]:
@@ -93,12 +96,67 @@ def test_pair_rendering_shares_the_prompt():
     assert parse_response(rejected["content"], "nli")[0] == row["rejected_label"]
 
 
-def test_sft_rows_one_per_label():
+def test_sft_rows_one_per_valid_label():
     rows = sft_rows([_item()], "A2")
     assert [r["label"] for r in rows] == ["entailment", "neutral"]
     assert rows[1]["completion"] == [{"role": "assistant", "content": "Label: neutral\nExplanation: He may be restless."}]
     with pytest.raises(DataError, match="valid: A1, A2, A3, A4"):
         sft_rows([_item()], "A5")
+
+
+def test_sft_rows_pass_the_validity_predicate():
+    # By default SFT keeps what CAPO's chosen side keeps: A1's self-corrected neutral and A4's peer-rejected response
+    # are not trained on.
+    assert [r["label"] for r in sft_rows([_item()], "A1")] == ["entailment"]
+    assert sft_rows([_item()], "A4") == []
+    assert [r["label"] for r in sft_rows([_item()], "A1", valid="any")] == ["entailment", "neutral"]
+    assert [r["label"] for r in sft_rows([_item()], "A4", valid="not_self_corrected")] == ["contradiction"]
+    assert {r["label"] for r in sft_rows([_item()], "A1", valid="any")} - {
+        r["label"] for r in sft_rows([_item()], "A1", valid="not_self_corrected")} == {"neutral"}
+    with pytest.raises(DataError, match="unknown validity predicate 'sensible'"):
+        sft_rows([_item()], "A1", valid="sensible")
+    # On VariErr the default drops rows: the self-corrected and peer-rejected ones.
+    train = load_task_data("nli").items("train")
+    every, valid = sft_rows(train, "A3", valid="any"), sft_rows(train, "A3")
+    assert 0 < len(valid) < len(every)
+    by_id = {i.id: i for i in train}
+    dropped = {(r["id"], r["label"]) for r in every} - {(r["id"], r["label"]) for r in valid}
+    assert all(any(a.label == label and (a.self_corrected or sum(a.peer_votes()) * 2 <= len(a.peer_votes()))
+                   for a in by_id[i].by_annotator("A3")) for i, label in dropped)
+
+
+def test_few_shot_does_not_change_which_pairs_are_kept():
+    items = [_item(f"i{k}") for k in range(8)]
+    key = lambda rows: [(r["id"], r["chosen_label"], r["rejected_annotator"], r["rejected_label"]) for r in rows]
+    for seed in range(3):
+        plain = capo_pairs(items, "A2", rejected_valid="any", max_pairs_per_item=2, seed=seed)
+        shots = capo_pairs(items, "A2", rejected_valid="any", max_pairs_per_item=2, seed=seed, few_shot=2,
+                           few_shot_pool=items)
+        assert key(plain) == key(shots)
+        assert all("few_shot_ids" not in r for r in plain)
+        assert all(len(r["few_shot_ids"]) == 2 and r["id"] not in r["few_shot_ids"] for r in shots)
+        assert all(r["prompt"][0]["content"].count("Example:") == 2 for r in shots)
+    # The few-shot draw is seeded too, and changes with the seed.
+    draws = [[r["few_shot_ids"] for r in capo_pairs(items, "A2", seed=s, few_shot=2, few_shot_pool=items)]
+             for s in (0, 0, 1)]
+    assert draws[0] == draws[1] != draws[2]
+
+
+def test_own_jsonl_as_the_dataset(tmp_path):
+    items = [_item(f"q{k}") for k in range(20)]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(item_to_json(i)) + "\n" for i in items))
+    train_ids = set(split_items(items, seed=4).train)
+    for script in ("data_prep/build_pairs.py", "data_prep/build_sft.py"):
+        out = tmp_path / f"{script[10:-3]}.jsonl"
+        result = run_script(script, "--annotator", "A2", "--dataset", path, "--split_seed", "4", "--output", out)
+        assert result.returncode == 0, result.stderr
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert rows and {r["id"] for r in rows} == train_ids
+    bad = run_script("data_prep/build_sft.py", "--annotator", "A2", "--dataset", path, "--task", "paraphrase")
+    assert bad.returncode == 2 and bad.stderr.strip() == f"error: dataset {str(path)!r} holds nli items, not paraphrase"
+    bad = run_script("data_prep/build_sft.py", "--annotator", "A2", "--dataset", tmp_path / "none.jsonl")
+    assert bad.returncode == 2 and "unknown dataset" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_split_isolation_and_few_shot_from_training_history():

@@ -1,10 +1,10 @@
 import pytest
 
-from capo.errors import DataError
 from capo.data.loaders import load_dataset, load_varierr
 from capo.data.schema import Annotation, Item
 from capo.data.splits import history, predefined_split, split_items
 from capo.data.validity import not_error_label, own_vote, peer_majority, predicate, unanimous
+from capo.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +85,32 @@ def test_varierr_self_corrected_pairs_fail_own_vote(varierr):
     # self_corrected means the author did not validate their own pair.
     assert all(not own_vote(i, a) for i, a in pairs if a.self_corrected)
     assert all(own_vote(i, a) for i, a in pairs if not a.self_corrected)
+
+
+def test_load_splits_cuts_every_data_set_as_training_does(varierr):
+    from capo.data.datasets import load_splits, load_task_data
+
+    parts = lambda split: [set(split.of(s)) for s in ("train", "dev", "test")]
+    nli341 = load_splits("nli341", split_seed=2)
+    assert nli341.task == "nli" and parts(nli341.split()) == parts(split_items(load_dataset("nli341"), seed=2))
+    assert parts(load_splits("varierr", split_seed=3).split()) == parts(split_items(varierr, seed=3))
+    assert load_splits("varierr").split() == load_task_data("nli").split()
+    ven_test = load_splits("lewidi-ven-test")  # one LeWiDi file keeps its own split, whatever the seed
+    assert not ven_test.items("train") and len(ven_test.items("test")) == 50
+    ven = load_task_data("nli", "lewidi-ven")
+    assert [len(ven.items(s)) for s in ("train", "dev", "test")] == [388, 50, 50]
+    with pytest.raises(DataError, match="holds paraphrase items, not nli"):
+        load_task_data("nli", "lewidi-par")
+
+
+def test_content_hash_follows_items_and_split():
+    import copy
+
+    from capo.data.datasets import TaskData, load_task_data
+
+    data = load_task_data("nli")
+    assert data.content_sha256() == load_task_data("nli").content_sha256()
+    assert data.content_sha256() != load_task_data("nli", split_seed=1).content_sha256()
+    splits = copy.deepcopy(data.splits)
+    splits["train"][0].annotations[0] = Annotation("A1", "neutral", "edited", {})
+    assert TaskData(data.task, data.dataset, data.split_seed, splits).content_sha256() != data.content_sha256()

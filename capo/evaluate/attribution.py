@@ -119,6 +119,22 @@ def _load(base_path: str, adapter: str | None):
     return PeftModel.from_pretrained(model, adapter).merge_and_unload()
 
 
+def adapter_folders(adapters: dict[str, str], seeds: Sequence[int], annotators: Sequence[str], task: str
+                    ) -> dict[tuple[str, int, str], str]:
+    """(kind, seed, annotator) -> folder, for every adapter a report over `annotators` scores (their controls too).
+
+    `adapters` maps a kind ("sft", "capo") to a folder template with `{seed}`, `{task}` and `{annotator}`."""
+    controls = {control_annotator(t, annotators) for t in annotators}
+    return {(kind, seed, a): template.format(seed=seed, task=task, annotator=a)
+            for kind, template in adapters.items() for seed in seeds for a in ANNOTATORS
+            if a in annotators or a in controls}
+
+
+def adapter_names(folders: dict[tuple[str, int, str], str]) -> dict[str, str]:
+    """name -> folder, as `capo.data.heldout` names adapters in its messages (e.g. "capo A2 seed 1")."""
+    return {f"{kind} {a} seed {seed}": folder for (kind, seed, a), folder in sorted(folders.items())}
+
+
 def attribution_report(
     base_path: str,
     adapters: dict[str, str],
@@ -128,38 +144,36 @@ def attribution_report(
     annotators: Sequence[str] = ANNOTATORS,
     task: str = "nli",
     bootstrap_seed: int = 0,
+    exclude_pretrained: bool = True,
     log=print,
 ) -> dict:
     """Win rates of base and adapted models for every target annotator, gains over base, and the control.
 
-    `adapters` maps a kind ("sft", "capo") to a folder template with `{seed}`, `{task}` and `{annotator}`.
+    `adapters` maps a kind ("sft", "capo") to a folder template with `{seed}`, `{task}` and `{annotator}`. Items an
+    adapter trained on (its run manifest) are refused; items the base model was pre-trained on (a corpus LM) are
+    counted and, with `exclude_pretrained`, left out.
     """
     from pathlib import Path
 
     from transformers import AutoTokenizer
 
-    from capo.train.corpus_lm import pretraining_item_ids
+    from capo.data.heldout import check_heldout, leave_out_pretrained
     from capo.errors import DataError
+    from capo.train.corpus_lm import pretraining_item_ids
 
-    # An item whose explanations the base model was pre-trained on is not held out, whatever the split says
-    # (e.g. another split seed than the corpus LM's, or LeWiDi test items that are VariErr train items).
-    seen = pretraining_item_ids(base_path)
-    if seen & {item.id for item in items}:
-        log(f"leaving out {len(seen & {item.id for item in items})} items the base model was pre-trained on")
-        items = [item for item in items if item.id not in seen]
-    if not items:
-        raise DataError("no held-out items left: the base model was pre-trained on all of them")
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    folders = {(kind, seed, a): template.format(seed=seed, task=task, annotator=a)
-               for kind, template in adapters.items() for seed in seeds for a in ANNOTATORS}
-    controls = {t: control_annotator(t, annotators) for t in annotators}
-    wanted = {key for key in folders if key[2] in annotators or key[2] in controls.values()}
-    missing = [folders[k] for k in sorted(wanted) if not (Path(folders[k]) / "adapter_config.json").exists()]
+    folders = adapter_folders(adapters, seeds, annotators, task)
+    missing = [folder for _, folder in sorted(folders.items()) if not (Path(folder) / "adapter_config.json").exists()]
     if missing:
         raise DataError(f"no adapter in {len(missing)} folder(s), first: {missing[0]}")
+    check_heldout(items, adapter_names(folders), log=log)
+    # An item whose explanations the base model was pre-trained on is not held out from it, whatever the split says
+    # (e.g. another split seed than the corpus LM's, or LeWiDi test items that are VariErr train items).
+    items = leave_out_pretrained(items, pretraining_item_ids(base_path), exclude_pretrained, log=log)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    controls = {t: control_annotator(t, annotators) for t in annotators}
     base_scores = score_annotations(_load(base_path, None), tokenizer, items)
     scores = {}
-    for key in sorted(wanted):
+    for key in sorted(folders):
         scores[key] = score_annotations(_load(base_path, folders[key]), tokenizer, items)
         log(f"scored {folders[key]}")
     report = {"items": len(items), "seeds": list(seeds), "annotators": {}}

@@ -266,7 +266,7 @@ class GenerateArguments:
     output_dir: str = "runs/generate"
     adapters: list[str] | None = None  # annotator explainers as NAME=PATH (hub id or folder), on the one base model
     base: bool = False  # also generate with the base model (annotator "base"); implied when there are no adapters
-    split: str | None = "test"  # held-out items: this part of `capo.data.splits.split_items(seed=split_seed)`; None = all
+    split: str | None = "test"  # held-out items: this part of the adapters' split (`select_items`); None = all
     split_seed: int = 0
     limit: int | None = None  # only the first N items (after the split)
     backend: str = "hf"  # hf | vllm
@@ -277,28 +277,25 @@ class GenerateArguments:
     tensor_parallel_size: int = 1  # vLLM only
 
 
-def select_items(dataset: str, split: str | None, split_seed: int = 0, limit: int | None = None) -> list[Item]:
-    """The items of `split`, cut exactly as the explainers' training data was (`capo.train.pairs.load_task_data` for the
-    data sets it knows; a source's own split, e.g. LeWiDi's, before a seeded re-split), so held-out stays held out."""
-    from capo.data.loaders import load_dataset
-    from capo.train.pairs import DATASET_TASK, load_task_data
-    from capo.data.splits import SPLITS, predefined_split, split_items
+def select_items(dataset: str, split: str | None, split_seed: int = 0, limit: int | None = None,
+                 adapters: Mapping[str, str] | None = None, log: Callable[[str], None] = print) -> list[Item]:
+    """The items of `split` (None = all) that none of `adapters` (name -> folder) trained on.
 
-    if dataset in DATASET_TASK:
-        data = load_task_data(DATASET_TASK[dataset], dataset, split_seed)
-        items = [i for name in SPLITS for i in data.items(name)] if split is None else data.items(split)
-    else:
-        items = load_dataset(dataset)
-        if split is not None:
-            has_own_split = items and all(i.meta.get("split") in SPLITS for i in items)
-            cut = predefined_split(items) if has_own_split else split_items(items, seed=split_seed)
-            items = cut.select(items, split)
+    An item's split is the one it has in the training data recorded in each adapter's run manifest (ids are shared
+    across data sets), else the data set's own split as training cuts it (`capo.data.datasets.load_splits`: a
+    LeWiDi file's own split, otherwise by `split_seed`); an item an adapter trained on is refused
+    (`capo.data.heldout.check_heldout`)."""
+    from capo.data.datasets import load_splits
+    from capo.data.heldout import check_heldout, select_heldout
+
+    items = select_heldout(load_splits(dataset, split_seed), split, adapters)
     if limit is not None:
         if limit < 1:
             raise DataError(f"limit must be at least 1, got {limit}", field="limit")
         items = items[:limit]
     if not items:
         raise DataError("no items to generate for", path=dataset, field="split")
+    check_heldout(items, adapters or {}, log=log)
     return items
 
 
@@ -322,8 +319,9 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
     if args.backend == "vllm" and world > 1:
         raise DataError("the vllm backend runs in one process (use tensor_parallel_size for more GPUs)",
                         field="backend")
-    items = select_items(args.dataset, args.split, args.split_seed, args.limit)
     adapters = parse_adapters(args.adapters or [])
+    items = select_items(args.dataset, args.split, args.split_seed, args.limit, adapters,
+                         log=lambda msg: print(msg, flush=True) if index == 0 else None)
     annotators: dict[str, str | None] = {name: name for name in adapters}
     if args.base or not adapters:
         if "base" in annotators:

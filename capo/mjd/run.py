@@ -164,6 +164,10 @@ class MJDScriptArguments:
     chat_template: bool = field(default=True, metadata={"help": "render prompts with the tokenizer's chat template"})
     items_per_chunk: int = field(default=32, metadata={"help": "items per scorer call and per resumable unit"})
     limit: int | None = field(default=None, metadata={"help": "first N items only"})
+    exclude_pretrained: bool = field(
+        default=False, metadata={"help": "leave out (after --limit) the items the corpus LM was pre-trained on; "
+                                         "their count is reported either way"}
+    )
     save_raw_scores: bool = field(default=False, metadata={"help": "also write raw_scores.jsonl (per-prompt scores)"})
 
     def settings(self) -> MJDSettings:
@@ -208,8 +212,10 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
     from accelerate import PartialState
     from transformers.utils import logging as hf_logging
 
+    from capo.data.heldout import leave_out_pretrained
     from capo.data.loaders import load_dataset, load_model_explanations
     from capo.manifest import write_manifest
+    from capo.train.corpus_lm import pretraining_item_ids
 
     if not args.output_dir:
         raise DataError("output_dir is required", field="output_dir")
@@ -217,6 +223,7 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
     items = load_dataset(args.dataset)[: args.limit]
     if not items:
         raise DataError("no items", path=args.dataset)
+    items = leave_out_pretrained(items, pretraining_item_ids(args.model_name_or_path), args.exclude_pretrained, log)
     data_files = [args.dataset] if Path(args.dataset).exists() else []
     if args.explanations in ("human", "none"):
         source = args.explanations
@@ -229,7 +236,8 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
            **asdict(settings), "engine": args.engine, "backend": args.backend, "dtype": args.dtype,
            "min_shared_tokens": args.min_shared_tokens, "batch_size": args.batch_size,
            "max_batch_tokens": args.max_batch_tokens,
-           "chat_template": args.chat_template, "items_per_chunk": args.items_per_chunk, "limit": args.limit}
+           "chat_template": args.chat_template, "items_per_chunk": args.items_per_chunk, "limit": args.limit,
+           "exclude_pretrained": args.exclude_pretrained}
     check_run_signature(Path(args.output_dir) / RUN_KEY_FILE, key, record=False)  # before loading a model: fail fast
     import torch
 

@@ -2,8 +2,9 @@
 
 The recipes `recipes/sft.py` and `recipes/capo.py` parse `(ScriptArguments, CapoArguments, SFTConfig|DPOConfig,
 ModelConfig)` with `trl.TrlParser` and call `train_sft` / `train_capo`. Every output folder ends up with the LoRA
-adapter (no `modules_to_save`, so vLLM can load it), the tokenizer, `run_manifest.json` and metrics; checkpoints are
-written under it so a killed run resumes with `--resume_from_checkpoint true`.
+adapter (no `modules_to_save`, so vLLM can load it), the tokenizer, `run_manifest.json` (with the `training_data` record
+of `capo.data.heldout`: data set, content hash, split, the items trained on) and metrics; checkpoints are written
+under it so a killed run resumes with `--resume_from_checkpoint true`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from capo.data.datasets import TaskData, load_task_data
+from capo.data.heldout import RECORD, training_record
+from capo.data.schema import check_annotator, label_space
+from capo.data.validity import predicate
 from capo.errors import DataError
 from capo.io import read_json
 from capo.manifest import write_manifest
-from capo.train.pairs import DEFAULT_VALIDITY, REJECTED_FROM, capo_pairs, load_task_data, sft_rows
-from capo.data.schema import check_annotator, label_space
+from capo.train.pairs import DEFAULT_VALIDITY, REJECTED_FROM, capo_pairs, sft_rows
 
 INIT_FROM = ("sft", "base")
 
@@ -27,15 +31,19 @@ class CapoArguments:
     annotator: str = field(default="A1", metadata={"help": "target annotator: A1, A2, A3 or A4"})
     task: str = field(default="nli", metadata={"help": "nli or paraphrase"})
     dataset: str | None = field(
-        default=None, metadata={"help": "varierr | lewidi-ven (nli), lewidi-par (paraphrase); default per task"}
+        default=None, metadata={"help": "varierr | lewidi-ven (nli), lewidi-par (paraphrase), or a path to your own "
+                                        "JSONL (capo.data.loaders.load_items_jsonl); default per task"}
     )
     split_seed: int = field(default=0, metadata={"help": "VariErr item split seed (the corpus LM is built on 0)"})
     few_shot: int = field(default=0, metadata={"help": "k worked examples from the target's training history"})
     rejected_from: str = field(default="all", metadata={"help": f"one of {', '.join(REJECTED_FROM)}"})
+    sft_valid: str = field(default=DEFAULT_VALIDITY, metadata={"help": "validity predicate, SFT rows ('any': all)"})
     chosen_valid: str = field(default=DEFAULT_VALIDITY, metadata={"help": "validity predicate, chosen responses"})
     rejected_valid: str = field(default=DEFAULT_VALIDITY, metadata={"help": "validity predicate, rejected responses"})
     max_pairs_per_item: int | None = field(default=None, metadata={"help": "cap on CAPO pairs per item"})
-    pair_seed: int = field(default=0, metadata={"help": "seed for pair sampling and few-shot examples"})
+    pair_seed: int = field(
+        default=0, metadata={"help": "seed for pair sampling and few-shot examples (separate generators)"}
+    )
     eval_split: str | None = field(
         default="dev", metadata={"help": "held-out split for the eval hook (dev or test); none to skip"}
     )
@@ -53,6 +61,8 @@ class CapoArguments:
         label_space(self.task)
         if self.rejected_from not in REJECTED_FROM:
             raise DataError(f"unknown rejected_from {self.rejected_from!r} (valid: {', '.join(REJECTED_FROM)})")
+        for name in (self.sft_valid, self.chosen_valid, self.rejected_valid):
+            predicate(name)
 
     def format(self, template: str) -> str:
         """`runs/capo/{task}/{annotator}` -> `runs/capo/nli/A2`."""
@@ -86,21 +96,22 @@ def _limit(rows: list[dict], n: int | None) -> list[dict]:
 
 
 def build_sft_datasets(args: CapoArguments):
-    """(train, eval) `datasets.Dataset`s of conversational prompt/completion rows; eval = the target's held-out rows."""
+    """(train, eval, data): `datasets.Dataset`s of conversational prompt/completion rows (eval = the target's held-out
+    rows), both filtered by `sft_valid`, and the `TaskData` they come from."""
     from datasets import Dataset
 
     data = load_task_data(args.task, args.dataset, args.split_seed)
     make = lambda split: sft_rows(data.items(split), args.annotator, few_shot=args.few_shot,
-                                  few_shot_pool=data.items("train"), seed=args.pair_seed)
+                                  few_shot_pool=data.items("train"), valid=args.sft_valid, seed=args.pair_seed)
     train = _limit(make("train"), args.max_train_rows)
     if not train:
         raise DataError(f"annotator {args.annotator} has no training rows in {data.dataset}")
     held = _limit(make(args.eval_split), args.max_eval_rows) if args.eval_split else []
-    return Dataset.from_list(train), (Dataset.from_list(held) if held else None)
+    return Dataset.from_list(train), (Dataset.from_list(held) if held else None), data
 
 
 def build_pair_datasets(args: CapoArguments):
-    """(train, eval) preference `datasets.Dataset`s; eval pairs come from held-out items only."""
+    """(train, eval, data): preference `datasets.Dataset`s (eval pairs from held-out items only) and their `TaskData`."""
     from datasets import Dataset
 
     data = load_task_data(args.task, args.dataset, args.split_seed)
@@ -113,7 +124,13 @@ def build_pair_datasets(args: CapoArguments):
     if not train:
         raise DataError(f"annotator {args.annotator} has no CAPO pairs in {data.dataset} (check the validity options)")
     held = _limit(make(args.eval_split), args.max_eval_rows) if args.eval_split else []
-    return Dataset.from_list(train), (Dataset.from_list(held) if held else None)
+    return Dataset.from_list(train), (Dataset.from_list(held) if held else None), data
+
+
+def _training_data(data: TaskData, annotator: str, train, init_adapter: tuple[str, dict] | None = None) -> dict:
+    """The manifest's record of what this adapter trained on: the rows' items and their few-shot examples."""
+    shown = [i for ids in train["few_shot_ids"] for i in ids] if "few_shot_ids" in train.column_names else []
+    return training_record(data, annotator, train["id"], shown, init_adapter)
 
 
 def _model_init_kwargs(model_args, training_args) -> dict:
@@ -190,7 +207,7 @@ def train_sft(script_args: ExplainerScriptArguments, capo_args: CapoArguments, t
     from trl import SFTTrainer
 
     _prepare(capo_args, training_args, model_args)
-    train, held = build_sft_datasets(capo_args)
+    train, held, data = build_sft_datasets(capo_args)
     training_args.completion_only_loss = True
     training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
     if held is None:
@@ -201,11 +218,13 @@ def train_sft(script_args: ExplainerScriptArguments, capo_args: CapoArguments, t
     config = {"script": script_args, "capo": capo_args, "training": training_args, "model": model_args}
     return _finish(trainer, training_args, config, {"stage": "sft", "annotator": capo_args.annotator,
                                                     "task": capo_args.task, "train_rows": len(train),
-                                                    "eval_rows": len(held) if held is not None else 0})
+                                                    "eval_rows": len(held) if held is not None else 0,
+                                                    RECORD: _training_data(data, capo_args.annotator, train)})
 
 
 def load_sft_policy(adapter_dir: str | Path, capo_args: CapoArguments, model_args, training_args):
-    """The base model with the target's SFT adapter, trainable (DPOTrainer copies it as the frozen reference)."""
+    """(policy, SFT run manifest): the base model with the target's SFT adapter, trainable (DPOTrainer copies it as
+    the frozen reference). The manifest must record the SFT's training items: CAPO inherits them."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -214,14 +233,16 @@ def load_sft_policy(adapter_dir: str | Path, capo_args: CapoArguments, model_arg
         raise DataError(f"no SFT adapter for {capo_args.annotator} ({capo_args.task}): train it first with "
                         "recipes/sft.py, or pass --init_from base", path=str(adapter_dir))
     manifest_path = adapter_dir / "run_manifest.json"
-    if manifest_path.exists():
-        manifest = read_json(manifest_path)
-        if (manifest.get("annotator"), manifest.get("task")) != (capo_args.annotator, capo_args.task):
-            raise DataError(f"the SFT adapter is for {manifest.get('annotator')} ({manifest.get('task')}), not "
-                            f"{capo_args.annotator} ({capo_args.task})", path=str(adapter_dir))
+    if not manifest_path.exists():
+        raise DataError("the SFT adapter has no run manifest, so its training items are unknown (train it with "
+                        "recipes/sft.py, or pass --init_from base)", path=str(adapter_dir))
+    manifest = read_json(manifest_path)
+    if (manifest.get("annotator"), manifest.get("task")) != (capo_args.annotator, capo_args.task):
+        raise DataError(f"the SFT adapter is for {manifest.get('annotator')} ({manifest.get('task')}), not "
+                        f"{capo_args.annotator} ({capo_args.task})", path=str(adapter_dir))
     base = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path,
                                                 **_model_init_kwargs(model_args, training_args))
-    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
+    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True), manifest
 
 
 def train_capo(script_args: ExplainerScriptArguments, capo_args: CapoArguments, training_args, model_args) -> dict:
@@ -230,7 +251,7 @@ def train_capo(script_args: ExplainerScriptArguments, capo_args: CapoArguments, 
     from trl import DPOTrainer
 
     _prepare(capo_args, training_args, model_args)
-    train, held = build_pair_datasets(capo_args)
+    train, held, data = build_pair_datasets(capo_args)
     if held is None:
         training_args.eval_strategy = "no"
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
@@ -238,12 +259,14 @@ def train_capo(script_args: ExplainerScriptArguments, capo_args: CapoArguments, 
              "eval_pairs": len(held) if held is not None else 0, "init_from": script_args.init_from}
     if script_args.init_from == "sft":
         adapter = capo_args.format(script_args.sft_adapter)
-        model = load_sft_policy(adapter, capo_args, model_args, training_args)
+        model, sft_manifest = load_sft_policy(adapter, capo_args, model_args, training_args)
         extra["sft_adapter"] = adapter
+        extra[RECORD] = _training_data(data, capo_args.annotator, train, (adapter, sft_manifest))
         peft_config = None
     else:
         training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
         model, peft_config = model_args.model_name_or_path, _lora_config(model_args)
+        extra[RECORD] = _training_data(data, capo_args.annotator, train)
     if script_args.shared_prefix:
         from capo.train.packed import shared_prefix_dpo_trainer_class
 

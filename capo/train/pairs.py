@@ -4,8 +4,9 @@ SFT rows are conversational prompt/completion rows, one per (item, label) the ta
 target's own valid response on an item (chosen) over another annotator's valid response on the same item (rejected),
 so the preference step learns what is specific to the target rather than what is merely correct.
 
-Only items of the training split are ever used here: dev/test items never enter SFT or CAPO data (they feed the
-held-out evaluation sets built by the same functions with `split="dev"` / `"test"`).
+Which items (data set, task, split) is the data stage's business (`capo.data.datasets`); callers pass the training
+split here, and dev/test items only to build the held-out evaluation sets. A row lists the items it shows (`id`, and
+`few_shot_ids` when there are worked examples), which is what an adapter's run manifest records as trained on.
 """
 
 from __future__ import annotations
@@ -13,52 +14,16 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from capo.errors import DataError
 from capo.data.prompts import prompt_messages, response_messages
-from capo.data.schema import Annotation, Item, check_annotator, label_space
-from capo.data.splits import SPLITS, history, split_items
+from capo.data.schema import Annotation, Item, check_annotator
+from capo.data.splits import history
 from capo.data.validity import Predicate, predicate
+from capo.errors import DataError
 
 REJECTED_FROM = ("all", "same_label", "different_label")
-# Which data set a task reads by default; LeWiDi files carry their own split, VariErr is split by seed.
-DEFAULT_DATASET = {"nli": "varierr", "paraphrase": "lewidi-par"}
-DATASET_TASK = {"varierr": "nli", "lewidi-ven": "nli", "lewidi-par": "paraphrase"}
+# The validity every training response must pass by default: CAPO's chosen and rejected sides and SFT rows.
 DEFAULT_VALIDITY = "peer_majority_not_self_corrected"
-
-
-@dataclass(frozen=True)
-class TaskData:
-    """The items of one data set, already cut into train/dev/test (a LeWiDi split may be empty)."""
-
-    task: str
-    dataset: str
-    splits: dict[str, list[Item]]
-
-    def items(self, split: str) -> list[Item]:
-        if split not in SPLITS:
-            raise DataError(f"unknown split {split!r} (valid: {', '.join(SPLITS)})")
-        return self.splits[split]
-
-
-def load_task_data(task: str, dataset: str | None = None, split_seed: int = 0) -> TaskData:
-    """VariErr split item-disjointly with `split_seed` (the corpus LM is pre-trained on split seed 0's train items);
-    LeWiDi data sets use their predefined split files (keys repeat across LeWiDi files, so splits stay separate)."""
-    from capo.data.loaders import DATASETS, load_dataset
-
-    label_space(task)  # unknown task -> one-line error listing the valid ones
-    dataset = dataset or DEFAULT_DATASET[task]
-    if dataset not in DATASET_TASK:
-        raise DataError(f"unknown dataset {dataset!r} (valid: {', '.join(DATASET_TASK)})")
-    if DATASET_TASK[dataset] != task:
-        raise DataError(f"dataset {dataset!r} is a {DATASET_TASK[dataset]} data set, not {task}")
-    if dataset == "varierr":
-        items = load_dataset("varierr")
-        split = split_items(items, seed=split_seed)
-        return TaskData(task, dataset, {name: split.select(items, name) for name in SPLITS})
-    splits = {name: load_dataset(f"{dataset}-{name}") if f"{dataset}-{name}" in DATASETS else [] for name in SPLITS}
-    return TaskData(task, dataset, splits)
 
 
 def normalise_text(text: str) -> str:
@@ -75,33 +40,46 @@ def _few_shot(
     return rng.sample(pool, min(k, len(pool)))
 
 
+def _few_shot_rng(seed: int) -> random.Random:
+    """Few-shot examples draw from their own generator, so turning them on changes no other sampled choice."""
+    return random.Random(f"few-shot:{seed}")
+
+
+def _with_examples(row: dict, examples: list[tuple[Item, Annotation]], few_shot: int) -> dict:
+    if few_shot:
+        row["few_shot_ids"] = [item.id for item, _ in examples]
+    return row
+
+
 def sft_rows(
     items: Sequence[Item],
     annotator: str,
     *,
     few_shot: int = 0,
     few_shot_pool: Sequence[Item] = (),
-    valid: Predicate | None = None,
+    valid: str | Predicate = DEFAULT_VALIDITY,
     seed: int = 0,
 ) -> list[dict]:
-    """One conversational prompt/completion row per (item, label) the annotator gave on `items`.
+    """One conversational prompt/completion row per (item, label) the annotator gave on `items` that passes `valid`
+    (a `capo.data.validity` name or predicate; default the one CAPO's chosen side uses; "any" keeps every response).
 
-    `few_shot_pool` should be the training items: few-shot examples come only from the target's training history.
+    `few_shot_pool` should be the training items: few-shot examples come only from the target's training history,
+    and only from responses that pass `valid` too.
     """
     check_annotator(annotator)
-    rng = random.Random(seed)
-    pool_history = history(few_shot_pool, annotator) if few_shot else []
+    ok = predicate(valid) if isinstance(valid, str) else valid
+    rng = _few_shot_rng(seed)
+    pool_history = history(few_shot_pool, annotator, valid=ok) if few_shot else []
     rows = []
-    for item, annotation in history(items, annotator, valid=valid or (lambda *_: True)):
-        rows.append(
-            {
-                "id": item.id,
-                "annotator": annotator,
-                "label": annotation.label,
-                "prompt": prompt_messages(item, _few_shot(pool_history, item, few_shot, rng)),
-                "completion": response_messages(annotation.label, annotation.explanation),
-            }
-        )
+    for item, annotation in history(items, annotator, valid=ok):
+        examples = _few_shot(pool_history, item, few_shot, rng)
+        rows.append(_with_examples({
+            "id": item.id,
+            "annotator": annotator,
+            "label": annotation.label,
+            "prompt": prompt_messages(item, examples),
+            "completion": response_messages(annotation.label, annotation.explanation),
+        }, examples, few_shot))
     return rows
 
 
@@ -122,7 +100,9 @@ def capo_pairs(
     chosen = the target's response on an item that passes `chosen_valid`; rejected = another annotator's response on
     the same item that passes `rejected_valid`, restricted by `rejected_from` (all others, same label only, different
     label only). Pairs whose two texts are identical after normalisation are dropped; at most `max_pairs_per_item`
-    pairs per item are kept, sampled with `seed`. Same inputs and seed -> the same rows in the same order.
+    pairs per item are kept, sampled with `seed`. Few-shot examples (the target's `chosen_valid` responses on
+    `few_shot_pool`) come from a separate generator, so they never change which pairs are kept. Same inputs and
+    seed -> the same rows in the same order.
     """
     check_annotator(annotator)
     if rejected_from not in REJECTED_FROM:
@@ -130,8 +110,8 @@ def capo_pairs(
     if max_pairs_per_item is not None and max_pairs_per_item < 1:
         raise DataError(f"max_pairs_per_item must be at least 1, got {max_pairs_per_item}")
     chosen_ok, rejected_ok = predicate(chosen_valid), predicate(rejected_valid)
-    pool_history = history(few_shot_pool, annotator) if few_shot else []
-    rng = random.Random(seed)
+    pool_history = history(few_shot_pool, annotator, valid=chosen_ok) if few_shot else []
+    rng, shot_rng = random.Random(seed), _few_shot_rng(seed)
     rows = []
     for item in sorted(items, key=lambda i: i.id):  # input order must not change the output
         candidates = []
@@ -152,9 +132,10 @@ def capo_pairs(
         if max_pairs_per_item is not None and len(candidates) > max_pairs_per_item:
             keep = sorted(rng.sample(range(len(candidates)), max_pairs_per_item))
             candidates = [candidates[k] for k in keep]
-        prompt = prompt_messages(item, _few_shot(pool_history, item, few_shot, rng))
+        examples = _few_shot(pool_history, item, few_shot, shot_rng)
+        prompt = prompt_messages(item, examples)
         for chosen, rejected in candidates:
-            rows.append(
+            rows.append(_with_examples(
                 {
                     "id": item.id,
                     "annotator": annotator,
@@ -164,8 +145,7 @@ def capo_pairs(
                     "prompt": prompt,
                     "chosen": response_messages(chosen.label, chosen.explanation),
                     "rejected": response_messages(rejected.label, rejected.explanation),
-                }
-            )
+                }, examples, few_shot))
     return rows
 
 

@@ -1,0 +1,227 @@
+"""Held-out guarantees: adapters' run manifests record what they trained on; generation and attribution select held-out
+items from that split and refuse training items; the corpus LM's pre-training items are counted (MJD, attribution).
+
+The last tests train real SFT and CAPO adapters with the recipes (tiny corpus LM, 2 steps) and run generation and
+attribution on them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from capo.data.datasets import load_splits, load_task_data
+from capo.data.heldout import check_heldout, select_heldout, training_items, training_record
+from capo.data.splits import split_items
+from capo.errors import DataError
+from capo.io import write_json
+
+
+def _fake_adapter(folder: Path, record: dict) -> str:
+    """An adapter folder holding only a run manifest (selection and the check read nothing else)."""
+    write_json(folder / "run_manifest.json", {"stage": "sft", "training_data": record})
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def varierr_seed0():
+    data = load_task_data("nli")
+    return data, training_record(data, "A1", [i.id for i in data.items("train")])
+
+
+def _ids(items) -> set[str]:
+    return {item.id for item in items}
+
+
+def test_the_issues_leaks_are_refused(varierr_seed0, tmp_path):
+    """Cut on their own, nli341's test split and LeWiDi's test file are mostly VariErr split-0 training items."""
+    _, record = varierr_seed0
+    adapters = {"A1": _fake_adapter(tmp_path / "A1", record)}
+    for dataset, expected in (("nli341", "31 of these 34 items"), ("lewidi-ven-test", "42 of these 50 items")):
+        own_test = load_splits(dataset).items("test")
+        with pytest.raises(DataError) as err:
+            check_heldout(own_test, adapters)
+        assert str(err.value) == (f"adapter A1 ({adapters['A1']}) trained on {expected} (it trained on varierr split "
+                                  "seed 0; pick its dev or test items)")
+
+
+def test_selection_follows_the_adapters_split(varierr_seed0, tmp_path):
+    data, record = varierr_seed0
+    adapters = {"A1": _fake_adapter(tmp_path / "A1", record)}
+    test_ids = set(data.split().test)
+    nli341 = load_splits("nli341", split_seed=5)
+    chosen = select_heldout(nli341, "test", adapters)
+    assert _ids(chosen) == _ids(nli341.all_items()) & test_ids and len(chosen) == 27
+    assert _ids(select_heldout(nli341, "test")) == set(nli341.split().test) != _ids(chosen)  # no adapter: own split
+    check_heldout(chosen, adapters)  # passes
+    ven = select_heldout(load_task_data("nli", "lewidi-ven"), "test", adapters)
+    assert _ids(ven) == test_ids  # every VariErr test id is in one of the LeWiDi files
+    # Ids new to the adapter's data keep their own data set's split (ChaosNLI is mostly not VariErr).
+    chaos = load_splits("chaosnli-dev")
+    known, own = _ids(data.all_items()), set(chaos.split().test)
+    expected = {i for i in _ids(chaos.all_items()) if (i in test_ids if i in known else i in own)}
+    assert _ids(select_heldout(chaos, "test", adapters)) == expected
+    assert expected - known and expected & known
+    with pytest.raises(DataError, match="unknown split 'val'"):
+        select_heldout(nli341, "val", adapters)
+
+
+def test_a_chain_of_adapters_holds_out_what_every_link_held_out(varierr_seed0, tmp_path):
+    data, sft_record = varierr_seed0
+    seed1 = load_task_data("nli", split_seed=1)
+    sft = _fake_adapter(tmp_path / "sft", sft_record)
+    sft_manifest = json.loads(Path(sft, "run_manifest.json").read_text())
+    capo_record = training_record(seed1, "A1", [i.id for i in seed1.items("train")[:3]], context_ids=["shown"],
+                                  init_adapter=(sft, sft_manifest))
+    capo = _fake_adapter(tmp_path / "capo", capo_record)
+    manifest = json.loads(Path(capo, "run_manifest.json").read_text())
+    assert training_items(manifest) == set(data.split().train) | {i.id for i in seed1.items("train")[:3]} | {"shown"}
+    chosen = select_heldout(seed1, "test", {"A1": capo})
+    assert _ids(chosen) == set(seed1.split().test) & set(data.split().test) and chosen
+    # Items held out by CAPO's own split but trained on by the SFT adapter it started from are refused.
+    with pytest.raises(DataError, match=r"adapter A1 \(.*capo\) trained on \d+ of these 50 items"):
+        check_heldout(seed1.items("test"), {"A1": capo})
+
+
+def test_adapters_without_a_record(varierr_seed0, tmp_path):
+    data, _ = varierr_seed0
+    lines: list[str] = []
+    check_heldout(data.items("train"), {"hub": "someone/adapter"}, log=lines.append)
+    assert lines == [("adapter hub (someone/adapter) has no run manifest: which items it trained on is unknown, "
+                      "not checked")]
+    write_json(tmp_path / "old" / "run_manifest.json", {"stage": "sft"})
+    with pytest.raises(DataError, match="does not record the adapter's training items"):
+        check_heldout(data.items("test"), {"A1": str(tmp_path / "old")})
+    with pytest.raises(DataError, match="does not record the adapter's training items"):
+        select_heldout(data, "test", {"A1": str(tmp_path / "old")})
+
+
+def test_mjd_reports_and_can_leave_out_pretraining_items(corpus_lm, tmp_path):
+    from capo.data.loaders import load_dataset
+    from capo.mjd.run import MJDScriptArguments, run_mjd
+
+    first = load_dataset("nli341")[:12]
+    seen = sum(i.id in set(split_items(load_dataset("varierr"), seed=0).train) for i in first)
+    assert 0 < seen < 12
+    runs = {}
+    for exclude in (False, True):
+        lines: list[str] = []
+        args = MJDScriptArguments(output_dir=str(tmp_path / str(exclude)), model_name_or_path=str(corpus_lm),
+                                  mode="none", limit=12, exclude_pretrained=exclude, items_per_chunk=16)
+        runs[exclude] = run_mjd(args, log=lines.append), lines
+    assert f"{seen} of 12 items are in the base model's pre-training corpus" in runs[False][1][0]
+    assert runs[True][1][0] == f"leaving out {seen} of 12 items the base model was pre-trained on"
+    assert runs[False][0]["items"] == 12 and runs[True][0]["items"] == 12 - seen
+    kept = [json.loads(line)["id"] for line in (tmp_path / "True" / "mjd.jsonl").read_text().splitlines()]
+    assert kept == [i.id for i in first if i.id not in set(split_items(load_dataset("varierr"), seed=0).train)]
+
+
+# --- adapters really trained by the recipes ---------------------------------------------------------------------
+
+FAST = ["--bf16", "false", "--gradient_checkpointing", "false", "--use_cpu", "true", "--report_to", "none",
+        "--disable_tqdm", "true", "--max_length", "256", "--lora_r", "4", "--lora_alpha", "8",
+        "--dataloader_num_workers", "0", "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
+        "--eval_split", "none", "--max_train_rows", "4", "--per_device_train_batch_size", "2", "--max_steps", "2"]
+
+
+def _script(path: str):
+    spec = importlib.util.spec_from_file_location(f"script_{path.replace('/', '_')[:-3]}", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def trained(corpus_lm, tmp_path_factory) -> Path:
+    """root/seed0/{sft,capo}/nli/{A1,A2}: SFT adapters, and CAPO adapters started from them (2 steps each)."""
+    root = tmp_path_factory.mktemp("trained")
+    sft, capo = _script("recipes/sft.py"), _script("recipes/capo.py")
+    for annotator in ("A1", "A2"):
+        sft.main([str(a) for a in ("--model_name_or_path", corpus_lm, "--annotator", annotator, *FAST,
+                                   "--output_dir", root / "seed0" / "sft" / "{task}" / "{annotator}")])
+        capo.main([str(a) for a in ("--model_name_or_path", corpus_lm, "--annotator", annotator, *FAST,
+                                    "--sft_adapter", root / "seed0" / "sft" / "{task}" / "{annotator}",
+                                    "--output_dir", root / "seed0" / "capo" / "{task}" / "{annotator}")])
+    return root
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "run_manifest.json").read_text())
+
+
+@pytest.mark.slow
+def test_manifests_record_the_training_items_exactly(trained):
+    from capo.train.explainers import CapoArguments, build_pair_datasets, build_sft_datasets
+
+    data = load_task_data("nli")
+    for annotator in ("A1", "A2"):
+        sft = _manifest(trained / "seed0" / "sft" / "nli" / annotator)["training_data"]
+        args = CapoArguments(annotator=annotator, max_train_rows=4, eval_split=None)
+        assert sft["item_ids"] == sorted(set(build_sft_datasets(args)[0]["id"]))
+        assert (sft["dataset"], sft["task"], sft["split_seed"], sft["annotator"]) == ("varierr", "nli", 0, annotator)
+        assert sft["dataset_sha256"] == data.content_sha256()
+        assert sft["splits"]["test"] == sorted(data.split().test)
+        capo = _manifest(trained / "seed0" / "capo" / "nli" / annotator)["training_data"]
+        assert capo["item_ids"] == sorted(set(build_pair_datasets(args)[0]["id"]))
+        assert capo["init_adapter"]["path"] == str(trained / "seed0" / "sft" / "nli" / annotator)
+        assert capo["init_adapter"]["item_ids"] == sft["item_ids"]
+
+
+@pytest.mark.slow
+def test_generation_on_trained_adapters_follows_their_split_and_refuses_their_items(trained, corpus_lm, tmp_path,
+                                                                                    capsys):
+    from capo.generate.explanations import MERGED
+
+    capo_a1 = trained / "seed0" / "capo" / "nli" / "A1"
+    adapters = [f"A1={capo_a1}", f"A2={trained / 'seed0' / 'sft' / 'nli' / 'A2'}"]
+    argv = lambda dataset, split, out: [
+        "--model", str(corpus_lm), "--dataset", dataset, "--split", split, "--split_seed", "3", "--limit", "3",
+        "--adapters", *adapters, "--dtype", "float32", "--batch_size", "4", "--max_new_tokens", "6",
+        "--shard_size", "8", "--output_dir", str(out)]
+    generate = _script("recipes/generate.py")
+    # nli341's --split_seed 3 cut is overridden: its items carry VariErr ids, held out by the adapters' split 0.
+    generate.main(argv("nli341", "test", tmp_path / "gen"))
+    records = [json.loads(line) for line in (tmp_path / "gen" / MERGED).read_text().splitlines()]
+    varierr_test = set(load_task_data("nli").split().test)
+    expected = [i.id for i in load_splits("nli341", split_seed=3).all_items() if i.id in varierr_test][:3]
+    assert [r["id"] for r in records] == [i for i in expected for _ in range(2)]
+    assert {r["annotator"] for r in records} == {"A1", "A2"}
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main(argv("varierr", "train", tmp_path / "x"))
+    err = capsys.readouterr().err.strip()
+    # --limit 3 keeps the first 3 training items: those the adapters trained on first.
+    first3 = {i.id for i in load_task_data("nli").items("train")[:3]}
+    n = len(training_items(_manifest(capo_a1)) & first3)
+    assert exit_info.value.code == 2 and 0 < n and err == (
+        f"error: adapter A1 ({capo_a1}) trained on {n} of these 3 items (it trained on varierr split seed 0; pick "
+        "its dev or test items)")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_attribution_on_trained_adapters(trained, corpus_lm, tmp_path, capsys):
+    from capo.evaluate.attribution import attribution_report
+
+    templates = {kind: str(trained / "seed{seed}" / kind / "{task}" / "{annotator}") for kind in ("sft", "capo")}
+    out = tmp_path / "report.json"
+    cli = _script("eval/attribution.py")
+    cli.main(["--model", str(corpus_lm), *[a for k, t in templates.items() for a in ("--adapter", f"{k}={t}")],
+              "--annotators", "A1", "A2", "--dataset", "lewidi-ven", "--splits", "test", "--output", str(out)])
+    report = json.loads(out.read_text())
+    # LeWiDi VariErrNLI items, held out by the adapters' VariErr split 0: its 50 test items, none pre-trained on.
+    assert report["items"] == 50 and "pre-train" not in capsys.readouterr().out
+    for target in ("A1", "A2"):
+        row = report["annotators"][target]
+        assert 0 < row["items"] <= 50 and set(row) >= {"sft", "capo"}
+        assert row["capo"]["control"]["model_of"] == ("A2" if target == "A1" else "A1")
+    train = load_task_data("nli").items("train")[:10]
+    with pytest.raises(DataError) as err:
+        attribution_report(str(corpus_lm), templates, train, annotators=["A1", "A2"], log=lambda _: None)
+    first = trained / "seed0" / "capo" / "nli" / "A1"  # names are checked in sorted order: "capo A1 seed 0" first
+    n = len(training_items(_manifest(first)) & {i.id for i in train})
+    assert str(err.value).startswith(f"adapter capo A1 seed 0 ({first}) trained on {n} of these 10 items")
