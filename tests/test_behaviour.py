@@ -228,3 +228,34 @@ def test_variability_of_identical_explanations_is_maximal_and_tags_are_used_when
     assert ("pos1_within" in out) == (pos_tagger() is not None)
     with pytest.raises(DataError, match="item k"):
         variability({"k": ["x"]}, {"i": "y"})
+
+
+# --- the imitation script on real VariErr data ---------------------------------------------------------------------
+def test_imitation_cli_a_copy_of_the_target_matches_the_human_ceiling(tmp_path):
+    import json
+
+    from capo.evaluate.judges import histories_and_heldout
+
+    history, heldout, _ = histories_and_heldout("nli")
+    assert not {r.item_id for r in history} & {r.item_id for r in heldout}
+    generated = tmp_path / "generations.jsonl"
+    generated.write_text("".join(json.dumps({"id": r.item_id, "annotator": "A2", "label": r.label,
+                                             "explanation": r.explanation, "parsed": True}) + "\n"
+                                 for r in heldout if r.annotator == "A2"))
+    out = tmp_path / "report.json"
+    result = run_script("eval/imitation.py", "--task", "nli", "--generated", f"copy={generated}", "--ks", "1", "4",
+                        "--no_embeddings", "--output", out, "--plots", tmp_path / "plots")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    a2 = report["sources"]["copy"]["A2"]
+    assert a2["attribution"] == a2["human_ceiling"]
+    assert a2["label_js_target"] == 0.0 and a2["item_label_agreement"] == 1.0
+    assert report["human_heldout"]["accuracy"] > 0.5  # the sanity check: real responses well above chance (0.25)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["confusion_nli_copy.png", "confusion_nli_human.png"]
+
+
+def test_imitation_cli_bad_generated_spec_writes_nothing(tmp_path):
+    out = tmp_path / "report.json"
+    result = run_script("eval/imitation.py", "--generated", "no-equals-sign", "--output", out)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--generated" in result.stderr
+    assert not out.exists()

@@ -28,9 +28,17 @@ HEDGES = ("may", "might", "could", "possibly", "perhaps", "probably", "likely", 
 NEGATIONS = ("not", "no", "never", "nothing", "none", "neither", "nor", "without", "cannot")
 
 
+def target_of(record: Mapping) -> str | None:
+    """The annotator a generated record imitates: its `target` field, else its `annotator` when that is an id."""
+    target = record.get("target") or record.get("annotator")
+    return target if target in ANNOTATORS else None
+
+
 def generated_responses(records: Sequence[Mapping], items: Mapping[str, Item], label_space: LabelSpace
                         ) -> tuple[list[Response], int]:
-    """Parsed generation records as responses (unparsed ones are counted, not used): (responses, unparsed)."""
+    """Parsed generation records as responses (unparsed ones are counted, not used): (responses, unparsed).
+
+    A response's annotator is the record's target (`target_of`), else its `annotator` name (e.g. "base")."""
     rows, unparsed = [], 0
     for number, record in enumerate(records, 1):
         item = items.get(str(record.get("id")))
@@ -45,7 +53,7 @@ def generated_responses(records: Sequence[Mapping], items: Mapping[str, Item], l
         if not record.get("parsed", True) or label is None or not explanation:
             unparsed += 1
             continue
-        rows.append(Response(item.id, str(record.get("annotator")), label, explanation, tuple(item.inputs.values())))
+        rows.append(Response(item.id, target_of(record) or str(record.get("annotator")), label, explanation, tuple(item.inputs.values())))
     return rows, unparsed
 
 

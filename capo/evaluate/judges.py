@@ -143,3 +143,16 @@ def confusion_plot(report: dict, path: str | Path, title: str = "") -> None:
     ax.set_title(title or f"accuracy {report['accuracy']:.2f} (chance {report['chance']:.2f})")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def histories_and_heldout(task: str, dataset: str | None = None, split_seed: int = 0
+                          ) -> tuple[list[Response], list[Response], list]:
+    """The annotators' training-history responses, their held-out responses and the held-out items, cut as the
+    explainers' data is (VariErr: seeded item-disjoint split, held-out = test; LeWiDi: its own files, held-out = dev
+    where the test split carries no labels)."""
+    from capo.evaluate.patterns import responses
+    from capo.train.pairs import load_task_data
+
+    data = load_task_data(task, dataset, split_seed)
+    heldout = data.items("test") or data.items("dev")
+    return responses(data.items("train")), responses(heldout), heldout
