@@ -151,7 +151,7 @@ def histories_and_heldout(task: str, dataset: str | None = None, split_seed: int
     explainers' data is (VariErr: seeded item-disjoint split, held-out = test; LeWiDi: its own files, held-out = dev
     where the test split carries no labels)."""
     from capo.evaluate.patterns import responses
-    from capo.train.pairs import load_task_data
+    from capo.data.datasets import load_task_data
 
     data = load_task_data(task, dataset, split_seed)
     heldout = data.items("test") or data.items("dev")
