@@ -189,7 +189,8 @@ def tiny_encoder(tmp_path_factory):
 
 @pytest.mark.slow
 def test_soft_label_training_lowers_the_loss_on_a_handful_of_items(tmp_path):
-    """The real pretrained MiniLM, 8 items, a few steps: the soft CE on those items must fall."""
+    """The real pretrained MiniLM, 8 items, 2 steps: the soft CE on those items must fall (by 0.21-0.36 over seeds
+    0-2 when written; the bar is 0.1)."""
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -204,7 +205,7 @@ def test_soft_label_training_lowers_the_loss_on_a_handful_of_items(tmp_path):
     data = to_dataset(examples, tokenizer, 64)
     trainer = soft_label_trainer_class()(
         model=model,
-        args=_cpu_args(tmp_path, max_steps=12, per_device_train_batch_size=8, learning_rate=2e-4,
+        args=_cpu_args(tmp_path, max_steps=2, per_device_train_batch_size=8, learning_rate=1e-3,
                        save_strategy="no", logging_steps=1),
         train_dataset=data,
         data_collator=DataCollatorWithPadding(tokenizer),
