@@ -13,17 +13,11 @@ import json
 from pathlib import Path
 
 from capo.cli import run_main
-from capo.evaluate.distributions import (
-    baseline_distributions,
-    baseline_report,
-    format_table,
-    join,
-    read_distributions,
-    ternary_plot,
-)
+from capo.data.loaders import read_distributions
 from capo.errors import DataError
-from capo.io import atomic_write_text
+from capo.evaluate.distributions import baseline_distributions, baseline_report, format_table, join, ternary_plot
 from capo.evaluate.metrics import distribution_report
+from capo.io import atomic_write_text
 
 
 @run_main

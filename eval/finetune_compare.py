@@ -4,8 +4,10 @@
     python eval/finetune_compare.py --sources chaosnli,runs/mjd/llama.jsonl --seeds 3 \\
         --config recipes/configs/finetune_paper.yaml --output_dir runs/ft_paper
 
-Each run is `recipes/finetune.py` in its own process (its folder holds metrics, curves and a run manifest); finished
-runs are skipped, so a killed comparison continues where it stopped. Arguments this script does not know are passed
+Each run is `recipes/finetune.py` in its own process (its folder holds metrics, curves and a run manifest). A finished
+run is reused only when its `run_signature.json` matches the run this invocation would start (same settings, same
+data content); a folder holding a different run is refused in one line. So a killed comparison continues where it
+stopped, and a changed setting never mixes old and new runs in one table. Arguments this script does not know are passed
 to every run (e.g. `--max_steps 10`). Writes `comparison.md`, `comparison.csv` and `runs.json` into --output_dir.
 Constants on the same items: uniform, each source's training mean, and always the ChaosNLI training mean.
 """
@@ -23,21 +25,34 @@ from tqdm import tqdm
 
 from capo.cli import run_main
 from capo.errors import DataError
-from capo.evaluate.finetune import SOURCES, aggregate, format_csv, format_markdown, reference_constants, source_name
+from capo.evaluate.finetune.arguments import SOURCES, parse_arguments
+from capo.evaluate.finetune.comparison import aggregate, format_csv, format_markdown, reference_constants
+from capo.evaluate.finetune.data import load_finetune_data, source_name
+from capo.evaluate.finetune.trainer import METRICS_FILE, check_run_folder, run_signature
 from capo.io import atomic_write_text, read_json, write_json
 from capo.manifest import write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_one(source: str, seed: int, run_dir: Path, config: str, extra: list[str]) -> dict:
-    """One fine-tuning run in a subprocess; its metrics.json (written last) marks it finished."""
-    metrics_path = run_dir / "metrics.json"
+def run_arguments(source: str, seed: int, run_dir: Path, config: str, extra: list[str]) -> list[str]:
+    return ["--config", config, "--source", source, "--seed", str(seed), "--output_dir", str(run_dir), *extra]
+
+
+def check_run(argv: list[str]) -> None:
+    """Refuse (one line) a run folder that holds a run with other settings or data than `argv` would train."""
+    script, training = parse_arguments(argv)
+    check_run_folder(training.output_dir, run_signature(script, training, load_finetune_data(script)), record=False)
+
+
+def run_one(argv: list[str], run_dir: Path, label: str) -> dict:
+    """One fine-tuning run in a subprocess; its metrics.json (written last) marks it finished. Call `check_run`
+    first: a finished run is reused only when its signature matches."""
+    metrics_path = run_dir / METRICS_FILE
     if metrics_path.exists():
         return read_json(metrics_path)
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(ROOT / "recipes" / "finetune.py"), "--config", config, "--source", source,
-               "--seed", str(seed), "--output_dir", str(run_dir), *extra]
+    command = [sys.executable, str(ROOT / "recipes" / "finetune.py"), *argv]
     log_path = run_dir / "log.txt"
     with open(log_path, "a", encoding="utf-8") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False,
@@ -45,7 +60,7 @@ def run_one(source: str, seed: int, run_dir: Path, config: str, extra: list[str]
     if done.returncode != 0 or not metrics_path.exists():
         lines = [line for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
         last = next((line for line in reversed(lines) if line.startswith("error:")), lines[-1] if lines else "")
-        raise DataError(f"run {source_name(source)} seed {seed} failed (exit {done.returncode}): {last} "
+        raise DataError(f"run {label} failed (exit {done.returncode}): {last} "
                         f"(log: {log_path})")
     return read_json(metrics_path)
 
@@ -77,11 +92,18 @@ def main(argv: list[str] | None = None) -> dict:
                         field="--sources")
 
     output_dir = Path(args.output_dir)
-    jobs = [(s, args.first_seed + k) for s in sources for k in range(args.seeds)]
+    jobs = []
+    for source in sources:
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            run_dir = output_dir / source_name(source) / f"seed{seed}"
+            jobs.append((f"{source_name(source)} seed {seed}", run_dir,
+                         run_arguments(source, seed, run_dir, args.config, extra)))
+    for _, _, argv_run in jobs:  # every folder checked before the first (long) run starts
+        check_run(argv_run)
     runs, started = [], time.monotonic()
-    for source, seed in (bar := tqdm(jobs, desc="fine-tuning runs", unit="run")):
-        bar.set_postfix_str(f"{source_name(source)} seed {seed}")
-        runs.append(run_one(source, seed, output_dir / source_name(source) / f"seed{seed}", args.config, extra))
+    for label, run_dir, argv_run in (bar := tqdm(jobs, desc="fine-tuning runs", unit="run")):
+        bar.set_postfix_str(label)
+        runs.append(run_one(argv_run, run_dir, label))
     wall = time.monotonic() - started
 
     table = aggregate(runs, reference=reference_constants())

@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="models/corpus-lm")
     parser.add_argument("--size", default="default", help=f"one of: {', '.join(SIZES)}")
-    parser.add_argument("--max_seconds", type=float, help="training time limit (default per size)")
+    parser.add_argument("--max_seconds", type=float,
+                        help="training time limit in seconds (default per size; size test has none)")
     parser.add_argument("--max_steps", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--no_bf16", action="store_true", help="train in fp32 instead of bf16 autocast")

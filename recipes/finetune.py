@@ -7,9 +7,10 @@
     python recipes/finetune.py --eval_only true --model_name_or_path runs/ft/chaosnli/best_model \
         --ood_test_file anli_r1_test.jsonl --output_dir runs/ft/chaosnli_anli_r1
 
-Defaults are the papers' settings (`capo.evaluate.finetune.PAPER_TRAINING_DEFAULTS`); a `--config` YAML replaces them, and
-every `transformers.TrainingArguments` field given on the command line wins over both. A killed run resumes from
-its last checkpoint when started again with the same output folder.
+Defaults are the papers' settings (`capo.evaluate.finetune.arguments.PAPER_TRAINING_DEFAULTS`); a `--config` YAML
+replaces them, and every `transformers.TrainingArguments` field given on the command line wins over both. A killed
+run resumes from its last checkpoint when started again with the same output folder and the same settings and data
+(its `run_signature.json`); other settings are refused in one line.
 """
 
 from __future__ import annotations
@@ -19,22 +20,14 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from transformers import TrainingArguments
-from trl import TrlParser
-
 from capo.cli import run_main
-from capo.errors import DataError
-from capo.evaluate.finetune import PAPER_TRAINING_DEFAULTS, FinetuneArguments, finetune
+from capo.evaluate.finetune.arguments import parse_arguments
+from capo.evaluate.finetune.trainer import finetune
 
 
 @run_main
 def main(argv: list[str] | None = None) -> dict:
-    parser = TrlParser((FinetuneArguments, TrainingArguments))
-    parser.set_defaults_with_config(**PAPER_TRAINING_DEFAULTS)
-    try:
-        script, training = parser.parse_args_and_config(args=argv)
-    except (OSError, ValueError) as err:  # unreadable or unknown keys in the --config file
-        raise DataError(" ".join(str(err).split())) from None
+    script, training = parse_arguments(argv)
     metrics = finetune(script, training)
     print(json.dumps({k: metrics[k] for k in ("source", "seed", "best_step", "dev", "test")}, indent=2))
     return metrics

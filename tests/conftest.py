@@ -1,10 +1,13 @@
-"""Shared fixtures. The tiny corpus LM is built once per test session (seconds) and stands in for a hub model."""
+"""Shared fixtures and helpers (one copy each). The tiny corpus LM is built once per test session (a fixed number of
+optimizer steps, seconds on an idle machine) and stands in for a hub model."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -38,3 +41,22 @@ def run_script(script: str, *args: str, cwd: Path = ROOT, env: dict | None = Non
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def write_jsonl(path: Path, rows: Iterable[dict | str]) -> Path:
+    """Write rows as JSONL (a str row is written as it is, for malformed lines); returns `path`."""
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def make_adapter(base_path, out_dir, seed: int):
+    """A random (untrained, non-zero) LoRA adapter: it changes the model's outputs, saved like a trained one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_path),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(out_dir)
+    return out_dir

@@ -4,7 +4,7 @@ import math
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from capo.train.corpus_lm import corpus_documents
+from capo.train.corpus_lm import SIZES, corpus_documents
 from capo.data.loaders import load_varierr
 from capo.data.prompts import parse_response, prompt_messages
 from capo.data.splits import split_items
@@ -15,6 +15,8 @@ def test_corpus_lm_loads_like_a_hub_model_and_has_learned(corpus_lm):
     model = AutoModelForCausalLM.from_pretrained(corpus_lm)
     assert model.config.model_type == "llama" and tokenizer.padding_side == "left"
     summary = json.loads((corpus_lm / "corpus_lm.json").read_text())
+    # Bounded by steps, not seconds: every machine, however loaded, builds the same model.
+    assert SIZES["test"].max_seconds is None and summary["steps"] == SIZES["test"].max_steps
     # Better than a uniform guess over the vocabulary on held-out text.
     assert summary["held_out_loss"] < math.log(len(tokenizer)) - 1.0
     text = tokenizer.apply_chat_template(prompt_messages(load_varierr()[0]), add_generation_prompt=True, tokenize=False)

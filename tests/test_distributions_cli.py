@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from conftest import run_script
 
-from capo.evaluate.distributions import baseline_distributions, join, read_distributions, write_distributions
+from capo.data.loaders import read_distributions, write_distributions
+from capo.evaluate.distributions import baseline_distributions, join
 from capo.evaluate.metrics import kl_per_item
 
 

@@ -4,11 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_script
+from conftest import run_script, write_jsonl
 
-from capo.evaluate.distributions import read_distributions
 from capo.errors import DataError
-from capo.data.loaders import load_items_jsonl, load_lewidi, load_lewidi_annotators_meta, load_nli341, load_varierr
+from capo.data.loaders import (load_items_jsonl, load_lewidi, load_lewidi_annotators_meta, load_nli341, load_varierr,
+                               read_distributions)
 
 GOOD = {
     "id": "q1",
@@ -17,12 +17,6 @@ GOOD = {
     "annotations": [{"annotator": "A1", "label": "entailment", "explanation": "Sleeping is resting."}],
     "distributions": {"chaosnli": [0.7, 0.2, 0.1]},
 }
-
-
-def _write(tmp_path, rows, name="items.jsonl"):
-    path = tmp_path / name
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
 
 
 def _with(**changes):
@@ -56,7 +50,7 @@ CASES = [
 
 @pytest.mark.parametrize("name,rows,pattern", CASES, ids=[c[0] for c in CASES])
 def test_bring_your_own_errors_are_one_located_line(tmp_path, name, rows, pattern):
-    path = _write(tmp_path, [GOOD | {"id": "q0"}, *rows])
+    path = write_jsonl(tmp_path / "items.jsonl", [GOOD | {"id": "q0"}, *rows])
     with pytest.raises(DataError, match=pattern) as info:
         load_items_jsonl(path)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
@@ -66,16 +60,16 @@ def test_varierr_bad_reason_and_annotator(tmp_path):
     row = json.loads(Path(load_varierr.__defaults__[0]).read_text().splitlines()[0])
     row["neutral"] = [dict(row["entailment"][0], reason="")]
     with pytest.raises(DataError, match=r"varierr.jsonl:1: item 23751e: field 'neutral\[0\].reason': empty explanation"):
-        load_varierr(_write(tmp_path, [row], "varierr.jsonl"))
+        load_varierr(write_jsonl(tmp_path / "varierr.jsonl", [row]))
     row["neutral"] = [dict(row["entailment"][0], annotator=7)]
     with pytest.raises(DataError, match=r"field 'neutral\[0\].annotator': unknown annotator 7"):
-        load_varierr(_write(tmp_path, [row], "varierr.jsonl"))
+        load_varierr(write_jsonl(tmp_path / "varierr.jsonl", [row]))
     row["neutral"] = [dict(row["entailment"][0], judgments=["yes"])]
     with pytest.raises(DataError, match=r"field 'neutral\[0\].judgments\[0\]': expected an object"):
-        load_varierr(_write(tmp_path, [row], "varierr.jsonl"))
+        load_varierr(write_jsonl(tmp_path / "varierr.jsonl", [row]))
     row["neutral"], row["idk"] = [], ["A2"]
     with pytest.raises(DataError, match=r"item 23751e: field 'idk\[0\]': unknown annotator 'A2'"):
-        load_varierr(_write(tmp_path, [row], "varierr.jsonl"))
+        load_varierr(write_jsonl(tmp_path / "varierr.jsonl", [row]))
 
 
 def test_lewidi_misaligned_explanations(tmp_path):
@@ -103,27 +97,27 @@ def test_nli341_bad_chaos_probs(tmp_path):
     row = json.loads(Path(load_nli341.__defaults__[0]).read_text().splitlines()[0])
     row["chaos probs"] = [0.3, 0.3, 0.3]
     with pytest.raises(DataError, match=r"nli.jsonl:1: item 61429c: field 'chaos probs': distribution sums to 0.9"):
-        load_nli341(_write(tmp_path, [row], "nli.jsonl"))
+        load_nli341(write_jsonl(tmp_path / "nli.jsonl", [row]))
 
 
 def test_distribution_file_errors(tmp_path):
     with pytest.raises(DataError, match=r"d.jsonl:2: field 'id': missing or invalid id"):
-        read_distributions(_write(tmp_path, [{"id": "a", "distribution": [1, 0, 0]}, {"distribution": [1, 0, 0]}], "d.jsonl"))
+        read_distributions(write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "distribution": [1, 0, 0]}, {"distribution": [1, 0, 0]}]))
     with pytest.raises(DataError, match=r"d.jsonl:2: item a: field 'id': duplicate id"):
-        read_distributions(_write(tmp_path, [{"id": "a", "distribution": [1, 0, 0]}] * 2, "d.jsonl"))
+        read_distributions(write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "distribution": [1, 0, 0]}] * 2))
     with pytest.raises(DataError, match=r"missing.jsonl: file not found"):
         read_distributions(tmp_path / "missing.jsonl")
 
 
 def test_cli_reports_one_line_and_exit_2_and_writes_nothing(tmp_path):
-    human = _write(tmp_path, [{"id": "a", "distribution": [0.5, 0.5, 0]}, {"id": "b", "distribution": [0, 0, 1]}], "h.jsonl")
-    model = _write(tmp_path, [{"id": "a", "distribution": [0.5, 0.5, 0]}, {"id": "c", "distribution": [0.2, 0.2, 0.6]}], "m.jsonl")
+    human = write_jsonl(tmp_path / "h.jsonl", [{"id": "a", "distribution": [0.5, 0.5, 0]}, {"id": "b", "distribution": [0, 0, 1]}])
+    model = write_jsonl(tmp_path / "m.jsonl", [{"id": "a", "distribution": [0.5, 0.5, 0]}, {"id": "c", "distribution": [0.2, 0.2, 0.6]}])
     out_csv = tmp_path / "table.csv"
     proc = run_script("eval/distributions.py", "--human", human, "--model", model, "--csv", out_csv)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert proc.stderr.startswith("error: ids do not match: 2 mismatched, e.g. 'b' is in") and "Traceback" not in proc.stderr
     assert not out_csv.exists()
-    bad = _write(tmp_path, [{"id": "a", "distribution": [0.5, 0.6, 0]}], "bad.jsonl")
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "a", "distribution": [0.5, 0.6, 0]}])
     proc = run_script("eval/distributions.py", "--human", human, "--model", bad)
     assert proc.returncode == 2 and "bad.jsonl:1: item a: field 'distribution': distribution sums to 1.1" in proc.stderr

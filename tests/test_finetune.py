@@ -1,44 +1,38 @@
-"""Soft-label fine-tuning (issue 5): loss, metric naming, checkpoint selection, training, loaders, errors, tables."""
+"""Soft-label fine-tuning: loss, metric naming, checkpoint selection, training, resume after a kill, run signatures,
+loaders, errors, tables."""
 
 from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import run_script
+from conftest import ROOT, run_script, write_jsonl
 
+from capo.data.loaders import load_nli341, read_distributions
 from capo.errors import DataError
-from capo.evaluate.finetune import (
-    METRICS,
-    FinetuneArguments,
-    aggregate,
-    beats_constants,
+from capo.evaluate.finetune.arguments import FinetuneArguments, default_model_path, parse_arguments
+from capo.evaluate.finetune.comparison import aggregate, beats_constants, format_csv, format_markdown
+from capo.evaluate.finetune.data import (
     chaosnli_examples,
-    compute_metrics,
-    constant_scores,
-    default_model_path,
-    finetune,
-    format_csv,
-    format_markdown,
-    load_anli,
     load_nli_hard_labels,
-    score,
     select_subset,
-    soft_cross_entropy,
-    soft_label_trainer_class,
     to_dataset,
     training_distributions,
     training_examples,
 )
-from capo.data.loaders import load_nli341
-
-
-def _write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
+from capo.evaluate.finetune.scoring import METRICS, compute_metrics, constant_scores, score
+from capo.evaluate.finetune.trainer import (
+    SIGNATURE_FILE,
+    finetune,
+    last_complete_checkpoint,
+    soft_cross_entropy,
+    soft_label_trainer_class,
+)
 
 # --- loss and metrics ------------------------------------------------------------------------------------------
 
@@ -109,10 +103,10 @@ def test_training_sources_cover_the_341_items():
 def test_mjd_file_as_source_and_its_errors(tmp_path):
     items = load_nli341()
     rows = [{"id": i.id, "distribution": [0.2, 0.5, 0.3]} for i in items]
-    good = _write_jsonl(tmp_path / "mjd.jsonl", rows)
+    good = write_jsonl(tmp_path / "mjd.jsonl", rows)
     assert training_distributions(str(good), items)[items[0].id] == pytest.approx([0.2, 0.5, 0.3])
 
-    not_summing = _write_jsonl(tmp_path / "bad_sum.jsonl", rows[:5] + [{"id": items[5].id, "distribution": [0.2, 0.2, 0.2]}])
+    not_summing = write_jsonl(tmp_path / "bad_sum.jsonl", rows[:5] + [{"id": items[5].id, "distribution": [0.2, 0.2, 0.2]}])
     with pytest.raises(DataError) as err:
         training_distributions(str(not_summing), items)
     message = str(err.value)
@@ -120,7 +114,7 @@ def test_mjd_file_as_source_and_its_errors(tmp_path):
     assert f"{not_summing}:6" in message and items[5].id in message and "'distribution'" in message
     assert "sums to 0.6" in message
 
-    missing = _write_jsonl(tmp_path / "missing.jsonl", rows[1:])
+    missing = write_jsonl(tmp_path / "missing.jsonl", rows[1:])
     with pytest.raises(DataError, match=r"ids do not match the 341 training items: 1 missing, 0 unknown"):
         training_distributions(str(missing), items)
 
@@ -130,7 +124,7 @@ def test_cli_rejects_a_distribution_file_whose_ids_do_not_match(tmp_path):
     rows = [{"id": i.id, "distribution": [0.2, 0.5, 0.3]} for i in items[:-1]] + [
         {"id": "not-an-item", "distribution": [1, 0, 0]}
     ]
-    path = _write_jsonl(tmp_path / "mjd.jsonl", rows)
+    path = write_jsonl(tmp_path / "mjd.jsonl", rows)
     out = tmp_path / "out"
     done = run_script("recipes/finetune.py", "--source", path, "--output_dir", out, "--use_cpu", "true")
     assert done.returncode == 2
@@ -147,21 +141,21 @@ def test_anli_format_loader(tmp_path):
         {"uid": "r1-2", "premise": "A dog sleeps.", "hypothesis": "A cat sleeps.", "label": "c", "reason": ""},
         {"uid": "r1-3", "premise": "She left early.", "hypothesis": "She was tired.", "label": "n"},
     ]
-    examples = load_anli(_write_jsonl(tmp_path / "test.jsonl", rows))
+    examples = load_nli_hard_labels(write_jsonl(tmp_path / "test.jsonl", rows))
     assert [e.id for e in examples] == ["r1-1", "r1-2", "r1-3"]
     assert [e.distribution for e in examples] == [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
     assert examples[1].hypothesis == "A cat sleeps."
 
-    bad = _write_jsonl(tmp_path / "bad.jsonl", rows[:2] + [{**rows[2], "label": "maybe"}])
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows[:2] + [{**rows[2], "label": "maybe"}])
     with pytest.raises(DataError) as err:
-        load_anli(bad)
+        load_nli_hard_labels(bad)
     assert f"{bad}:3" in str(err.value) and "item r1-3" in str(err.value) and "field 'label'" in str(err.value)
-    no_text = _write_jsonl(tmp_path / "no_text.jsonl", [{"uid": "x", "premise": "p", "label": "e"}])
+    no_text = write_jsonl(tmp_path / "no_text.jsonl", [{"uid": "x", "premise": "p", "label": "e"}])
     with pytest.raises(DataError, match="field 'hypothesis / sentence2'"):
-        load_anli(no_text)
+        load_nli_hard_labels(no_text)
 
     # MNLI-style rows are read too; rows without a gold majority ("-") are skipped.
-    mnli = _write_jsonl(tmp_path / "mnli.jsonl", [
+    mnli = write_jsonl(tmp_path / "mnli.jsonl", [
         {"pairID": "1e", "sentence1": "p", "sentence2": "h", "gold_label": "neutral"},
         {"pairID": "2n", "sentence1": "p", "sentence2": "h", "gold_label": "-"},
     ])
@@ -195,7 +189,8 @@ def tiny_encoder(tmp_path_factory):
 
 @pytest.mark.slow
 def test_soft_label_training_lowers_the_loss_on_a_handful_of_items(tmp_path):
-    """The real pretrained MiniLM, 8 items, a few steps: the soft CE on those items must fall."""
+    """The real pretrained MiniLM, 8 items, 2 steps: the soft CE on those items must fall (by 0.21-0.36 over seeds
+    0-2 when written; the bar is 0.1)."""
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -210,7 +205,7 @@ def test_soft_label_training_lowers_the_loss_on_a_handful_of_items(tmp_path):
     data = to_dataset(examples, tokenizer, 64)
     trainer = soft_label_trainer_class()(
         model=model,
-        args=_cpu_args(tmp_path, max_steps=12, per_device_train_batch_size=8, learning_rate=2e-4,
+        args=_cpu_args(tmp_path, max_steps=2, per_device_train_batch_size=8, learning_rate=1e-3,
                        save_strategy="no", logging_steps=1),
         train_dataset=data,
         data_collator=DataCollatorWithPadding(tokenizer),
@@ -225,7 +220,7 @@ def test_soft_label_training_lowers_the_loss_on_a_handful_of_items(tmp_path):
 
 @pytest.mark.slow
 def test_best_checkpoint_is_selected_by_dev_macro_f1_and_test_scored_once(tmp_path, tiny_encoder):
-    anli = _write_jsonl(tmp_path / "anli.jsonl", [
+    anli = write_jsonl(tmp_path / "anli.jsonl", [
         {"uid": "a", "premise": "A man plays a guitar.", "hypothesis": "A man makes music.", "label": "e"},
         {"uid": "b", "premise": "A dog sleeps.", "hypothesis": "A cat sleeps.", "label": "c"},
     ])
@@ -251,8 +246,6 @@ def test_best_checkpoint_is_selected_by_dev_macro_f1_and_test_scored_once(tmp_pa
     assert metrics["constants"]["test"]["uniform"]["soft_ce"] == pytest.approx(math.log(3))
     for name in ("metrics.json", "run_manifest.json", "training_curves.png", "predictions_test.jsonl"):
         assert (out / name).stat().st_size > 0
-    from capo.evaluate.distributions import read_distributions
-
     assert len(read_distributions(out / "predictions_test.jsonl")) == 629
 
     # The saved best_model is the selected one: scoring it alone (the out-of-distribution path) gives the same numbers.
@@ -310,34 +303,138 @@ def test_comparison_table_says_when_no_source_beats_the_constants():
     assert aggregate(runs, reference=reference)["train_mean[chaosnli]"]["test"]["kl"][0] == pytest.approx(0.30)
 
 
-@pytest.mark.slow
-def test_first_stage_on_hard_labels_and_resume_after_a_stop(tmp_path, tiny_encoder):
-    hard = _write_jsonl(tmp_path / "nli.jsonl", [
-        {"pairID": str(k), "sentence1": f"premise {k}", "sentence2": f"hypothesis {k}", "gold_label": label}
-        for k, label in enumerate(["entailment", "neutral", "contradiction", "-"] * 4)
-    ])
-    out = tmp_path / "run"
-    args = _cpu_args(out, max_steps=2, per_device_train_batch_size=64, per_device_eval_batch_size=128,
-                     learning_rate=1e-3, eval_strategy="no", save_strategy="steps", save_steps=1, logging_steps=1)
-    script = FinetuneArguments(source="varierr_dist", model_name_or_path=tiny_encoder, max_length=32,
-                               first_stage_file=str(hard), first_stage_epochs=1)
-    logged: list[str] = []
-    first = finetune(script, args, log=logged.append)
-    assert any("first stage: 12 hard-label pairs" in line for line in logged)
-    assert (out / "first_stage" / "final" / "config.json").exists()
-    assert first["source"] == "varierr_dist" and first["best_checkpoint"] is None
-
-    # A second start in the same folder (as after a kill) skips the first stage and resumes from the checkpoint.
-    logged.clear()
-    again = finetune(script, args, log=logged.append)
-    assert any("first stage already done" in line for line in logged)
-    assert any(line.startswith("resuming from") and line.endswith("checkpoint-2") for line in logged)
-    assert again["test"] == pytest.approx(first["test"])
-
-
 def test_compare_rejects_an_unknown_source_in_one_line(tmp_path):
     done = run_script("eval/finetune_compare.py", "--sources", "chaosnli,no_such_source", "--output_dir", tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no_such_source" in done.stderr
     assert "not a file and not a known source" in done.stderr
     assert not (tmp_path / "comparison.md").exists()
+
+
+# --- resume after a kill, run signatures ---------------------------------------------------------------------------
+
+# A child process that trains like `recipes/finetune.py` but SIGKILLs itself right after checkpoint-2 is saved: the
+# folder is left as a real kill leaves it (no best_model, no metrics.json, nothing flushed at exit).
+KILL_AFTER_STEP_2 = """
+import os, signal, sys
+from transformers import TrainerCallback
+from capo.evaluate.finetune.arguments import parse_arguments
+from capo.evaluate.finetune.trainer import finetune
+
+class KillAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+finetune(*parse_arguments(sys.argv[1:]), callbacks=[KillAfterSave()])
+"""
+
+
+class StepCounter:
+    """A TrainerCallback (duck-typed: Trainer calls only the hooks it defines) counting the optimizer steps taken."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def __getattr__(self, name):  # every other hook: do nothing
+        return lambda *args, **kwargs: None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+def _tiny_config(tmp_path, tiny_encoder, hard_labels):
+    """4 steps of 64 items, a checkpoint and a dev evaluation (16 items) every 2 steps, after a 1-epoch first stage."""
+    settings = {
+        "model_name_or_path": tiny_encoder, "max_length": 32, "selection_dev_size": 16,
+        "first_stage_file": str(hard_labels), "first_stage_epochs": 1, "learning_rate": 1e-3,
+        "per_device_train_batch_size": 64, "per_device_eval_batch_size": 256, "max_steps": 4,
+        "eval_strategy": "steps", "eval_steps": 2, "save_strategy": "steps", "save_steps": 2, "save_total_limit": 1,
+        "load_best_model_at_end": True, "metric_for_best_model": "macro_f1", "greater_is_better": True,
+        "logging_steps": 1, "report_to": "none", "use_cpu": True, "bf16": False, "dataloader_pin_memory": False,
+        "disable_tqdm": True,
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in settings.items()))
+    return path
+
+
+def _losses(out):
+    return [(row["step"], row["loss"]) for row in json.loads((out / "log_history.json").read_text()) if "loss" in row]
+
+
+@pytest.mark.slow
+def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path, tiny_encoder):
+    hard = write_jsonl(tmp_path / "nli.jsonl", [
+        {"pairID": str(k), "sentence1": f"premise {k}", "sentence2": f"hypothesis {k}", "gold_label": label}
+        for k, label in enumerate(["entailment", "neutral", "contradiction", "-"] * 4)
+    ])
+    config = _tiny_config(tmp_path, tiny_encoder, hard)
+    # The uninterrupted run sits where eval/finetune_compare.py puts seed 0 of varierr_dist (reused below).
+    compare_dir = tmp_path / "compare"
+    whole_dir, killed_dir = compare_dir / "varierr_dist" / "seed0", tmp_path / "killed"
+
+    def argv(out, *extra):
+        return ["--config", str(config), "--source", "varierr_dist", "--seed", "0", "--output_dir", str(out), *extra]
+
+    logged: list[str] = []
+    whole = finetune(*parse_arguments(argv(whole_dir)), log=logged.append)
+    assert any("first stage: 12 hard-label pairs" in line for line in logged)
+    assert whole["global_step"] == 4 and whole["best_step"] in (2, 4)
+
+    child = subprocess.run([sys.executable, "-c", KILL_AFTER_STEP_2, *argv(killed_dir)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600, check=False)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    assert last_complete_checkpoint(killed_dir) == str(killed_dir / "checkpoint-2")
+    assert (killed_dir / "first_stage" / "final" / "config.json").exists()
+    assert not (killed_dir / "metrics.json").exists() and not (killed_dir / "best_model").exists()
+
+    # Restarted with the same command: the first stage is loaded, training continues at step 3 and takes only the
+    # two remaining steps (a fresh start with the same seed would also match, but would take four).
+    logged.clear()
+    counter = StepCounter()
+    resumed = finetune(*parse_arguments(argv(killed_dir)), log=logged.append, callbacks=[counter])
+    assert any("first stage already done" in line for line in logged)
+    assert f"resuming from {killed_dir / 'checkpoint-2'}" in logged
+    assert counter.steps == 2 and resumed["global_step"] == 4
+    assert resumed["best_step"] == whole["best_step"]
+    assert resumed["best_selection_value"] == pytest.approx(whole["best_selection_value"])
+    assert resumed["dev"] == pytest.approx(whole["dev"], abs=1e-6)
+    assert resumed["test"] == pytest.approx(whole["test"], abs=1e-6)
+    (steps, losses), (whole_steps, whole_losses) = zip(*_losses(killed_dir)), zip(*_losses(whole_dir))
+    assert steps == whole_steps == (1, 2, 3, 4) and losses == pytest.approx(whole_losses, abs=1e-6)
+
+    # Other settings in the same folder are refused in one line, before anything is loaded or written.
+    before = (killed_dir / "metrics.json").read_bytes()
+    with pytest.raises(DataError) as err:
+        finetune(*parse_arguments(argv(killed_dir, "--learning_rate", "0.5")), log=logged.append)
+    message = str(err.value)
+    assert "\n" not in message and "field 'learning_rate'" in message and "0.001 there, 0.5 now" in message
+    assert (killed_dir / "metrics.json").read_bytes() == before
+
+    # eval/finetune_compare.py reuses the finished run whose signature matches (no new run: no log.txt) ...
+    done = run_script("eval/finetune_compare.py", "--sources", "varierr_dist", "--seeds", "1", "--config", config,
+                      "--output_dir", compare_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((compare_dir / "runs.json").read_text()) == [json.loads((whole_dir / "metrics.json").read_text())]
+    assert not (whole_dir / "log.txt").exists()
+    # ... and refuses it, in one line and before any run starts, when a setting passed to the runs differs.
+    done = run_script("eval/finetune_compare.py", "--sources", "varierr_dist", "--seeds", "1", "--config", config,
+                      "--output_dir", compare_dir, "--max_steps", "6")
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "field 'max_steps'" in done.stderr and str(whole_dir) in done.stderr
+    assert not (whole_dir / "log.txt").exists()
+
+    # Same settings, but the first-stage file's content changed: refused too (the signature hashes the data).
+    write_jsonl(hard, [{"pairID": "0", "sentence1": "other", "sentence2": "text", "gold_label": "neutral"}])
+    with pytest.raises(DataError, match="field 'first_stage_sha256'"):
+        finetune(*parse_arguments(argv(killed_dir)), log=logged.append)
+
+
+def test_checkpoints_without_a_signature_are_not_resumed(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoint-20").mkdir(parents=True)
+    done = run_script("recipes/finetune.py", "--source", "chaosnli", "--output_dir", out, "--use_cpu", "true")
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "holds run output (checkpoint-20) but no run_signature.json" in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-20"] and not (out / SIGNATURE_FILE).exists()

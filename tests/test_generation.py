@@ -7,26 +7,13 @@ import json
 import signal
 
 import pytest
-import torch
-from conftest import ROOT, run_script
-from transformers import AutoModelForCausalLM
+from conftest import ROOT, make_adapter, run_script
 
 from capo.errors import DataError
 from capo.generate.explanations import KILL_AFTER_ENV, MERGED, GenerateArguments, run_generation, shard_path
 from capo.data.prompts import parse_response
 
 pytestmark = pytest.mark.slow
-
-
-def make_adapter(base_path, out_dir, seed: int):
-    """A random (untrained, non-zero) LoRA adapter: it changes the model's outputs, saved like a trained one."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_path),
-                           LoraConfig(r=4, lora_alpha=4, target_modules="all-linear", init_lora_weights=False))
-    model.save_pretrained(out_dir)
-    return out_dir
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_adapter
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from capo.errors import DataError
@@ -15,18 +16,6 @@ from capo.data.loaders import load_varierr
 from capo.data.prompts import prompt_messages
 
 CANDIDATES = ["A", "B", "C"]
-
-
-def make_adapter(base_path, out_dir, seed: int):
-    """A random (untrained, non-zero) LoRA adapter: changes the model's outputs, saved like a trained one."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_path)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                  init_lora_weights=False))
-    peft_model.save_pretrained(out_dir)
-    return out_dir
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,7 @@
-"""Distribution files (one JSON object a line: `id` + `distribution`), the 341-item baselines, reports, plots."""
+"""Comparing distributions: aligning two id -> distribution maps, the 341-item baselines, reports, plots.
+
+Distribution files themselves are read and written by `capo.data.loaders` (`read_distributions`,
+`write_distributions`)."""
 
 from __future__ import annotations
 
@@ -7,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from capo.errors import DataError
-from capo.data.loaders import load_nli341, read_distributions, write_distributions  # noqa: F401  (re-exported)
-from capo.evaluate.metrics import distribution_report
+from capo.data.loaders import load_nli341
 from capo.data.schema import NLI
+from capo.errors import DataError
+from capo.evaluate.figures import save_figure
+from capo.evaluate.metrics import distribution_report
 
 BASELINES = ("uniform", "mnli_onehot", "mnli_dist", "varierr_dist", "chaosnli")
 # Distribution name in `Item.distributions` behind each baseline (uniform is built here).
@@ -79,9 +83,5 @@ def ternary_plot(named: Mapping[str, Mapping[str, Sequence[float]]], path: str |
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=120)
+

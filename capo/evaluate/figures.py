@@ -13,6 +13,7 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     try:
+        fig.tight_layout()
         fig.savefig(tmp, dpi=dpi)
         tmp.replace(path)
     finally:

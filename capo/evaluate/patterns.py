@@ -87,7 +87,7 @@ def embedding_classifier(c: float = 1.0, seed: int = 0):
 def _encoder(model_path: str | None):
     from sentence_transformers import SentenceTransformer
 
-    from capo.evaluate.finetune import default_model_path
+    from capo.evaluate.finetune.arguments import default_model_path
 
     return SentenceTransformer(model_path or default_model_path(), device="cpu")
 
