@@ -301,6 +301,8 @@ def test_mjd_resumes_after_a_kill_and_refuses_a_changed_output_option_or_explana
     # Turning raw scores on for the rest would leave the first shard's rows without them: refused.
     line = _one_error_line(capsys, main, argv + ["--output_dir", out, "--save_raw_scores", "true"])
     assert f"error: {out}: field 'save_raw_scores': holds a run with other settings" in line
+    line = _one_error_line(capsys, main, argv + ["--output_dir", out, "--items_per_chunk", "1"])
+    assert "field 'items_per_chunk': holds a run with other settings (items_per_chunk, shard_size;" in line
     original = explanations.read_bytes()
     explanations.write_bytes(original.replace(b"The", b"A", 1))
     line = _one_error_line(capsys, main, argv + ["--output_dir", out])

@@ -196,7 +196,8 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
                  "explanations": fingerprint(args.explanations), **asdict(settings), "engine": args.engine,
                  "backend": args.backend, "dtype": args.dtype, "min_shared_tokens": args.min_shared_tokens,
                  "batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens,
-                 "chat_template": args.chat_template, "limit": args.limit, "save_raw_scores": args.save_raw_scores}
+                 "chat_template": args.chat_template, "limit": args.limit, "save_raw_scores": args.save_raw_scores,
+                 "items_per_chunk": args.items_per_chunk}  # the engine's shard_size, under the name users give
     run = mjd_run(args.output_dir, items, items_per_chunk=args.items_per_chunk, signature=signature)
     run.check()  # before loading a model: fail fast
     import torch
