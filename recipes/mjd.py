@@ -8,9 +8,10 @@ over the 6 option orders and the explanation orders, one [E, N, C] distribution 
     python eval/distributions.py --human DIR/human_chaosnli.jsonl --model DIR/mjd.jsonl
 
 Writes DIR/mjd.jsonl (`id`, `distribution`), DIR/human_chaosnli.jsonl (when the items carry ChaosNLI),
-optionally DIR/raw_scores.jsonl, per-process shards under DIR/shards/ and DIR/run_manifest.json. A killed run
-restarted with the same arguments resumes; under `accelerate launch` / `torchrun` items are sharded across
-processes (fixed chunks, so the merged file is identical to a one-process run).
+optionally DIR/raw_scores.jsonl, DIR/run_manifest.json, and the run engine's DIR/run_config.json and DIR/shards/
+(`capo.runner`). A killed run restarted with the same arguments resumes (a changed model folder, data file or
+option is refused); under `accelerate launch` / `torchrun` shards are spread over the processes (fixed shards of
+`items_per_chunk` items, so the merged file is identical to a one-process run).
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ import pytest
 from conftest import ROOT, make_adapter, run_script
 
 from capo.errors import DataError
-from capo.generate.explanations import KILL_AFTER_ENV, MERGED, GenerateArguments, run_generation, shard_path
 from capo.data.prompts import parse_response
+from capo.generate.explanations import MERGED, GenerateArguments, run_generation
+from capo.runner import KILL_AFTER_ENV, shard_path
 
 pytestmark = pytest.mark.slow
 
@@ -143,15 +144,22 @@ def test_a_tokenizer_without_chat_template_is_a_one_line_error(corpus_lm):
         render_prompt(tokenizer, item)
 
 
-def test_held_out_items_follow_the_explainers_split():
+def test_held_out_items_are_never_in_the_explainers_training_rows():
+    from capo.data.loaders import load_varierr
     from capo.generate.explanations import select_items
     from capo.data.datasets import load_task_data
+    from capo.train.pairs import sft_rows
 
-    dev = load_task_data("paraphrase", "lewidi-par").items("dev")
-    assert [i.id for i in select_items("lewidi-par", "dev")] == [i.id for i in dev]
-    assert [i.id for i in select_items("lewidi-par-dev", "dev", limit=5)] == [i.id for i in dev[:5]]
-    # The explainers train on all of LeWiDi train: it has no held-out part to generate for.
-    with pytest.raises(DataError, match="no items to generate for"):
-        select_items("lewidi-par-train", "test")
-    varierr_test = load_task_data("nli", "varierr", split_seed=1).items("test")
-    assert [i.id for i in select_items("varierr", "test", split_seed=1)] == [i.id for i in varierr_test]
+    everything = [i.id for i in load_varierr()]
+    for seed in (0, 1):
+        train = load_task_data("nli", "varierr", split_seed=seed).items("train")
+        trained_on = {row["id"] for annotator in ("A1", "A2", "A3", "A4") for row in sft_rows(train, annotator)}
+        assert len(trained_on) > 200  # the explainers' SFT data really is the train part
+        test = [i.id for i in select_items("varierr", "test", split_seed=seed)]
+        dev = [i.id for i in select_items("varierr", "dev", split_seed=seed)]
+        assert test and dev and not (set(test) | set(dev)) & trained_on and not set(test) & set(dev)
+        # split None: every item exactly once; limit: the first N of the split, in input order
+        assert sorted(i.id for i in select_items("varierr", None, split_seed=seed)) == sorted(everything)
+        assert [i.id for i in select_items("varierr", "test", split_seed=seed, limit=3)] == test[:3]
+    ids = lambda seed: {i.id for i in select_items("varierr", "test", split_seed=seed)}
+    assert ids(0) != ids(1)  # the seed is passed on

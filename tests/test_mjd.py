@@ -24,7 +24,7 @@ from capo.mjd.estimate import (
     prompt_specs,
     to_label_order,
 )
-from capo.mjd.run import merge_shards, run_shard
+from capo.mjd.run import mjd_run, score_shards, write_results
 from capo.mjd.scoring import BackendScorer, HFScorer, build_prefix_tree
 from capo.data.schema import Item
 from tests.conftest import ROOT
@@ -311,26 +311,23 @@ def test_sharded_and_resumed_runs_equal_one_process(lm, tmp_path):
     settings = MJDSettings(mode="parallel", normalisation="p_softmax")
     render = chat_renderer(tokenizer)
     scorer = HFScorer(model, tokenizer, batch_size=8, min_shared_tokens=8)
-    run = lambda out, **kw: run_shard(out, items, explanations, scorer, settings, render, items_per_chunk=2, **kw)
+    run = lambda out: mjd_run(out, items, items_per_chunk=2, signature={"settings": "parallel"})
+    score = lambda out, scorer=scorer, **kw: score_shards(run(out), explanations, scorer, settings, render, **kw)
 
-    run(tmp_path / "one")
-    one = merge_shards(tmp_path / "one", items, items_per_chunk=2)
+    assert score(tmp_path / "one") == [0, 1, 2, 3]  # 7 items in shards of 2, 2, 2, 1
+    one = write_results(run(tmp_path / "one"))
     for rank in (1, 0):
-        run(tmp_path / "two", rank=rank, world=2)
-    two = merge_shards(tmp_path / "two", items, items_per_chunk=2)
+        score(tmp_path / "two", process_index=rank, num_processes=2)
+    two = write_results(run(tmp_path / "two"))
     assert list(one) == [item.id for item in items] and one == two  # bitwise identical
 
-    # kill mid-write: cut the last chunk's last line in half; a restart recomputes only that chunk
-    shard = tmp_path / "one" / "shards" / "mjd-00000-of-00001.jsonl"
-    text = shard.read_text()
-    shard.write_text(text[: len(text) - 40])
-    with pytest.raises(DataError, match="not scored yet"):
-        merge_shards(tmp_path / "one", items, items_per_chunk=2)
+    # a kill before a shard's atomic rename: the shard is missing; a restart scores only that one, in one call
+    run(tmp_path / "one").path(2).unlink()
+    with pytest.raises(DataError, match="1 shard\\(s\\) not scored yet"):
+        write_results(run(tmp_path / "one"))
     counting = Counting(scorer)
-    run_shard(tmp_path / "one", items, explanations, counting, settings, render, items_per_chunk=2)
-    assert counting.calls == 1
-    assert merge_shards(tmp_path / "one", items, items_per_chunk=2) == one
-    assert len(shard.read_text().splitlines()) == len(items)  # no duplicates
+    assert score(tmp_path / "one", scorer=counting) == [2] and counting.calls == 1
+    assert write_results(run(tmp_path / "one")) == one
 
 
 @pytest.mark.slow
@@ -355,7 +352,7 @@ def test_recipe_end_to_end_and_eval_joins(corpus_lm, tmp_path, capsys):
     before = (out / "mjd.jsonl").read_bytes()
     stderr = _fails(capsys, "--config", "recipes/configs/mjd_tiny_parallel.yaml", "--model_name_or_path", str(corpus_lm),
                     "--output_dir", str(out), "--limit", "5")
-    assert "other settings (explicit;" in stderr and (out / "mjd.jsonl").read_bytes() == before
+    assert "other settings (explicit, save_raw_scores;" in stderr and (out / "mjd.jsonl").read_bytes() == before
 
 
 def _script(path: str):
@@ -406,8 +403,9 @@ def test_two_processes_under_accelerate_launch_merge_to_the_one_process_result(c
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     shards = sorted(p.name for p in (tmp_path / "two" / "shards").iterdir())
-    assert shards == ["mjd-00000-of-00002.jsonl", "mjd-00001-of-00002.jsonl"]  # both ranks scored their chunks
-    assert json.loads((tmp_path / "two" / "run_manifest.json").read_text())["summary"]["processes"] == 2
+    assert shards == ["shard-00000.jsonl", "shard-00001.jsonl", "shard-00002.jsonl"]
+    summary = json.loads((tmp_path / "two" / "run_manifest.json").read_text())["summary"]
+    assert summary["processes"] == 2 and summary["shards_scored_here"] == 2  # rank 0: shards 0, 2; rank 1 did 1
 
     _script("recipes/mjd.py").main([*common, "--output_dir", str(tmp_path / "one")])
     read = lambda run: [json.loads(line) for line in (tmp_path / run / "mjd.jsonl").read_text().splitlines()]

@@ -126,6 +126,10 @@ def test_sets_written_in_released_format_load_back(tmp_path):
     assert set(sets) == {f"{kind}-{s}" for kind in KINDS for s in ("first", "longest")}
     assert [label for _, label in sets["VariErr-Label-Guided-first"]] == [a.label for a in item.annotations]
     assert len(sets["MNLI-Label-Guided-longest"]) == 5
+    bare = type(item)(id="x", task="nli", inputs=item.inputs)  # no annotations, no MNLI counts: label-free only
+    assert set(explanation_sets(bare, pool, kinds=("label-free",))) == {"Label-Free-first", "Label-Free-longest"}
+    with pytest.raises(DataError, match="item x: field 'annotations'"):
+        explanation_sets(bare, pool)
     path = tmp_path / "VariErr-Label-Guided-first.json"
     path.write_text(json.dumps(released_row(item, sets["VariErr-Label-Guided-first"], "varierr")) + "\n")
     assert load_model_explanations(path) == {item.id: sets["VariErr-Label-Guided-first"]}

@@ -2,50 +2,32 @@
 
 Output folder layout::
 
-    run_config.json          the arguments that define the records (a restart must match them)
+    run_config.json          the run signature: arguments, model / adapter / data file content hashes
     shards/shard-00000.jsonl one file per shard of `shard_size` records, written atomically when complete
     generations.jsonl        all shards merged in unit order, once every shard exists
     run_manifest.json        package versions, git commit, data hashes
 
-Units (item, annotator) are laid out in a fixed order (items in input order, annotators in the given order) and cut
-into shards; shard k belongs to process k % num_processes (`accelerate launch` runs several), so the merged file is
-the same whatever the number of processes. A killed run restarted with the same arguments skips the shards that
-exist and redoes only the unfinished ones (greedy decoding: identical records). A generation that does not parse
-as `Label: ...\\nExplanation: ...` is kept with `parsed: false`, never dropped.
+Units (item, annotator) are laid out in a fixed order (items in input order, annotators in the given order) and
+run by the one sharded engine, `capo.runner`: shard k belongs to process k % num_processes (`accelerate launch`
+runs several), so the merged file is the same whatever the number of processes. A killed run restarted with the
+same arguments skips the shards that exist and redoes only the unfinished ones (greedy decoding: identical
+records). A generation that does not parse as `Label: ...\\nExplanation: ...` is kept with `parsed: false`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
-from capo.errors import DataError
-from capo.generate.backends.base import Backend
-from capo.io import atomic_write_text, check_run_signature, iter_jsonl
 from capo.data.prompts import parse_response, prompt_messages
 from capo.data.schema import Item
+from capo.errors import DataError
+from capo.generate.backends import BACKENDS
+from capo.generate.backends.base import Backend
+from capo.runner import ShardedRun, check_positive, fingerprint
 
-RUN_CONFIG = "run_config.json"
 MERGED = "generations.jsonl"
-SHARD_DIR = "shards"
-# Test hook: SIGKILL this process right after writing this many shards (a real, uncatchable kill at a known point).
-KILL_AFTER_ENV = "CAPO_KILL_AFTER_SHARDS"
-
-
-class Keyed(Protocol):
-    """A unit of work: one output record, identified by `key`."""
-
-    item: Item
-
-    @property
-    def key(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -70,106 +52,9 @@ def plan_units(items: Sequence[Item], annotators: Mapping[str, str | None]) -> l
     return [Unit(item, name, adapter) for item in items for name, adapter in annotators.items()]
 
 
-def shard_path(output_dir: str | Path, index: int) -> Path:
-    return Path(output_dir) / SHARD_DIR / f"shard-{index:05d}.jsonl"
-
-
 def record_key(record: dict) -> str:
     """The unit key a generation record answers (`Unit.key`)."""
     return f"{record.get('id')}\t{record.get('annotator')}"
-
-
-def _read_shard(path: Path, expected_keys: list[str], key: Callable[[dict], str] = record_key) -> list[dict]:
-    records = [row for _, row in iter_jsonl(path)]
-    if [key(r) for r in records] != expected_keys:
-        raise DataError("shard does not hold the records this run expects (was the output_dir reused?)",
-                        path=str(path))
-    return records
-
-
-def run_sharded(
-    units: Sequence[Keyed],
-    output_dir: str | Path,
-    work: Callable[[Sequence[Keyed]], list[dict]],
-    *,
-    signature: dict,
-    shard_size: int = 64,
-    process_index: int = 0,
-    num_processes: int = 1,
-    progress: Callable[[int, list[dict]], None] | None = None,
-    key: Callable[[dict], str] = record_key,
-) -> list[int]:
-    """Run `work` on this process's pending shards and write each atomically; returns the shard indices written.
-
-    Units are anything with a unique `.key` and an `.item`; `key(record)` gives the unit key a record answers.
-    `progress(done_units, records)` is called after each shard (done_units counts this process's skipped ones too).
-    """
-    if shard_size < 1:
-        raise DataError(f"shard size must be at least 1, got {shard_size}", field="shard_size")
-    output_dir = Path(output_dir)
-    check_run_signature(output_dir / RUN_CONFIG, {**signature, "shard_size": shard_size, "units": _digest(units)},
-                        record=process_index == 0)
-    (output_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    n_shards = (len(units) + shard_size - 1) // shard_size
-    mine = [k for k in range(n_shards) if k % num_processes == process_index]
-    written = []
-    kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
-    for k in mine:
-        chunk = units[k * shard_size : (k + 1) * shard_size]
-        path = shard_path(output_dir, k)
-        if path.exists():
-            _read_shard(path, [u.key for u in chunk], key)  # done: check it, skip it
-            if progress:
-                progress(len(chunk), [])
-            continue
-        records = work(chunk)
-        if [key(r) for r in records] != [u.key for u in chunk]:
-            raise RuntimeError("work() must return one record per unit, in unit order")
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        written.append(k)
-        if progress:
-            progress(len(chunk), records)
-        if kill_after and len(written) >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-    return written
-
-
-def merge_shards(
-    units: Sequence[Keyed], output_dir: str | Path, shard_size: int, key: Callable[[dict], str] = record_key
-) -> Path | None:
-    """Concatenate the shards into `generations.jsonl` when all exist (else None: the run is not finished)."""
-    output_dir = Path(output_dir)
-    n_shards = (len(units) + shard_size - 1) // shard_size
-    paths = [shard_path(output_dir, k) for k in range(n_shards)]
-    if not all(p.exists() for p in paths):
-        return None
-    lines = []
-    for k, path in enumerate(paths):
-        records = _read_shard(path, [u.key for u in units[k * shard_size : (k + 1) * shard_size]], key)
-        lines.extend(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    atomic_write_text(output_dir / MERGED, "".join(lines))
-    for stale in (output_dir / SHARD_DIR).glob(".shard-*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
-    return output_dir / MERGED
-
-
-def _digest(units: Sequence[Keyed]) -> str:
-    """A fingerprint of the work list: unit keys (item id and annotator) and the items' inputs, in order."""
-    digest = hashlib.sha256()
-    for unit in units:
-        digest.update(json.dumps([unit.key, unit.item.inputs], sort_keys=True).encode())
-    return digest.hexdigest()[:16]
-
-
-def _adapter_fingerprint(path: str) -> str:
-    """`path`, plus the hash of its weights when it is a local folder (hub ids are taken as they are)."""
-    from capo.manifest import file_sha256
-
-    for name in ("adapter_model.safetensors", "adapter_model.bin"):
-        weights = Path(path) / name
-        if weights.is_file():
-            return f"{path}@sha256:{file_sha256(weights)[:16]}"
-    return path
 
 
 def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
@@ -276,6 +161,26 @@ class GenerateArguments:
     shard_size: int = 32  # records per shard: the most work a kill can lose
     tensor_parallel_size: int = 1  # vLLM only
 
+    def __post_init__(self) -> None:
+        # Every value check happens here, while parsing: a bad value never reaches the output folder.
+        check_positive(self, "batch_size", "max_new_tokens", "shard_size", "tensor_parallel_size", "limit",
+                       optional=("limit",))
+        if self.backend not in BACKENDS:
+            raise DataError(f"unknown backend {self.backend!r} (valid: {', '.join(BACKENDS)})", field="backend")
+        if not str(self.output_dir).strip():
+            raise DataError("output_dir is required", field="output_dir")
+        self.annotators()
+
+    def annotators(self) -> dict[str, str | None]:
+        """Record annotator name -> adapter name (None: the base model), in record order."""
+        adapters = parse_adapters(self.adapters or [])
+        annotators: dict[str, str | None] = {name: name for name in adapters}
+        if self.base or not adapters:
+            if "base" in annotators:
+                raise DataError("'base' names the base model; give the adapter another name", field="adapters")
+            annotators["base"] = None
+        return annotators
+
 
 def select_items(dataset: str, split: str | None, split_seed: int = 0, limit: int | None = None,
                  adapters: Mapping[str, str] | None = None, log: Callable[[str], None] = print) -> list[Item]:
@@ -322,44 +227,34 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
     adapters = parse_adapters(args.adapters or [])
     items = select_items(args.dataset, args.split, args.split_seed, args.limit, adapters,
                          log=lambda msg: print(msg, flush=True) if index == 0 else None)
-    annotators: dict[str, str | None] = {name: name for name in adapters}
-    if args.base or not adapters:
-        if "base" in annotators:
-            raise DataError("'base' names the base model; give the adapter another name", field="adapters")
-        annotators["base"] = None
+    annotators = args.annotators()
     units = plan_units(items, annotators)
-    options = backend_options(args.backend, args.dtype, args.batch_size, args.tensor_parallel_size)
-    signature = {key: getattr(args, key) for key in ("model", "dataset", "split", "split_seed", "limit", "backend",
-                                                        "dtype", "batch_size", "max_new_tokens")}
-    # An adapter retrained in place must not be mixed with records from its old weights.
-    signature["annotators"] = {name: _adapter_fingerprint(adapters[name]) if name in adapters else None
-                               for name in annotators}
-    output_dir = Path(args.output_dir)
-    n_shards = (len(units) + args.shard_size - 1) // args.shard_size
-    check_run_signature(Path(args.output_dir) / RUN_CONFIG,
-                        {**signature, "shard_size": args.shard_size, "units": _digest(units)}, record=False)
-    done = sum(shard_path(output_dir, k).exists() for k in range(n_shards))
+    signature = {key: getattr(args, key) for key in ("split", "split_seed", "limit", "backend", "dtype", "batch_size",
+                                                        "max_new_tokens", "tensor_parallel_size")}
+    # Content, not just names: a data file edited or a model / adapter replaced in place must not mix into a run.
+    signature.update(model=fingerprint(args.model), dataset=fingerprint(args.dataset),
+                     annotators={name: fingerprint(adapters[name]) if name in adapters else None
+                                 for name in annotators})
+    run = ShardedRun(args.output_dir, units, shard_size=args.shard_size, signature=signature, record_key=record_key)
+    run.check()  # before loading a model: fail fast
     main = index == 0
     if main:
-        print(f"{len(items)} items x {len(annotators)} annotators = {len(units)} records in {n_shards} shards; "
-              f"{done} of {n_shards} shards already done", flush=True)
+        print(f"{len(items)} items x {len(annotators)} annotators = {len(units)} records in {run.n_shards} shards; "
+              f"{len(run.done())} of {run.n_shards} shards already done", flush=True)
+    options = backend_options(args.backend, args.dtype, args.batch_size, args.tensor_parallel_size)
     backend = load_backend(args.backend, args.model, adapters, **options)
-    mine = sum(len(units[k * args.shard_size : (k + 1) * args.shard_size]) for k in range(index, n_shards, world))
+    mine = sum(len(run.shard(k)) for k in run.shards_of(index, world))
     progress = Progress(mine, len(annotators), position=index, disable=not main)
-    run_sharded(
-        units, output_dir,
-        lambda chunk: explain_units(backend, chunk, adapter_ids=adapters, max_new_tokens=args.max_new_tokens,
-                                    prompt=lambda item: render_prompt(backend.tokenizer, item)),
-        signature=signature, shard_size=args.shard_size, process_index=index, num_processes=world, progress=progress,
-    )
+    run.run(lambda chunk: explain_units(backend, chunk, adapter_ids=adapters, max_new_tokens=args.max_new_tokens,
+                                        prompt=lambda item: render_prompt(backend.tokenizer, item)),
+            process_index=index, num_processes=world, progress=progress)
     throughput = progress.close()
     if process_index is None:
         state.wait_for_everyone()
-    summary = {"records": len(units), "shards": n_shards, "this_process": throughput, "merged": None}
+    summary = {"records": len(units), "shards": run.n_shards, "this_process": throughput, "merged": None}
     if main:
-        merged = merge_shards(units, output_dir, args.shard_size)
-        if merged is not None:
-            records = [row for _, row in iter_jsonl(merged)]
-            summary.update(merged=str(merged), unparsed=sum(not r["parsed"] for r in records))
-            write_manifest(output_dir, config=args, extra={"summary": summary})
+        records = run.merge(into=MERGED)
+        if records is not None:
+            summary.update(merged=str(run.output_dir / MERGED), unparsed=sum(not r["parsed"] for r in records))
+            write_manifest(run.output_dir, config=args, extra={"summary": summary})
     return summary

@@ -20,11 +20,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-from capo.errors import DataError
 from capo.data.schema import NLI, Item
+from capo.errors import DataError
+from capo.generate.backends import BACKENDS
+from capo.runner import check_positive
 
 Strategy = Literal["first", "longest"]
 STRATEGIES: tuple[str, ...] = ("first", "longest")
@@ -147,13 +148,17 @@ def label_multiset(item: Item, source: str) -> list[str]:
     raise DataError(f"unknown label multiset {source!r} (valid: {', '.join(MULTISETS)})", field="multiset")
 
 
-def explanation_sets(item: Item, pool: Pool, label_free_order: Sequence[str] = NLI.labels) -> dict[str, Pairs]:
-    """All six released sets for one item, keyed like the released file names (`Label-Free-first`, ...)."""
+def explanation_sets(item: Item, pool: Pool, label_free_order: Sequence[str] = NLI.labels,
+                     kinds: Sequence[str] = ("label-free", *MULTISETS)) -> dict[str, Pairs]:
+    """The released sets of `kinds` (all six by default) for one item, keyed like the released file names
+    (`Label-Free-first`, ...)."""
     sets = {}
-    for strategy in STRATEGIES:
-        sets[set_name("label-free", strategy)] = label_free(pool, strategy, label_free_order, item.id)
-        for source in MULTISETS:
-            sets[set_name(source, strategy)] = select(pool, label_multiset(item, source), strategy, item.id)
+    for kind in kinds:
+        for strategy in STRATEGIES:
+            if kind == "label-free":
+                sets[set_name(kind, strategy)] = label_free(pool, strategy, label_free_order, item.id)
+            else:
+                sets[set_name(kind, strategy)] = select(pool, label_multiset(item, kind), strategy, item.id)
     return sets
 
 
@@ -185,10 +190,6 @@ class LabelUnit:
         return f"{self.item.id}\t{self.label}"
 
 
-def _label_key(record: dict) -> str:
-    return f"{record.get('id')}\t{record.get('label')}"
-
-
 @dataclass
 class ModelExplanationArguments:
     """Arguments of `recipes/model_explanations.py` (a `TrlParser` dataclass; YAML keys have the same names)."""
@@ -205,22 +206,48 @@ class ModelExplanationArguments:
     label_free_order: list[str] = field(default_factory=lambda: list(NLI.labels))
     tensor_parallel_size: int = 1  # vLLM only
 
+    def __post_init__(self) -> None:
+        # Every value check happens here, while parsing: a bad value never reaches the output folder.
+        check_positive(self, "batch_size", "max_new_tokens", "shard_size", "tensor_parallel_size", "limit",
+                       optional=("limit",))
+        if self.backend not in BACKENDS:
+            raise DataError(f"unknown backend {self.backend!r} (valid: {', '.join(BACKENDS)})", field="backend")
+        if not str(self.output_dir).strip():
+            raise DataError("output_dir is required", field="output_dir")
+        try:
+            order = [NLI.normalise(label) for label in self.label_free_order]
+        except ValueError as err:
+            raise DataError(str(err), field="label_free_order") from None
+        if sorted(order) != sorted(NLI.labels):
+            raise DataError(f"must name each of {', '.join(NLI.labels)} once, got {self.label_free_order}",
+                            field="label_free_order")
+        self.label_free_order = order
+
+
+def _label_key(record: dict) -> str:
+    return f"{record.get('id')}\t{record.get('label')}"
+
 
 def run_model_explanations(args: ModelExplanationArguments) -> dict:
     """Generate every label's explanation list for every item (sharded, resumable), then write the six released-
     format sets (`Label-Free-first.json`, ...) that `capo.data.loaders.load_model_explanations` reads."""
-    from capo.generate.explanations import MERGED, Progress, chat_prompt, merge_shards, run_sharded
-    from capo.generate.backends import backend_options, load_backend
-    from capo.io import iter_jsonl, write_jsonl
     from capo.data.loaders import load_dataset
+    from capo.generate.backends import backend_options, load_backend
+    from capo.generate.explanations import MERGED, Progress, chat_prompt
+    from capo.io import write_jsonl
     from capo.manifest import write_manifest
+    from capo.runner import ShardedRun, fingerprint
 
     items = load_dataset(args.dataset)
     items = [item for item in items if item.task == "nli"][: args.limit]
     if not items:
         raise DataError("no NLI items to explain", path=args.dataset, field="dataset")
-    order = [NLI.normalise(label) for label in args.label_free_order]
     units = [LabelUnit(item, label) for item in items for label in NLI.labels]
+    signature = {key: getattr(args, key) for key in ("limit", "backend", "dtype", "batch_size", "max_new_tokens",
+                                                        "tensor_parallel_size", "label_free_order")}
+    signature.update(model=fingerprint(args.model), dataset=fingerprint(args.dataset))
+    run = ShardedRun(args.output_dir, units, shard_size=args.shard_size, signature=signature, record_key=_label_key)
+    run.check()  # before loading a model: fail fast
     options = backend_options(args.backend, args.dtype, args.batch_size, args.tensor_parallel_size)
     backend = load_backend(args.backend, args.model, None, **options)
     render = lambda unit: chat_prompt(backend.tokenizer, explanation_messages(unit.item, unit.label))
@@ -233,15 +260,12 @@ def run_model_explanations(args: ModelExplanationArguments) -> dict:
             for u, g in zip(chunk, generations, strict=True)
         ]
 
-    signature = {key: getattr(args, key) for key in ("model", "dataset", "limit", "backend", "dtype", "batch_size",
-                                                        "max_new_tokens")}
     progress = Progress(len(units), len(NLI.labels))
-    run_sharded(units, args.output_dir, work, signature=signature, shard_size=args.shard_size, progress=progress,
-                key=_label_key)
+    run.run(work, progress=progress)
     throughput = progress.close()
-    merge_shards(units, args.output_dir, args.shard_size, key=_label_key)
+    records = run.merge(into=MERGED)
     pools: dict[str, dict[str, list[str]]] = {}
-    for _, record in iter_jsonl(Path(args.output_dir) / MERGED):
+    for record in records:
         pools.setdefault(record["id"], {})[record["label"]] = record["explanations"]
     # A label with no parsable explanation leaves its item out of the sets (listed, never silently).
     complete = [item for item in items if all(pools[item.id].get(label) for label in NLI.labels)]
@@ -250,20 +274,18 @@ def run_model_explanations(args: ModelExplanationArguments) -> dict:
         kinds.append("varierr")
     if all(item.meta.get("mnli_counts") for item in complete):
         kinds.append("mnli")
-    written = []
-    for kind in kinds:
-        for strategy in STRATEGIES:
-            rows = []
-            for item in complete:
-                labels = order if kind == "label-free" else label_multiset(item, kind)
-                rows.append(released_row(item, select(pools[item.id], labels, strategy, item.id), kind))
-            path = Path(args.output_dir) / SET_FILES[kind].format(strategy=strategy)
-            write_jsonl(path, rows)
-            written.append(path.name)
+    rows: dict[str, list[dict]] = {set_name(kind, s): [] for kind in kinds for s in STRATEGIES}
+    kind_of = {set_name(kind, s): kind for kind in kinds for s in STRATEGIES}
+    for item in complete:
+        for name, pairs in explanation_sets(item, pools[item.id], args.label_free_order, kinds).items():
+            rows[name].append(released_row(item, pairs, kind_of[name]))
+    for name, set_rows in rows.items():
+        write_jsonl(run.output_dir / f"{name}.json", set_rows)
     summary = {
-        "items": len(items), "generations": len(units), "throughput": throughput, "sets": written,
+        "items": len(items), "generations": len(units), "throughput": throughput,
+        "sets": [f"{name}.json" for name in rows],
         "items_left_out": sorted({item.id for item in items} - {item.id for item in complete}),
         "explanations_per_label": round(sum(len(v) for p in pools.values() for v in p.values()) / len(units), 2),
     }
-    write_manifest(args.output_dir, config=args, extra={"summary": summary})
+    write_manifest(run.output_dir, config=args, extra={"summary": summary})
     return summary

@@ -1,24 +1,29 @@
-"""Sharded, resumable MJD runs: items in fixed chunks, chunks spread over processes, one shard file per process.
+"""Sharded, resumable MJD runs on the one run engine (`capo.runner`): one unit per item, shards of `items_per_chunk`.
 
-The chunking depends only on the item list and `items_per_chunk`, and every chunk is scored in one scorer call
-on its own, so a chunk's numbers do not depend on which process scored it or whether the run was interrupted:
-the merged result of N processes equals that of one process. Each process appends finished chunks to its shard
-(`shards/mjd-<rank>-of-<world>.jsonl`, flushed and fsynced per chunk); a restarted run keeps the chunks that are
-complete in any shard and drops a chunk cut off by a kill. The merged `mjd.jsonl` is written atomically.
+Every shard is scored in one scorer call on its own, so a shard's numbers do not depend on which process scored
+it or whether the run was interrupted: the merged result of N processes equals that of one process. Output folder::
+
+    run_config.json            the run signature (settings, model / data / explanation file content hashes)
+    shards/shard-00000.jsonl   one file per shard (`id`, `distribution`, with --save_raw_scores `prompts`), atomic
+    mjd.jsonl                  `id`, `distribution` per item, in input order, once every shard exists
+    raw_scores.jsonl           with --save_raw_scores: `id`, `prompts` (per-prompt scores)
+    human_chaosnli.jsonl       the items' ChaosNLI distributions, when they carry them
+    run_manifest.json
+
+A killed run restarted with the same arguments keeps the finished shards and scores the others.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from capo.errors import DataError
-from capo.io import check_run_signature, write_jsonl
 from capo.data.loaders import write_distributions
+from capo.data.schema import Item
+from capo.errors import DataError
+from capo.io import write_jsonl
 from capo.mjd.estimate import (
     MJDSettings,
     Scorer,
@@ -30,102 +35,51 @@ from capo.mjd.estimate import (
     user_message,
 )
 from capo.mjd.scoring import BackendScorer, HFScorer
-from capo.data.schema import Item
+from capo.runner import ItemUnit, ShardedRun, check_positive, fingerprint
 
-SHARD_DIR = "shards"
-RUN_KEY_FILE = "mjd_run_key.json"
-
-
-def chunk_items(items: Sequence[Item], items_per_chunk: int) -> list[list[Item]]:
-    if items_per_chunk < 1:
-        raise DataError(f"items_per_chunk must be at least 1, got {items_per_chunk}", field="items_per_chunk")
-    return [list(items[i : i + items_per_chunk]) for i in range(0, len(items), items_per_chunk)]
+ENGINES = ("prefix_cache", "backend")
 
 
-def _read_shard(path: Path) -> list[dict]:
-    """Rows of a shard; a last line cut off by a kill (no newline, or not JSON) is ignored."""
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise DataError("malformed shard line (delete the output folder to start over)", path=str(path),
-                                line=number) from None
-    return rows
+def mjd_run(output_dir: str | Path, items: Sequence[Item], *, items_per_chunk: int, signature: dict) -> ShardedRun:
+    """The run of `items` in `output_dir`: one record per item, `items_per_chunk` items per shard and scorer call."""
+    return ShardedRun(output_dir, [ItemUnit(item) for item in items], shard_size=items_per_chunk,
+                      signature=signature, record_key=lambda record: record.get("id"))
 
 
-def completed_chunks(output_dir: str | Path, chunks: Sequence[Sequence[Item]]) -> dict[int, list[dict]]:
-    """chunk index -> its rows, for every chunk that some shard holds completely (in chunk item order)."""
-    wanted = {c: [item.id for item in chunk] for c, chunk in enumerate(chunks)}
-    found: dict[int, dict[str, dict]] = {}
-    for path in sorted((Path(output_dir) / SHARD_DIR).glob("mjd-*.jsonl")):
-        by_chunk: dict[int, dict[str, dict]] = {}
-        for row in _read_shard(path):
-            by_chunk.setdefault(row.get("chunk"), {})[row.get("id")] = row
-        for c, rows in by_chunk.items():
-            if c in wanted and c not in found and set(wanted[c]) <= set(rows):
-                found[c] = rows
-    return {c: [rows[i] for i in wanted[c]] for c, rows in found.items()}
-
-
-def run_shard(
-    output_dir: str | Path,
-    items: Sequence[Item],
+def score_shards(
+    run: ShardedRun,
     explanations: Mapping[str, Sequence[tuple[str, str]]],
     scorer: Scorer,
     settings: MJDSettings,
     render: Callable[[str], str],
     *,
-    items_per_chunk: int = 32,
-    rank: int = 0,
-    world: int = 1,
     keep_prompts: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> int:
-    """Score this process's unfinished chunks (chunk c belongs to rank c % world); returns chunks scored now."""
-    chunks = chunk_items(items, items_per_chunk)
-    done = completed_chunks(output_dir, chunks)
-    shard = Path(output_dir) / SHARD_DIR / f"mjd-{rank:05d}-of-{world:05d}.jsonl"
-    shard.parent.mkdir(parents=True, exist_ok=True)
-    if shard.exists():  # drop what a kill cut off, keep complete chunks (rewritten atomically)
-        kept = [row for c, rows in sorted(done.items()) for row in rows if c % world == rank]
-        keep_ids = {(row["chunk"], row["id"]) for row in kept}
-        write_jsonl(shard, [row for row in _read_shard(shard) if (row.get("chunk"), row.get("id")) in keep_ids])
-    todo = [c for c in range(len(chunks)) if c % world == rank and c not in done]
-    with open(shard, "a", encoding="utf-8") as handle:
-        for n, c in enumerate(todo, start=1):
-            results = estimate_mjds(chunks[c], explanations, scorer, settings, render, keep_prompts=keep_prompts)
-            lines = []
-            for result in results:
-                row = {"id": result.id, "chunk": c, "distribution": result.distribution}
-                if keep_prompts:
-                    row["prompts"] = result.prompts
-                lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.write("".join(lines))
-            handle.flush()
-            os.fsync(handle.fileno())
-            if progress:
-                progress(n, len(todo))
-    return len(todo)
+    process_index: int = 0,
+    num_processes: int = 1,
+    progress: Callable[[int, list[dict]], None] | None = None,
+) -> list[int]:
+    """Score this process's unfinished shards (shard k belongs to process k % num_processes); returns those written."""
+
+    def work(units: list[ItemUnit]) -> list[dict]:
+        results = estimate_mjds([u.item for u in units], explanations, scorer, settings, render,
+                                keep_prompts=keep_prompts)
+        return [{"id": r.id, "distribution": r.distribution, **({"prompts": r.prompts} if keep_prompts else {})}
+                for r in results]
+
+    return run.run(work, process_index=process_index, num_processes=num_processes, progress=progress)
 
 
-def merge_shards(output_dir: str | Path, items: Sequence[Item], *, items_per_chunk: int, keep_prompts: bool = False) -> dict[str, list[float]]:
+def write_results(run: ShardedRun, *, keep_prompts: bool = False) -> dict[str, list[float]]:
     """Write `mjd.jsonl` (id, distribution; input order) and, with `keep_prompts`, `raw_scores.jsonl`."""
-    chunks = chunk_items(items, items_per_chunk)
-    done = completed_chunks(output_dir, chunks)
-    missing = [c for c in range(len(chunks)) if c not in done]
-    if missing:
-        first = chunks[missing[0]][0].id
-        raise DataError(f"{len(missing)} chunk(s) not scored yet (run again to resume)", path=str(output_dir), item=first)
-    rows = [row for c in range(len(chunks)) for row in done[c]]
+    rows = run.merge()
+    if rows is None:
+        missing = next(k for k in range(run.n_shards) if not run.path(k).exists())
+        raise DataError(f"{run.n_shards - len(run.done())} shard(s) not scored yet (run again to resume)",
+                        path=str(run.output_dir), item=run.shard(missing)[0].key)
     distributions = {row["id"]: row["distribution"] for row in rows}
-    write_distributions(Path(output_dir) / "mjd.jsonl", distributions)
+    write_distributions(run.output_dir / "mjd.jsonl", distributions)
     if keep_prompts:
-        write_jsonl(Path(output_dir) / "raw_scores.jsonl", ({"id": r["id"], "prompts": r.get("prompts", [])} for r in rows))
+        write_jsonl(run.output_dir / "raw_scores.jsonl", ({"id": r["id"], "prompts": r["prompts"]} for r in rows))
     return distributions
 
 
@@ -170,6 +124,20 @@ class MJDScriptArguments:
     )
     save_raw_scores: bool = field(default=False, metadata={"help": "also write raw_scores.jsonl (per-prompt scores)"})
 
+    def __post_init__(self) -> None:
+        # Every value check happens here, while parsing: a bad value never reaches the output folder.
+        from capo.generate.backends import BACKENDS
+
+        if not self.output_dir or not str(self.output_dir).strip():
+            raise DataError("output_dir is required", field="output_dir")
+        check_positive(self, "items_per_chunk", "batch_size", "min_shared_tokens", "limit", "max_batch_tokens",
+                       optional=("limit", "max_batch_tokens"))
+        for name, value, valid in (("dtype", self.dtype, DTYPES), ("engine", self.engine, ENGINES),
+                                   ("backend", self.backend, BACKENDS)):
+            if value not in valid:
+                raise DataError(f"unknown {name} {value!r} (valid: {', '.join(valid)})", field=name)
+        self.settings()  # mode, k, max_orders, normalisation, temperature
+
     def settings(self) -> MJDSettings:
         return MJDSettings(mode=self.mode, k=self.k, explicit=self.explicit, max_orders=self.max_orders,
                            normalisation=self.normalisation, temperature=self.temperature, seed=self.seed)
@@ -208,7 +176,7 @@ def _load_scorer(args: MJDScriptArguments, device):
 
 
 def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dict:
-    """The whole `recipes/mjd.py` run: load, check, score this process's chunks, merge (main process), manifest."""
+    """The whole `recipes/mjd.py` run: load, check, score this process's shards, merge (main process), manifest."""
     from accelerate import PartialState
     from transformers.utils import logging as hf_logging
 
@@ -217,14 +185,12 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
     from capo.manifest import write_manifest
     from capo.train.corpus_lm import pretraining_item_ids
 
-    if not args.output_dir:
-        raise DataError("output_dir is required", field="output_dir")
     settings = args.settings()
     items = load_dataset(args.dataset)[: args.limit]
     if not items:
         raise DataError("no items", path=args.dataset)
     items = leave_out_pretrained(items, pretraining_item_ids(args.model_name_or_path), args.exclude_pretrained, log)
-    data_files = [args.dataset] if Path(args.dataset).exists() else []
+    data_files = [args.dataset] if Path(args.dataset).is_file() else []
     if args.explanations in ("human", "none"):
         source = args.explanations
     else:
@@ -232,13 +198,16 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
         data_files.append(args.explanations)
     explanations = item_explanations(items, source if settings.mode != "none" else "none")
 
-    key = {"model": args.model_name_or_path, "dataset": args.dataset, "explanations": args.explanations,
-           **asdict(settings), "engine": args.engine, "backend": args.backend, "dtype": args.dtype,
-           "min_shared_tokens": args.min_shared_tokens, "batch_size": args.batch_size,
-           "max_batch_tokens": args.max_batch_tokens,
-           "chat_template": args.chat_template, "items_per_chunk": args.items_per_chunk, "limit": args.limit,
-           "exclude_pretrained": args.exclude_pretrained}
-    check_run_signature(Path(args.output_dir) / RUN_KEY_FILE, key, record=False)  # before loading a model: fail fast
+    # Everything that shapes the output files, with the content of the model folder and of the data files.
+    signature = {"model": fingerprint(args.model_name_or_path), "dataset": fingerprint(args.dataset),
+                 "explanations": fingerprint(args.explanations), **asdict(settings), "engine": args.engine,
+                 "backend": args.backend, "dtype": args.dtype, "min_shared_tokens": args.min_shared_tokens,
+                 "batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens,
+                 "chat_template": args.chat_template, "limit": args.limit, "save_raw_scores": args.save_raw_scores,
+                 "items_per_chunk": args.items_per_chunk,  # the engine's shard_size, under the name users give
+                 "exclude_pretrained": args.exclude_pretrained}
+    run = mjd_run(args.output_dir, items, items_per_chunk=args.items_per_chunk, signature=signature)
+    run.check()  # before loading a model: fail fast
     import torch
 
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only: torchrun/accelerate ranks meet over gloo
@@ -250,29 +219,27 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
     letter_ids = letter_token_ids(tokenizer, render(user_message(first, explanations[first.id],
                                                                   prompt_specs(first.id, len(explanations[first.id]), settings)[0],
                                                                   settings.explicit)))
-    if state.is_main_process:
-        check_run_signature(Path(args.output_dir) / RUN_KEY_FILE, key)
-    state.wait_for_everyone()
 
     start = time.time()
     rank, world = state.process_index, state.num_processes
+    mine = run.shards_of(rank, world)
+    done = [0]
 
-    def progress(n: int, total: int) -> None:
-        seconds = time.time() - start
-        log(f"[{rank}/{world}] chunk {n}/{total} ({n / max(seconds, 1e-9):.2f} chunks/s)")
+    def progress(_units: int, _records: list[dict]) -> None:
+        done[0] += 1
+        log(f"[{rank}/{world}] shard {done[0]}/{len(mine)} ({done[0] / max(time.time() - start, 1e-9):.2f} shards/s)")
 
-    scored = run_shard(args.output_dir, items, explanations, scorer, settings, render,
-                       items_per_chunk=args.items_per_chunk, rank=rank, world=world,
-                       keep_prompts=args.save_raw_scores, progress=progress)
+    written = score_shards(run, explanations, scorer, settings, render, keep_prompts=args.save_raw_scores,
+                           process_index=rank, num_processes=world, progress=progress)
     seconds = time.time() - start
     state.wait_for_everyone()
-    summary = {"items": len(items), "chunks_scored_here": scored, "seconds": round(seconds, 2),
-               "letter_token_ids": letter_ids, "processes": world}
+    summary = {"items": len(items), "shards": run.n_shards, "shards_scored_here": len(written),
+               "seconds": round(seconds, 2), "letter_token_ids": letter_ids, "processes": world}
     if state.is_main_process:
-        merge_shards(args.output_dir, items, items_per_chunk=args.items_per_chunk, keep_prompts=args.save_raw_scores)
+        write_results(run, keep_prompts=args.save_raw_scores)
         if items[0].distributions.get("chaosnli") is not None and all("chaosnli" in i.distributions for i in items):
-            write_human(Path(args.output_dir) / "human_chaosnli.jsonl", items)
+            write_human(run.output_dir / "human_chaosnli.jsonl", items)
         write_manifest(args.output_dir, config={"args": args, "settings": settings}, data_files=data_files,
                        seed=args.seed, extra={"summary": summary, "scorer_stats": getattr(scorer, "totals", {})})
-        log(f"MJDs for {len(items)} items -> {Path(args.output_dir) / 'mjd.jsonl'} ({seconds:.1f}s)")
+        log(f"MJDs for {len(items)} items -> {run.output_dir / 'mjd.jsonl'} ({seconds:.1f}s)")
     return summary
