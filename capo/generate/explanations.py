@@ -29,7 +29,7 @@ from typing import Protocol
 from capo.errors import DataError
 from capo.generate.backends.base import Backend
 from capo.io import atomic_write_text, check_run_signature, iter_jsonl
-from capo.data.prompts import parse_response, prompt_messages
+from capo.data.prompts import parse_response, prompt_messages, render_chat
 from capo.data.schema import Item
 
 RUN_CONFIG = "run_config.json"
@@ -172,17 +172,9 @@ def _adapter_fingerprint(path: str) -> str:
     return path
 
 
-def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
-    """Messages rendered with the tokenizer's chat template, ready for the assistant's turn."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError("the model's tokenizer has no chat template (use an instruction-tuned model or add one)",
-                        path=getattr(tokenizer, "name_or_path", None), field="chat_template")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
 def render_prompt(tokenizer, item: Item) -> str:
     """The explainer's prompt for an item, as in SFT/CAPO training (`capo.data.prompts.prompt_messages`, zero-shot)."""
-    return chat_prompt(tokenizer, prompt_messages(item))
+    return render_chat(tokenizer, prompt_messages(item))
 
 
 def explain_units(

@@ -209,10 +209,11 @@ class ModelExplanationArguments:
 def run_model_explanations(args: ModelExplanationArguments) -> dict:
     """Generate every label's explanation list for every item (sharded, resumable), then write the six released-
     format sets (`Label-Free-first.json`, ...) that `capo.data.loaders.load_model_explanations` reads."""
-    from capo.generate.explanations import MERGED, Progress, chat_prompt, merge_shards, run_sharded
+    from capo.generate.explanations import MERGED, Progress, merge_shards, run_sharded
     from capo.generate.backends import backend_options, load_backend
     from capo.io import iter_jsonl, write_jsonl
     from capo.data.loaders import load_dataset
+    from capo.data.prompts import render_chat
     from capo.manifest import write_manifest
 
     items = load_dataset(args.dataset)
@@ -223,7 +224,7 @@ def run_model_explanations(args: ModelExplanationArguments) -> dict:
     units = [LabelUnit(item, label) for item in items for label in NLI.labels]
     options = backend_options(args.backend, args.dtype, args.batch_size, args.tensor_parallel_size)
     backend = load_backend(args.backend, args.model, None, **options)
-    render = lambda unit: chat_prompt(backend.tokenizer, explanation_messages(unit.item, unit.label))
+    render = lambda unit: render_chat(backend.tokenizer, explanation_messages(unit.item, unit.label))
 
     def work(chunk: Sequence[LabelUnit]) -> list[dict]:
         generations = backend.generate([render(u) for u in chunk], max_new_tokens=args.max_new_tokens)

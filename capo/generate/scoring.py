@@ -1,27 +1,99 @@
-"""Scoring engines for MJDs: next-token scores of the option letters after each prompt.
+"""One next-token scoring interface for MJDs, label scoring and LLM judges: the scores of a few single-token options
+(letters A-C or A-D, Likert numbers, ...) as the next token after each prompt, optionally under a LoRA adapter.
+
+`NextTokenScorer` is the interface; the inference backends (`capo.generate.backends`) implement it, and `HFScorer`
+is the Hugging Face implementation they share. `option_token_ids` is the one option-token check, and the ids it
+returns are the ids every implementation scores: an option counts only if prompt + option tokenizes as the prompt's
+own tokens plus exactly one more, after every prompt of the call, so a tokenizer whose bare "A" differs from the
+"A" at the answer position (SentencePiece "▁A", a merge with the prompt's last characters) is scored at the
+right id or refused, never scored at the wrong one.
 
 `HFScorer` works on a transformers causal LM directly: one forward pass per distinct token sequence, reading
 only the last position's logits (`logits_to_keep=1`, no `generate`). Prompts are tokenized, deduplicated and put
 in a prefix tree (a radix trie over token ids); each tree node's tokens are encoded once into a KV cache that its
 children continue from (`DynamicCache` rows gathered per child, explicit position ids and attention masks, so
-left-padded rows and rows padded in the middle line up). Prefixes are cut on token ids, never on text, so the
-tokens the model reads are exactly those of the full prompt. The 6 option orders of an item share everything up to
-the options; explanation permutations share their leading explanations; all prompts share the instruction.
-`min_shared_tokens` pushes short shared segments down into their children (fewer, larger forward passes); set it
-very large to score every distinct prompt in one plain length-sorted forward pass (no prefix reuse).
-
-`BackendScorer` is the generic path: any `capo.generate.backends.base.Backend` (e.g. vLLM) through `score_next_token`.
+rows padded on the left of each segment line up). It pads by itself, so the tokenizer's `padding_side` plays no
+part. Prefixes are cut on token ids, never on text, so the tokens the model reads are exactly those of the full
+prompt. The 6 option orders of an MJD item share everything up to the options; explanation permutations share their
+leading explanations; all prompts share the instruction. `min_shared_tokens` pushes short shared segments down into
+their children (fewer, larger forward passes); None scores every distinct prompt whole in plain length-sorted
+batches (no prefix reuse, any model). With a PEFT model, `adapter` names the LoRA adapter to score under (None: the
+base model, adapters disabled).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from capo.errors import DataError
-from capo.mjd.estimate import OPTION_LETTERS, letter_token_ids
+
+
+@runtime_checkable
+class NextTokenScorer(Protocol):
+    def score_next_token(self, prompts: Sequence[str], options: Sequence[str], adapter: str | None = None) -> np.ndarray:
+        """Scores of each single-token option as the next token after each prompt: shape (prompts, options)."""
+        ...
+
+
+def option_token_ids(tokenizer, prompts: Sequence[str], options: Sequence[str],
+                     encoded: Sequence[Sequence[int]] | None = None) -> list[int]:
+    """The token id of each option at the end of the prompts, checked in context: for every prompt, prompt + option
+    must tokenize as the prompt's tokens (`encoded`, when the caller has them) plus exactly one token, the same one
+    after every prompt; the options' ids must be distinct."""
+    name = getattr(tokenizer, "name_or_path", None) or "?"
+    if not options:
+        raise DataError("no options to score", field="options")
+    if len(set(options)) != len(options):
+        raise DataError(f"options {list(options)!r} repeat", field="options")
+    if not prompts:
+        return []
+    if encoded is None:
+        encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    extended = tokenizer([p + o for p in prompts for o in options], add_special_tokens=False)["input_ids"]
+    ids: list[int] | None = None
+    for row, base in enumerate(encoded):
+        base = list(base)
+        found = []
+        for col, option in enumerate(options):
+            full = extended[row * len(options) + col]
+            if len(full) != len(base) + 1 or full[: len(base)] != base:
+                raise DataError(f"option {option!r} is not a single token after prompt {row + 1} for tokenizer "
+                                f"{name!r} (prompt + option does not tokenize as the prompt's tokens + one)",
+                                field="options")
+            found.append(full[-1])
+        if ids is None:
+            ids = found
+        elif found != ids:
+            raise DataError(f"options {list(options)!r} are tokens {ids} after prompt 1 but {found} after prompt "
+                            f"{row + 1} for tokenizer {name!r}", field="options")
+    if len(set(ids)) != len(ids):
+        raise DataError(f"options {list(options)!r} map to the same token ids {ids}", field="options")
+    return ids
+
+
+@contextmanager
+def active_adapter(model, adapter: str | None) -> Iterator[None]:
+    """Run under LoRA `adapter` of a PEFT model; None: the base model (adapters disabled, or no PEFT model)."""
+    from peft import PeftModel
+
+    loaded = list(model.peft_config) if isinstance(model, PeftModel) else []
+    if adapter is None:
+        if loaded:
+            with model.disable_adapter():
+                yield
+        else:
+            yield
+        return
+    if adapter not in loaded:
+        raise DataError(f"unknown adapter {adapter!r} (loaded: {', '.join(loaded) or 'none'})", field="adapter")
+    model.set_adapter(adapter, inference_mode=True)
+    yield
 
 
 @dataclass
@@ -85,31 +157,37 @@ def build_prefix_tree(sequences: Sequence[Sequence[int]], min_shared_tokens: int
 
 
 class HFScorer:
-    """Letter scores (raw logits) from a transformers causal LM, with prefix-tree KV-cache reuse."""
+    """Option scores (raw logits) from a transformers causal LM (or a PEFT model on one), with prefix-tree KV-cache
+    reuse."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 32, min_shared_tokens: int = 16,
-                 max_batch_tokens: int | None = None, letters: Sequence[str] = OPTION_LETTERS) -> None:
-        if min_shared_tokens < 1:
+    def __init__(self, model, tokenizer, *, batch_size: int = 32, min_shared_tokens: int | None = 16,
+                 max_batch_tokens: int | None = None) -> None:
+        if min_shared_tokens is not None and min_shared_tokens < 1:
             raise DataError(f"min_shared_tokens must be at least 1, got {min_shared_tokens}", field="min_shared_tokens")
         if batch_size < 1:
             raise DataError(f"batch_size must be at least 1, got {batch_size}", field="batch_size")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         # rows x padded segment width per forward pass: lets short segments (option suffixes) go in wide batches
         self.max_batch_tokens = max_batch_tokens
-        self.min_shared_tokens, self.letters = min_shared_tokens, tuple(letters)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.stats: dict[str, int] = {}  # of the last `score` call
+        self.min_shared_tokens = sys.maxsize if min_shared_tokens is None else min_shared_tokens
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked: any id does
+        self.option_ids: list[int] = []  # of the last call: the ids checked and scored
+        self.stats: dict[str, int] = {}  # of the last call
         self.totals: dict[str, int] = {}  # summed over all calls
 
-    def score(self, prompts: Sequence[str]) -> np.ndarray:
+    def score_next_token(self, prompts: Sequence[str], options: Sequence[str], adapter: str | None = None) -> np.ndarray:
+        """Raw next-token logits of the options after each prompt, shape (prompts, options), float32."""
         import torch
 
+        texts = list(dict.fromkeys(prompts))  # identical prompts: tokenized, checked and scored once
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        self.option_ids = option_token_ids(self.tokenizer, texts, options, encoded)
         if not prompts:
-            return np.zeros((0, len(self.letters)))
-        self.letter_ids = letter_token_ids(self.tokenizer, prompts[0], self.letters)
-        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+            return np.zeros((0, len(options)), dtype=np.float32)
         distinct: dict[tuple[int, ...], int] = {}
-        slot = [distinct.setdefault(tuple(ids), len(distinct)) for ids in encoded]  # identical prompts: once
+        slot_of_text = [distinct.setdefault(tuple(ids), len(distinct)) for ids in encoded]
+        text_row = {text: k for k, text in enumerate(texts)}
+        slot = [slot_of_text[text_row[p]] for p in prompts]
         sequences = list(distinct)
         if any(not s for s in sequences):
             raise DataError("a prompt tokenizes to nothing", field="prompt")
@@ -117,8 +195,8 @@ class HFScorer:
         self.stats = {"prompts": len(prompts), "distinct_prompts": len(sequences),
                       "prompt_tokens": sum(map(len, sequences)), "computed_tokens": 0, "padded_tokens": 0,
                       "attended_pairs": 0, "forward_passes": 0, "rows": 0}
-        scores = np.full((len(sequences), len(self.letters)), np.nan)
-        with torch.inference_mode():
+        scores = np.full((len(sequences), len(options)), np.nan, dtype=np.float32)
+        with torch.inference_mode(), active_adapter(self.model, adapter):
             self._run(roots, None, scores)
         for key, value in self.stats.items():
             self.totals[key] = self.totals.get(key, 0) + value
@@ -130,7 +208,7 @@ class HFScorer:
 
         if any(type(layer) is not DynamicLayer for layer in cache.layers):
             raise DataError("prefix reuse needs a full-attention model (plain DynamicCache layers); set "
-                            "min_shared_tokens very large to score without it", field="min_shared_tokens")
+                            "min_shared_tokens to None to score without it", field="min_shared_tokens")
         return DynamicCache([(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
 
     def _batches(self, pairs: list[tuple[_Node, int]]):
@@ -171,32 +249,21 @@ class HFScorer:
             has_children = any(node.children for node, _ in chunk)
             out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                              past_key_values=cache, use_cache=has_children, logits_to_keep=1)
-            letter_logits = out.logits[:, -1, self.letter_ids].float().cpu().numpy()
+            option_logits = out.logits[:, -1, self.option_ids].float().cpu().numpy()
             for r, (node, _) in enumerate(chunk):
                 for end in node.ends:
-                    scores[end] = letter_logits[r]
+                    scores[end] = option_logits[r]
             real = int(seg_mask.sum())
             self.stats["forward_passes"] += 1
             self.stats["rows"] += len(chunk)
             self.stats["computed_tokens"] += real
             self.stats["padded_tokens"] += seg_mask.numel() - real
-            self.stats["attended_pairs"] += int((seg_mask.sum(1) * mask.sum(1)).sum())
+            # Causal: the i-th new token of a row attends to the parent's keys and the segment's first i tokens.
+            new, keys = seg_mask.sum(1), mask.sum(1)
+            self.stats["attended_pairs"] += int((new * keys - new * (new - 1) // 2).sum())
             if has_children:
                 children = [(child, r) for r, (node, _) in enumerate(chunk) for child in node.children]
                 self._run(children, (out.past_key_values, mask, base + seg_mask.sum(dim=1, keepdim=True)), scores)
             del out, cache
 
 
-class BackendScorer:
-    """The generic path: letter scores from any `capo.generate.backends.base.Backend`, identical prompts sent once."""
-
-    def __init__(self, backend, adapter: str | None = None, letters: Sequence[str] = OPTION_LETTERS) -> None:
-        self.backend, self.adapter, self.letters = backend, adapter, list(letters)
-
-    def score(self, prompts: Sequence[str]) -> np.ndarray:
-        distinct = list(dict.fromkeys(prompts))
-        index = {prompt: i for i, prompt in enumerate(distinct)}
-        scores = np.asarray(self.backend.score_next_token(distinct, self.letters, self.adapter), dtype=np.float64)
-        if scores.shape != (len(distinct), len(self.letters)):
-            raise DataError(f"backend returned scores of shape {scores.shape}, expected {(len(distinct), len(self.letters))}")
-        return scores[[index[p] for p in prompts]]
