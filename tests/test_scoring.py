@@ -109,9 +109,14 @@ def test_option_ids_are_checked_in_context_on_two_tokenizers(lm, spm_lm):
         with pytest.raises(DataError, match="'Contradictorily' is not a single token after prompt 1") as err:
             option_token_ids(tokenizer, [prompt], ["A", "B", "Contradictorily"])
         assert "\n" not in str(err.value)
-    # A trailing space merges with the letter (" A" is one byte-level token): refused, not scored at the wrong id.
+    # A trailing space merges with the letter (" A" is one byte-level token): refused, not scored at the wrong id,
+    # with or without a chat template before it (there only the text after the last special token is re-checked).
     with pytest.raises(DataError, match="'A' is not a single token after prompt 2"):
         option_token_ids(byte_level, ["Answer:", "Answer: "], "ABC")
+    chat = [render_chat(byte_level, m) for m in messages[:3]]
+    with pytest.raises(DataError, match="'A' is not a single token after prompt 3"):
+        option_token_ids(byte_level, chat[:2] + [chat[2] + "Answer: "], "ABC")
+    assert option_token_ids(byte_level, chat[:2] + [chat[2] + "Answer:"], "ABC") == bare_ids(byte_level, "ABC")
 
 
 def test_every_path_scores_the_checked_ids(spm_lm):

@@ -41,6 +41,36 @@ class NextTokenScorer(Protocol):
         ...
 
 
+def _answer_contexts(tokenizer, prompts: Sequence[str], encoded: Sequence[Sequence[int]]) -> list[tuple[str, list[int], int]]:
+    """The distinct (text, its tokens, first prompt row) that decide how an option after each prompt tokenizes.
+
+    A tokenizer splits its added (special) tokens out of the text before anything else, so what follows a prompt's
+    last added token is tokenized on its own: prompt + option tokenizes as the tokens before that added token plus
+    those of (added token + the rest + option). A chat prompt's context is thus its short tail (the same for every
+    prompt of one template), checked once instead of re-tokenizing every prompt. The split is verified (the tail
+    alone must give the prompt's last tokens); a prompt without added tokens, or failing it, is its own context.
+    """
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    tails: dict[int, str] = {}
+    for row, (prompt, ids) in enumerate(zip(prompts, encoded)):
+        for j in range(len(ids) - 1, -1, -1):
+            if ids[j] in added:
+                start = prompt.rfind(added[ids[j]].content)
+                if start >= 0:
+                    tails[row] = prompt[start:]
+                break
+    distinct_tails = list(dict.fromkeys(tails.values()))
+    tail_ids = dict(zip(distinct_tails, tokenizer(distinct_tails, add_special_tokens=False)["input_ids"] if distinct_tails else []))
+    contexts: dict[str, tuple[list[int], int]] = {}
+    for row, (prompt, ids) in enumerate(zip(prompts, encoded)):
+        tail = tails.get(row)
+        if tail is not None and tail_ids[tail] and list(ids[len(ids) - len(tail_ids[tail]) :]) == tail_ids[tail]:
+            contexts.setdefault(tail, (tail_ids[tail], row))
+        else:
+            contexts.setdefault(prompt, (list(ids), row))
+    return [(text, ids, row) for text, (ids, row) in contexts.items()]
+
+
 def option_token_ids(tokenizer, prompts: Sequence[str], options: Sequence[str],
                      encoded: Sequence[Sequence[int]] | None = None) -> list[int]:
     """The token id of each option at the end of the prompts, checked in context: for every prompt, prompt + option
@@ -55,13 +85,14 @@ def option_token_ids(tokenizer, prompts: Sequence[str], options: Sequence[str],
         return []
     if encoded is None:
         encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    extended = tokenizer([p + o for p in prompts for o in options], add_special_tokens=False)["input_ids"]
+    contexts = _answer_contexts(tokenizer, prompts, encoded)
+    extended = tokenizer([text + o for text, _, _ in contexts for o in options], add_special_tokens=False)["input_ids"]
     ids: list[int] | None = None
-    for row, base in enumerate(encoded):
-        base = list(base)
+    first_row = contexts[0][2]
+    for k, (_, base, row) in enumerate(contexts):
         found = []
         for col, option in enumerate(options):
-            full = extended[row * len(options) + col]
+            full = extended[k * len(options) + col]
             if len(full) != len(base) + 1 or full[: len(base)] != base:
                 raise DataError(f"option {option!r} is not a single token after prompt {row + 1} for tokenizer "
                                 f"{name!r} (prompt + option does not tokenize as the prompt's tokens + one)",
@@ -70,8 +101,8 @@ def option_token_ids(tokenizer, prompts: Sequence[str], options: Sequence[str],
         if ids is None:
             ids = found
         elif found != ids:
-            raise DataError(f"options {list(options)!r} are tokens {ids} after prompt 1 but {found} after prompt "
-                            f"{row + 1} for tokenizer {name!r}", field="options")
+            raise DataError(f"options {list(options)!r} are tokens {ids} after prompt {first_row + 1} but {found} "
+                            f"after prompt {row + 1} for tokenizer {name!r}", field="options")
     if len(set(ids)) != len(ids):
         raise DataError(f"options {list(options)!r} map to the same token ids {ids}", field="options")
     return ids
