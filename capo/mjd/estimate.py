@@ -141,8 +141,8 @@ def normalise(scores: np.ndarray, method: str, temperature: float = 20.0) -> np.
         if (scores <= 0).any():
             bad = float(scores[scores <= 0].flat[0])
             raise DataError(
-                f"p_norm needs positive scores, got {bad:.4g} (this model's letter logits can be <= 0, and "
-                "log-probabilities always are): use p_softmax or prob", field="normalisation"
+                f"p_norm needs positive scores, got {bad:.4g} (this model's letter logits can be <= 0): "
+                "use p_softmax or prob", field="normalisation"
             )
         return scores / scores.sum(axis=-1, keepdims=True)
     if method == "p_softmax":
