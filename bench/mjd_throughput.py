@@ -5,11 +5,13 @@
 
 Seed method (the published MJD code): greedy `generate(..., output_scores=True)` in batches of 20 in data order,
 reading the letters' step-0 scores; run with max_new_tokens=32 (a typical chat answer) and =1 (credits only our
-batching and prefix reuse, not skipped decoding). Ours: `capo.mjd.scoring.HFScorer` (length-sorted batches,
-identical prompts once, prefix-tree KV-cache reuse, last-position logits only), also without prefix reuse.
+batching and prefix reuse, not skipped decoding); its batches are padded on the left (set here, not taken from the
+tokenizer: a right-padding tokenizer would put the step-0 scores after the padding). Ours:
+`capo.generate.scoring.HFScorer` (length-sorted batches, identical prompts once, prefix-tree KV-cache reuse,
+last-position logits only), also without prefix reuse.
 Reports prompts/s, the ratios, max |Δp| of the per-prompt p_softmax (T=20) and prob distributions and of the
-per-item MJDs, and an MFU estimate (FLOPs actually computed / time / peak; on CPU the peak is a measured matmul
-rate, on a GPU the vendor's dense bf16 peak or --peak_tflops).
+per-item MJDs, and an MFU estimate (model FLOPs / time / peak; the peak is the vendor's dense bf16/fp16 figure on a
+GPU in those dtypes, else a measured matmul rate, or --peak_tflops).
 """
 
 from __future__ import annotations
@@ -54,24 +56,39 @@ def load_model(args, torch):
     return model.eval(), tokenizer
 
 
-def matmul_peak_tflops(torch, device: str, dtype) -> float:
-    """A measured dense matmul rate, used as the CPU 'peak' (no vendor number applies to a shared CPU)."""
+def matmul_peak_tflops(torch, device: str, dtype, model, seconds: float = 0.5) -> float:
+    """The best dense matmul rate over a few shapes (square, and the model's own MLP projection over a batch of
+    tokens): the 'peak' where no vendor figure applies. Measured inside the methods' round robin and kept at its
+    best, like their times, so that the peak and the times see the same machine load."""
     n = 1024 if device == "cpu" else 8192
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    for _ in range(2):
+    shapes = [(n, n, n), (2 * n, 2 * n, 2 * n), (4096, model.config.hidden_size, model.config.intermediate_size)]
+    best = 0.0
+    for m, k, n_ in shapes:
+        a = torch.randn(m, k, dtype=dtype, device=device)
+        b = torch.randn(k, n_, dtype=dtype, device=device)
         a @ b
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < 1.0:
-        a @ b
-        reps += 1
-    if device != "cpu":
-        torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+        if device != "cpu":
+            torch.cuda.synchronize()
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            reps += 1
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = max(best, 2 * m * k * n_ * reps / (time.perf_counter() - start) / 1e12)
+    return best
 
 
 def flops(model, stats: dict) -> float:
-    """Forward FLOPs actually computed: 2 x non-embedding params per token, attention scores and values per
-    (query, key) pair, and the LM head at one position per row."""
+    """Model FLOPs of a scorer call: 2 x non-embedding params per real token, attention scores and values per
+    causal (query, key) pair, and the LM head at one position per row.
+
+    The no-reuse path once showed an MFU of 118 %, for two reasons fixed here and in `matmul_peak_tflops`:
+    `attended_pairs` counted the whole query x key rectangle of each segment, so a whole prompt of n tokens counted
+    n^2 pairs where causal attention uses n(n+1)/2 (the no-reuse path's attention FLOPs were double; short reuse
+    segments barely changed); and the CPU 'peak' was a single 1-second 1024^2 matmul sample, taken at another
+    moment of a shared machine's load than the methods' best-of-N times and on a shape slower than the model's
+    own GEMMs, so it could fall below the rate the model reached. Padding is not counted (not useful work)."""
     config = model.config
     embed = model.get_input_embeddings().weight.numel()
     head = model.get_output_embeddings().weight.numel()
@@ -85,8 +102,9 @@ def seed_method(model, tokenizer, prompts, letter_ids, max_new_tokens: int, batc
     """Greedy generate in data order, batches of `batch_size`, step-0 scores of the letters."""
     rows, generated = [], 0
     for start in range(0, len(prompts), batch_size):
+        # Left padding, whatever the tokenizer's default: step 0 reads the last column.
         batch = tokenizer(prompts[start : start + batch_size], add_special_tokens=False, padding=True,
-                          return_tensors="pt").to(model.device)
+                          padding_side="left", return_tensors="pt").to(model.device)
         with torch.inference_mode():
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, output_scores=True,
                                  return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
@@ -133,17 +151,17 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from capo.data.loaders import load_nli341
+    from capo.data.prompts import render_chat
+    from capo.generate.scoring import HFScorer, option_token_ids
     from capo.mjd.estimate import (
+        OPTION_LETTERS,
         MJDSettings,
-        chat_renderer,
         estimate_mjds,
         item_explanations,
-        letter_token_ids,
         normalise,
         prompt_specs,
         user_message,
     )
-    from capo.mjd.scoring import HFScorer
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.random_init and not args.tokenizer:
@@ -152,48 +170,52 @@ def main(argv: list[str] | None = None) -> dict:
     items = load_nli341()[: args.items]
     explanations = item_explanations(items, "human" if args.mode != "none" else "none")
     settings = MJDSettings(mode=args.mode, k=args.k, normalisation="p_softmax")
-    render = chat_renderer(tokenizer)
+    render = lambda content: render_chat(tokenizer, content)
     prompts = [render(user_message(item, explanations[item.id], spec))
                for item in items for spec in prompt_specs(item.id, len(explanations[item.id]), settings)]
-    letter_ids = letter_token_ids(tokenizer, prompts[0])
+    letter_ids = option_token_ids(tokenizer, prompts, OPTION_LETTERS)  # the ids our scorer checks and scores
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
 
     # warm-up (kernels, allocator) on a few prompts, outside the timings
-    HFScorer(model, tokenizer, batch_size=args.batch_size).score(prompts[:8])
+    HFScorer(model, tokenizer, batch_size=args.batch_size).score_next_token(prompts[:8], OPTION_LETTERS)
     seed_method(model, tokenizer, prompts[:4], letter_ids, 2, args.seed_batch_size, torch)
 
     scorers = {name: HFScorer(model, tokenizer, batch_size=args.batch_size, min_shared_tokens=min_shared,
                               max_batch_tokens=args.max_batch_tokens)
                for name, min_shared in (("ours (prefix reuse)", args.min_shared_tokens),
-                                        ("ours (no prefix reuse)", 10**9))}
-    methods = {name: (lambda scorer=scorer: scorer.score(prompts)) for name, scorer in scorers.items()}
+                                        ("ours (no prefix reuse)", None))}
+    methods = {name: (lambda scorer=scorer: scorer.score_next_token(prompts, OPTION_LETTERS))
+               for name, scorer in scorers.items()}
     for new_tokens in [int(x) for x in args.seed_new_tokens.split(",")]:
         methods[f"seed generate, max_new_tokens={new_tokens}"] = (
             lambda n=new_tokens: seed_method(model, tokenizer, prompts, letter_ids, n, args.seed_batch_size, torch)[0])
     # Round-robin repeats, best time per method: on a shared machine, load drifts; no method gets only bad rounds.
+    dtype = getattr(torch, args.dtype)
+    if args.peak_tflops:
+        peak, peak_source = args.peak_tflops, "given"
+    elif args.device != "cpu" and dtype in (torch.bfloat16, torch.float16):
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
+        peak_source = f"vendor dense peak ({name})" if peak else None
+    else:
+        peak, peak_source = None, None  # the vendor table is for bf16/fp16 tensor cores only
+    measured_peak = 0.0
     best: dict[str, float] = dict.fromkeys(methods, float("inf"))
     ours_scores = {}
     for _ in range(args.repeats):
         for name, method in methods.items():
             ours_scores[name], seconds = timed(method, args.device, torch)
             best[name] = min(best[name], seconds)
+        if peak is None:
+            measured_peak = max(measured_peak, matmul_peak_tflops(torch, args.device, dtype, model))
+    if peak is None:
+        peak, peak_source = measured_peak, f"best measured matmul ({args.device}, {args.repeats} rounds)"
     results: dict[str, dict] = {}
     for name, seconds in best.items():
         results[name] = {"seconds": seconds, "prompts_per_s": len(prompts) / seconds}
         if name in scorers:
             stats = dict(scorers[name].stats)
             results[name].update(flops=flops(model, stats), stats=stats)
-
-    dtype = getattr(torch, args.dtype)
-    if args.peak_tflops:
-        peak, peak_source = args.peak_tflops, "given"
-    elif args.device != "cpu":
-        name = torch.cuda.get_device_name()
-        peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
-        peak, peak_source = (peak, f"vendor dense peak ({name})") if peak else (
-            matmul_peak_tflops(torch, args.device, dtype), "measured matmul")
-    else:
-        peak, peak_source = matmul_peak_tflops(torch, args.device, dtype), "measured matmul (CPU)"
 
     reference = [k for k in results if k.startswith("seed")][-1]  # max_new_tokens=1 if run, same step-0 scores
     ref = ours_scores[reference]
@@ -203,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         def __init__(self, scores):
             self.scores = scores
 
-        def score(self, texts):
+        def score_next_token(self, texts, options, adapter=None):
             return self.scores
 
     ref_mjd = np.array([r.distribution for r in estimate_mjds(items, explanations, Replay(ref), settings, render)])

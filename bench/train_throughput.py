@@ -64,8 +64,8 @@ def held_out_loss(model, args) -> float:
     from transformers import AutoTokenizer
 
     from capo.data.datasets import load_task_data
-    from capo.train.pairs import capo_pairs
     from capo.train.packed import dpo_sigmoid_losses, group_pairs, pack, pair_logps
+    from capo.train.pairs import capo_pairs
 
     rows = capo_pairs(load_task_data("nli").items("dev"), args.annotator, max_pairs_per_item=3)
     packed = pack(group_pairs(rows, AutoTokenizer.from_pretrained(args.model)))

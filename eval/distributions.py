@@ -15,7 +15,13 @@ from pathlib import Path
 from capo.cli import run_main
 from capo.data.loaders import read_distributions
 from capo.errors import DataError
-from capo.evaluate.distributions import baseline_distributions, baseline_report, format_table, join, ternary_plot
+from capo.evaluate.distributions import (
+    baseline_distributions,
+    baseline_report,
+    format_table,
+    join,
+    ternary_plot,
+)
 from capo.evaluate.metrics import distribution_report
 from capo.io import atomic_write_text
 

@@ -49,7 +49,7 @@ def test_group_predictions_sum_log_probabilities_over_distinct_items():
     log_proba = np.log(np.array([[0.9, 0.1], [0.4, 0.6], [0.45, 0.55]]))
     true, pred = group_predictions(log_proba, ["A1", "A1", "A1"], ["x", "y", "z"], 3, np.random.default_rng(0), ["A1", "A2"])
     assert true.tolist() == [0] and pred.tolist() == [0]
-    single_true, single_pred = group_predictions(log_proba, ["A1"] * 3, ["x", "y", "z"], 1, np.random.default_rng(0), ["A1", "A2"])
+    _, single_pred = group_predictions(log_proba, ["A1"] * 3, ["x", "y", "z"], 1, np.random.default_rng(0), ["A1", "A2"])
     assert sorted(single_pred.tolist()) == [0, 1, 1]
     # Two responses on the same item count once: no group of 2 can be formed from one item.
     true, _ = group_predictions(log_proba[:2], ["A1", "A1"], ["x", "x"], 2, np.random.default_rng(0), ["A1", "A2"])
@@ -95,10 +95,17 @@ def test_cli_unknown_dataset_is_one_line(tmp_path):
 
 
 # --- judges --------------------------------------------------------------------------------------------------------
-from capo.data.schema import NLI  # noqa: E402
-from capo.evaluate.imitation import generated_responses, imitation_report, style_stats  # noqa: E402
-from capo.evaluate.judges import LLMJudge, TrainedJudge, confusion_plot, judge_prompt, judge_report, pick_examples  # noqa: E402
-from capo.errors import DataError  # noqa: E402
+from capo.data.schema import NLI
+from capo.errors import DataError
+from capo.evaluate.imitation import generated_responses, imitation_report, style_stats
+from capo.evaluate.judges import (
+    LLMJudge,
+    TrainedJudge,
+    confusion_plot,
+    judge_prompt,
+    judge_report,
+    pick_examples,
+)
 
 
 def _split(rows, n_train_items=80):
@@ -121,7 +128,7 @@ def test_trained_judge_attributes_held_out_responses_and_refuses_training_items(
 
 
 def test_llm_judge_never_shows_the_evaluated_item_and_undoes_letter_rotation(monkeypatch):
-    import capo.evaluate.judges as judges
+    from capo.evaluate import judges
 
     train, test = _split(_rows(40), 30)
     example_items: list[tuple[str, set[str]]] = []
@@ -202,7 +209,7 @@ def test_style_stats_counts_hedges_negations_and_copied_words():
 
 
 # --- variability ---------------------------------------------------------------------------------------------------
-from capo.evaluate.variability import input_overlap, pairwise_overlap, variability, words  # noqa: E402
+from capo.evaluate.variability import input_overlap, pairwise_overlap, variability, words
 
 
 def test_ngram_overlaps_worked_by_hand():

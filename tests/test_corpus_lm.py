@@ -4,10 +4,10 @@ import math
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from capo.train.corpus_lm import SIZES, corpus_documents
 from capo.data.loaders import load_varierr
 from capo.data.prompts import parse_response, prompt_messages
 from capo.data.splits import split_items
+from capo.train.corpus_lm import SIZES, corpus_documents
 
 
 def test_corpus_lm_loads_like_a_hub_model_and_has_learned(corpus_lm):
@@ -50,8 +50,8 @@ def test_corpus_never_contains_held_out_explanations():
 
 
 def test_pretraining_items_are_known_for_corpus_lms_only(corpus_lm, tmp_path):
-    from capo.train.corpus_lm import pretraining_item_ids
     from capo.data.loaders import load_dataset
+    from capo.train.corpus_lm import pretraining_item_ids
 
     seen = pretraining_item_ids(corpus_lm)
     split = split_items(load_varierr(), seed=0)

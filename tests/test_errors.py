@@ -6,9 +6,15 @@ from pathlib import Path
 import pytest
 from conftest import run_script, write_jsonl
 
+from capo.data.loaders import (
+    load_items_jsonl,
+    load_lewidi,
+    load_lewidi_annotators_meta,
+    load_nli341,
+    load_varierr,
+    read_distributions,
+)
 from capo.errors import DataError
-from capo.data.loaders import (load_items_jsonl, load_lewidi, load_lewidi_annotators_meta, load_nli341, load_varierr,
-                               read_distributions)
 
 GOOD = {
     "id": "q1",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from capo.data.datasets import load_task_data
-from capo.train.pairs import capo_pairs, split_prompt_completion
 from capo.train.packed import batches, dpo_sigmoid_losses, group_pairs, pack, pair_logps
+from capo.train.pairs import capo_pairs, split_prompt_completion
 
 
 def test_packed_logps_match_separate_sequences(corpus_lm):

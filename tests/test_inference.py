@@ -9,11 +9,12 @@ import torch
 from conftest import make_adapter
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from capo.data.loaders import load_varierr
+from capo.data.prompts import prompt_messages
 from capo.errors import DataError
 from capo.generate.backends import load_backend, vllm_available
 from capo.generate.backends.hf import HFBackend
-from capo.data.loaders import load_varierr
-from capo.data.prompts import prompt_messages
+from capo.generate.scoring import option_token_ids
 
 CANDIDATES = ["A", "B", "C"]
 
@@ -46,7 +47,7 @@ def test_scores_equal_the_unpadded_forward_pass_in_fp32(corpus_lm, prompts):
     scores = backend.score_next_token(prompts, CANDIDATES)
     assert scores.shape == (len(prompts), len(CANDIDATES)) and scores.dtype == np.float32
     model = AutoModelForCausalLM.from_pretrained(corpus_lm, dtype=torch.float32).eval()
-    ids = backend.candidate_ids(CANDIDATES)
+    ids = option_token_ids(backend.tokenizer, prompts, CANDIDATES)
     expected = np.stack([unpadded_last_logits(model, backend.tokenizer, p, ids) for p in prompts])
     np.testing.assert_allclose(scores, expected, atol=1e-4, rtol=0)
     # Duplicates are computed once and come back in input order.
@@ -80,7 +81,7 @@ def test_adapters_switch_by_name_and_none_is_the_base_model(corpus_lm, adapters,
     assert np.abs(a1 - plain).max() > 1e-2 and np.abs(a2 - plain).max() > 1e-2 and np.abs(a1 - a2).max() > 1e-2
     # Adapter A2 on the shared base gives what A2 alone on its own copy of the base gives.
     alone = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(corpus_lm), adapters["A2"]).eval()
-    ids = backend.candidate_ids(CANDIDATES)
+    ids = option_token_ids(backend.tokenizer, prompts, CANDIDATES)
     expected = np.stack([unpadded_last_logits(alone, backend.tokenizer, p, ids) for p in prompts])
     np.testing.assert_allclose(a2, expected, atol=1e-4, rtol=0)
     # Generation follows the adapter too.
@@ -93,7 +94,7 @@ def test_one_line_errors(corpus_lm, tmp_path):
     backend = HFBackend(str(corpus_lm))
     with pytest.raises(DataError, match="unknown adapter 'A9'"):
         backend.score_next_token(["x"], CANDIDATES, adapter="A9")
-    with pytest.raises(DataError, match="not one") as err:
+    with pytest.raises(DataError, match="not a single token") as err:
         backend.score_next_token(["x"], ["entailment and more"])
     assert "\n" not in str(err.value)
     with pytest.raises(DataError, match="cannot load model") as err:
@@ -117,13 +118,12 @@ def test_vllm_missing_is_a_one_line_error(corpus_lm):
 
 @pytest.mark.skipif(not vllm_available() or not torch.cuda.is_available(),
                     reason="vLLM is not installed (CUDA only; the 'infer' extra, in its own environment)")
-def test_vllm_agrees_with_hf_after_softmax(corpus_lm, adapters, prompts):
+def test_vllm_agrees_with_hf(corpus_lm, adapters, prompts):
     hf = HFBackend(str(corpus_lm), adapters, dtype="float32")
     vllm = load_backend("vllm", str(corpus_lm), adapters, dtype="float32", max_lora_rank=8, enforce_eager=True)
     for adapter in (None, "A1"):
-        # Logits vs log-probabilities differ by a per-prompt constant, which a softmax removes.
-        softmax = lambda s: np.exp(s - s.max(1, keepdims=True)) / np.exp(s - s.max(1, keepdims=True)).sum(1, keepdims=True)
-        np.testing.assert_allclose(softmax(vllm.score_next_token(prompts, CANDIDATES, adapter)),
-                                   softmax(hf.score_next_token(prompts, CANDIDATES, adapter)), atol=1e-3)
+        # Both return raw logits at the same in-context ids (vLLM: processed logits under the allowed-token mask).
+        np.testing.assert_allclose(vllm.score_next_token(prompts, CANDIDATES, adapter),
+                                   hf.score_next_token(prompts, CANDIDATES, adapter), atol=1e-3)
         assert [g.text for g in vllm.generate(prompts, adapter, max_new_tokens=8)] == \
             [g.text for g in hf.generate(prompts, adapter, max_new_tokens=8)]

@@ -11,22 +11,21 @@ import re
 import numpy as np
 import pytest
 
-from capo.errors import DataError
 from capo.data.loaders import load_nli341
+from capo.data.schema import Item
+from capo.errors import DataError
+from capo.generate.scoring import HFScorer
 from capo.mjd.estimate import (
     OPTION_ORDERS,
     MJDSettings,
     estimate_mjds,
     explanation_orders,
     item_explanations,
-    letter_token_ids,
     normalise,
     prompt_specs,
     to_label_order,
 )
 from capo.mjd.run import mjd_run, score_shards, write_results
-from capo.mjd.scoring import BackendScorer, HFScorer, build_prefix_tree
-from capo.data.schema import Item
 from tests.conftest import ROOT
 
 NAMES = {"Entailment": 0, "Neutral": 1, "Contradiction": 2}
@@ -43,7 +42,8 @@ class PreferLabel:
     def __init__(self, label: str) -> None:
         self.label = label
 
-    def score(self, prompts):
+    def score_next_token(self, prompts, options, adapter=None):
+        assert tuple(options) == ("A", "B", "C")
         rows = []
         for prompt in prompts:
             letters = _letters(prompt)
@@ -54,7 +54,7 @@ class PreferLabel:
 class PreferFirstComment:
     """Fake scorer: a high score for the letter of the label that the *first* comment chose (explicit mode)."""
 
-    def score(self, prompts):
+    def score_next_token(self, prompts, options, adapter=None):
         rows = []
         for prompt in prompts:
             chosen = re.search(r"^Comment 1: .*So I choose (\w+)\.$", prompt, flags=re.MULTILINE).group(1)
@@ -155,27 +155,24 @@ def test_p_norm_error_names_the_item():
                       lambda t: t)
 
 
-class OutsideTopK:
-    """Fake vLLM-like scorer: the letter bound to `missing` fell outside the top-k (-inf), or every letter did."""
+class NonFinite:
+    """Fake scorer: the letter bound to `label` gets `value` (-inf, +inf or NaN), the others -1."""
 
-    def __init__(self, missing: str | None) -> None:
-        self.missing = missing
+    def __init__(self, label: str, value: float) -> None:
+        self.label, self.value = label, value
 
-    def score(self, prompts):
-        rows = []
-        for prompt in prompts:
-            letters = _letters(prompt)
-            rows.append([-math.inf if self.missing in (None, letters[letter]) else -1.0 for letter in "ABC"])
-        return np.array(rows)
+    def score_next_token(self, prompts, options, adapter=None):
+        return np.array([[self.value if _letters(p)[letter] == self.label else -1.0 for letter in options]
+                         for p in prompts])
 
 
-def test_letters_outside_a_top_k_get_probability_zero_but_all_missing_is_an_error():
+@pytest.mark.parametrize("value", [-math.inf, math.inf, math.nan])
+def test_a_non_finite_letter_score_is_an_error_never_probability_zero(value):
+    # A letter a backend did not see must not quietly become probability 0 (as a vLLM top-k -inf once did).
     item = _item()
     settings = MJDSettings(mode="none", normalisation="prob")
-    (result,) = estimate_mjds([item], {item.id: []}, OutsideTopK("Neutral"), settings, lambda t: t)
-    assert result.distribution == pytest.approx([0.5, 0.0, 0.5])
     with pytest.raises(DataError, match=r"item x1: field 'scores': scorer returned non-finite scores"):
-        estimate_mjds([item], {item.id: []}, OutsideTopK(None), settings, lambda t: t)
+        estimate_mjds([item], {item.id: []}, NonFinite("Neutral", value), settings, lambda t: t)
 
 
 def test_bad_settings_are_one_line_errors():
@@ -183,27 +180,6 @@ def test_bad_settings_are_one_line_errors():
         MJDSettings(mode="sideways")
     with pytest.raises(DataError, match="field 'normalisation'"):
         MJDSettings(normalisation="p_max")
-
-
-def test_prefix_tree_covers_every_sequence_exactly():
-    rng = random.Random(1)
-    stems = [[rng.randrange(5) for _ in range(rng.randrange(1, 6))] for _ in range(6)]
-    seqs = list({tuple(a + b + c) for a in stems for b in stems[:3] for c in stems[:2] if a + b + c})
-
-    def walk(node, prefix, rebuilt):
-        tokens = prefix + node.tokens
-        for end in node.ends:
-            rebuilt[end] = tuple(tokens)
-        for child in node.children:
-            walk(child, tokens, rebuilt)
-        return rebuilt
-
-    for min_shared in (1, 3, 10**9):
-        rebuilt = {}
-        for root in build_prefix_tree(seqs, min_shared):
-            walk(root, [], rebuilt)
-        assert rebuilt == dict(enumerate(seqs))
-    assert all(not r.children for r in build_prefix_tree(seqs, 10**9))  # no reuse: every prompt whole
 
 
 # --- exactness on the tiny corpus LM ------------------------------------------------------------------------------
@@ -219,97 +195,24 @@ def lm(corpus_lm):
     return model, tokenizer
 
 
-def _generate_step0(model, tokenizer, prompts, letter_ids, batch_size=20):
-    """The seed method: greedy `generate(..., output_scores=True)` in batches of 20, step-0 scores of the letters."""
-    import torch
-
-    rows = []
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(prompts[start : start + batch_size], add_special_tokens=False, padding=True,
-                          return_tensors="pt")
-        with torch.inference_mode():
-            out = model.generate(**batch, max_new_tokens=1, do_sample=False, output_scores=True,
-                                 return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
-        rows.append(out.scores[0][:, letter_ids].float().numpy())
-    return np.concatenate(rows)
-
-
-@pytest.mark.slow
-def test_scores_equal_generate_step0_in_fp32(lm, corpus_lm):
-    from capo.generate.backends.hf import HFBackend
-    from capo.mjd.estimate import chat_renderer, user_message
-
-    model, tokenizer = lm
-    items = load_nli341()[:3]
-    explanations = item_explanations(items, "human")
-    settings = MJDSettings(mode="serial", k=2, normalisation="prob")
-    render = chat_renderer(tokenizer)
-    prompts = [render(user_message(item, explanations[item.id], spec))
-               for item in items for spec in prompt_specs(item.id, 4, settings)]
-    letter_ids = letter_token_ids(tokenizer, prompts[0])
-    reference = _generate_step0(model, tokenizer, prompts, letter_ids)
-    ref_p = normalise(reference, "prob")
-
-    scorers = {
-        "prefix reuse (every shared segment)": HFScorer(model, tokenizer, batch_size=64, min_shared_tokens=1,
-                                                                max_batch_tokens=300),
-        "prefix reuse (>= 16 tokens)": HFScorer(model, tokenizer, batch_size=16, min_shared_tokens=16),
-        "plain batched forward": HFScorer(model, tokenizer, batch_size=16, min_shared_tokens=10**9),
-        "backend (capo.generate.backends.hf)": BackendScorer(HFBackend(str(corpus_lm), dtype="float32", batch_size=16)),
-    }
-    for name, scorer in scorers.items():
-        scores = scorer.score(prompts)
-        assert np.abs(normalise(scores, "prob") - ref_p).max() <= 1e-4, name
-        assert np.abs(normalise(scores, "p_softmax") - normalise(reference, "p_softmax")).max() <= 1e-4, name
-    reuse = scorers["prefix reuse (every shared segment)"].stats
-    assert reuse["computed_tokens"] < reuse["prompt_tokens"] / 3  # the prefixes really were shared
-    # identical prompts are computed once and get identical scores
-    repeated = scorers["prefix reuse (>= 16 tokens)"].score(prompts + prompts[:5])
-    assert scorers["prefix reuse (>= 16 tokens)"].stats["distinct_prompts"] == len(prompts)
-    assert np.array_equal(repeated[-5:], repeated[:5])
-
-    # and through the estimator: distributions equal those from the generate scores
-    results = estimate_mjds(items, explanations, scorers["prefix reuse (>= 16 tokens)"], settings, render)
-
-    class Replay:
-        def score(self, texts):
-            assert texts == prompts
-            return reference
-
-    expected = estimate_mjds(items, explanations, Replay(), settings, render)
-    assert np.abs(np.array([r.distribution for r in results]) - [r.distribution for r in expected]).max() <= 1e-4
-
-
-def test_letter_check(lm):
-    _, tokenizer = lm
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Answer:"}], tokenize=False,
-                                           add_generation_prompt=True)
-    ids = letter_token_ids(tokenizer, prompt)
-    assert len(set(ids)) == 3
-    with pytest.raises(DataError, match="same token"):
-        letter_token_ids(tokenizer, prompt, ["A", "B", "A"])
-    with pytest.raises(DataError, match="'Contradictorily' is not a single token"):
-        letter_token_ids(tokenizer, prompt, ["A", "B", "Contradictorily"])
-
-
 class Counting:
     def __init__(self, inner):
         self.inner, self.calls = inner, 0
 
-    def score(self, prompts):
+    def score_next_token(self, prompts, options, adapter=None):
         self.calls += 1
-        return self.inner.score(prompts)
+        return self.inner.score_next_token(prompts, options, adapter)
 
 
 @pytest.mark.slow
 def test_sharded_and_resumed_runs_equal_one_process(lm, tmp_path):
-    from capo.mjd.estimate import chat_renderer
+    from capo.data.prompts import render_chat
 
     model, tokenizer = lm
     items = load_nli341()[:7]
     explanations = item_explanations(items, "human")
     settings = MJDSettings(mode="parallel", normalisation="p_softmax")
-    render = chat_renderer(tokenizer)
+    render = lambda content: render_chat(tokenizer, content)
     scorer = HFScorer(model, tokenizer, batch_size=8, min_shared_tokens=8)
     run = lambda out: mjd_run(out, items, items_per_chunk=2, signature={"settings": "parallel"})
     score = lambda out, scorer=scorer, **kw: score_shards(run(out), explanations, scorer, settings, render, **kw)

@@ -15,8 +15,9 @@ from collections import defaultdict
 
 import pytest
 
-from capo.errors import DataError
 from capo.data.loaders import MODEL_EXPLANATIONS_DIR, load_model_explanations, load_nli341
+from capo.data.schema import NLI
+from capo.errors import DataError
 from capo.generate.model_explanations import (
     explanation_prompt,
     explanation_sets,
@@ -27,7 +28,6 @@ from capo.generate.model_explanations import (
     released_row,
     select,
 )
-from capo.data.schema import NLI
 
 KINDS = ("Label-Free", "VariErr-Label-Guided", "MNLI-Label-Guided")
 

@@ -39,3 +39,26 @@ def test_render_parse_round_trip_on_real_annotations():
     for item in load_varierr()[:50]:
         for a in item.annotations:
             assert parse_response(render_response(a.label, a.explanation), "nli") == (a.label, a.explanation.strip())
+
+
+def test_render_chat_is_the_one_renderer(corpus_lm):
+    from transformers import AutoTokenizer
+
+    from capo.data.prompts import prompt_messages, render_chat, response_messages
+    from capo.errors import DataError
+
+    tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
+    item = load_varierr()[0]
+    messages = prompt_messages(item)
+    text = render_chat(tokenizer, messages)
+    assert text == render_chat(tokenizer, messages[0]["content"])  # a string is one user message
+    assert text.startswith("<|user|>\n") and text.endswith("<|end|>\n<|assistant|>\n")
+    assert render_chat(tokenizer, messages, tokenize=True) == tokenizer(text, add_special_tokens=False)["input_ids"]
+    full = messages + response_messages("neutral", "Not said.")
+    without = render_chat(tokenizer, full, generation_prompt=False)
+    assert without.endswith("Label: neutral\nExplanation: Not said.<|end|>\n") and "<|assistant|>\n" in without
+    assert render_chat(tokenizer, "Answer:", chat_template=False) == "Answer:\n"  # base models: the plain text
+    tokenizer.chat_template = None
+    with pytest.raises(DataError, match="field 'chat_template': .*no chat template") as err:
+        render_chat(tokenizer, messages)
+    assert "\n" not in str(err.value)

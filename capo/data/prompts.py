@@ -1,14 +1,16 @@
-"""Prompt and response rendering shared by the corpus LM, SFT/CAPO data and generation.
+"""Prompt and response rendering shared by the corpus LM, SFT/CAPO data, generation, MJDs and evaluation.
 
-A response is always `Label: <label>\nExplanation: <text>`; `parse_response` is its inverse.
+A response is always `Label: <label>\nExplanation: <text>`; `parse_response` is its inverse. `render_chat` is the one
+place messages become the text (or token ids) a model reads.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from capo.data.schema import TASK_INPUTS, Annotation, Item, label_space
+from capo.errors import DataError
 
 INSTRUCTIONS = {
     "nli": (
@@ -62,3 +64,27 @@ def parse_response(text: str, task: str) -> tuple[str, str] | None:
         return label_space(task).normalise(match["label"]), match["explanation"]
     except ValueError:
         return None
+
+
+def render_chat(
+    tokenizer, messages: str | Sequence[Mapping[str, str]], *, generation_prompt: bool = True,
+    tokenize: bool = False, chat_template: bool = True,
+) -> str | list[int]:
+    """`messages` (a string is one user message) as the model reads them: the tokenizer's chat template, followed
+    by the assistant's opening when `generation_prompt`. `tokenize` gives the token ids instead of the text.
+
+    `chat_template=False` (base models) gives the messages' contents, one per line, ending in a newline.
+    """
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if not chat_template:
+        text = "".join(m["content"] + "\n" for m in messages)
+        return tokenizer(text, add_special_tokens=False)["input_ids"] if tokenize else text
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("the model's tokenizer has no chat template (use an instruction-tuned model, add one, or "
+                        "set chat_template: false where offered)", path=getattr(tokenizer, "name_or_path", None),
+                        field="chat_template")
+    if not tokenize:
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
+    return list(tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=generation_prompt,
+                                              return_dict=True)["input_ids"])

@@ -9,9 +9,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from capo.errors import DataError
 from capo.data.schema import Annotation, Item, check_annotator
 from capo.data.validity import Predicate, always
+from capo.errors import DataError
 
 SPLITS = ("train", "dev", "test")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capo.data.prompts import prompt_messages, render_response
+from capo.data.prompts import prompt_messages, render_chat, render_response
 from capo.data.schema import ANNOTATORS, Item
 
 EXPLANATION_MARK = "\nExplanation:"
@@ -33,7 +33,7 @@ def _explanation_mask(tokenizer, item: Item, label: str, explanation: str) -> tu
     """Token ids of prompt + response and which of them belong to the explanation (found by character offsets)."""
     response = render_response(label, explanation)
     messages = prompt_messages(item) + [{"role": "assistant", "content": response}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    text = render_chat(tokenizer, messages, generation_prompt=False)
     start = text.rindex(response) + response.index(EXPLANATION_MARK) + len(EXPLANATION_MARK)
     end = text.index(tokenizer.eos_token, start) + len(tokenizer.eos_token)  # the turn's end closes the explanation
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

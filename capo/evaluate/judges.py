@@ -60,8 +60,9 @@ def judge_prompt(response: Response, examples: dict[str, Sequence[Response]], or
     """The multiple-choice question: annotator `order[i]`'s examples under letter i, then the response."""
     if response.item_id in {e.item_id for rows in examples.values() for e in rows}:
         raise DataError("the evaluated item is among the judge's examples", item=response.item_id)
-    parts = ["Several annotators labelled sentence pairs and explained their labels. Here are examples of each "
-             "annotator's responses.", ""]
+    intro = ("Several annotators labelled sentence pairs and explained their labels. Here are examples of each "
+             "annotator's responses.")
+    parts = [intro, ""]
     for letter, name in zip(LETTERS, order):
         parts.append(f"Annotator {letter}:")
         parts.extend(f"- {e.label}: {e.explanation}" for e in examples[name])
@@ -150,8 +151,8 @@ def histories_and_heldout(task: str, dataset: str | None = None, split_seed: int
     """The annotators' training-history responses, their held-out responses and the held-out items, cut as the
     explainers' data is (VariErr: seeded item-disjoint split, held-out = test; LeWiDi: its own files, held-out = dev
     where the test split carries no labels)."""
-    from capo.evaluate.patterns import responses
     from capo.data.datasets import load_task_data
+    from capo.evaluate.patterns import responses
 
     data = load_task_data(task, dataset, split_seed)
     heldout = data.items("test") or data.items("dev")

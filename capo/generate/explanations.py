@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from capo.data.prompts import parse_response, prompt_messages
+from capo.data.prompts import parse_response, prompt_messages, render_chat
 from capo.data.schema import Item
 from capo.errors import DataError
 from capo.generate.backends import BACKENDS
@@ -57,17 +57,11 @@ def record_key(record: dict) -> str:
     return f"{record.get('id')}\t{record.get('annotator')}"
 
 
-def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
-    """Messages rendered with the tokenizer's chat template, ready for the assistant's turn."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError("the model's tokenizer has no chat template (use an instruction-tuned model or add one)",
-                        path=getattr(tokenizer, "name_or_path", None), field="chat_template")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def render_prompt(tokenizer, item: Item) -> str:
     """The explainer's prompt for an item, as in SFT/CAPO training (`capo.data.prompts.prompt_messages`, zero-shot)."""
-    return chat_prompt(tokenizer, prompt_messages(item))
+    return render_chat(tokenizer, prompt_messages(item))
 
 
 def explain_units(

@@ -232,8 +232,9 @@ def run_model_explanations(args: ModelExplanationArguments) -> dict:
     """Generate every label's explanation list for every item (sharded, resumable), then write the six released-
     format sets (`Label-Free-first.json`, ...) that `capo.data.loaders.load_model_explanations` reads."""
     from capo.data.loaders import load_dataset
+    from capo.data.prompts import render_chat
     from capo.generate.backends import backend_options, load_backend
-    from capo.generate.explanations import MERGED, Progress, chat_prompt
+    from capo.generate.explanations import MERGED, Progress
     from capo.io import write_jsonl
     from capo.manifest import write_manifest
     from capo.runner import ShardedRun, fingerprint
@@ -250,7 +251,7 @@ def run_model_explanations(args: ModelExplanationArguments) -> dict:
     run.check()  # before loading a model: fail fast
     options = backend_options(args.backend, args.dtype, args.batch_size, args.tensor_parallel_size)
     backend = load_backend(args.backend, args.model, None, **options)
-    render = lambda unit: chat_prompt(backend.tokenizer, explanation_messages(unit.item, unit.label))
+    render = lambda unit: render_chat(backend.tokenizer, explanation_messages(unit.item, unit.label))
 
     def work(chunk: Sequence[LabelUnit]) -> list[dict]:
         generations = backend.generate([render(u) for u in chunk], max_new_tokens=args.max_new_tokens)

@@ -9,9 +9,10 @@ For every item, a multiple-choice prompt shows the context, the statement, optio
   permutations (all of them, or a seeded sample of `max_orders` when there are more); `parallel` puts one
   explanation in each prompt and averages over the explanations; `none` shows no explanation.
 
-Every distribution comes back in [entailment, neutral, contradiction] order. Scoring is pluggable
-(`capo.mjd.scoring`): the fast Hugging Face scorer reuses shared prompt prefixes through the KV cache; any
-`capo.generate.backends.base.Backend` (vLLM included) can score through its `score_next_token`.
+Every distribution comes back in [entailment, neutral, contradiction] order. Scoring goes through the one
+next-token scoring interface (`capo.generate.scoring.NextTokenScorer`, options A/B/C): the fast Hugging Face scorer
+reuses shared prompt prefixes through the KV cache; any `capo.generate.backends.base.Backend` (vLLM included) scores
+through the same `score_next_token`.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 from scipy.special import softmax
 
-from capo.errors import DataError
 from capo.data.schema import NLI, Item
+from capo.errors import DataError
+from capo.generate.scoring import NextTokenScorer
 
 OPTION_LETTERS: tuple[str, ...] = ("A", "B", "C")
 OPTION_NAMES: tuple[str, ...] = ("Entailment", "Neutral", "Contradiction")  # index = NLI label index
@@ -88,12 +89,6 @@ class ItemMJD:
     prompts: list[dict] = field(default_factory=list)  # audit: per prompt, its spec and raw letter scores
 
 
-class Scorer(Protocol):
-    """Next-token scores of the option letters A, B, C after each rendered prompt: shape (prompts, 3)."""
-
-    def score(self, prompts: Sequence[str]) -> np.ndarray: ...
-
-
 # --- prompts --------------------------------------------------------------------------------------------------
 
 
@@ -136,41 +131,6 @@ def user_message(item: Item, explanations: Sequence[tuple[str, str]], spec: Prom
     return "\n".join(lines)
 
 
-def chat_renderer(tokenizer, use_chat_template: bool = True) -> Callable[[str], str]:
-    """user message -> the exact text the model reads (its chat template with the generation prompt)."""
-    if not use_chat_template:
-        return lambda content: content + "\n"
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError(
-            f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template "
-            "(set chat_template: false to score the plain prompt)", field="chat_template"
-        )
-    return lambda content: tokenizer.apply_chat_template(
-        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-    )
-
-
-def letter_token_ids(tokenizer, prompt: str, letters: Sequence[str] = OPTION_LETTERS) -> list[int]:
-    """Token id of each option letter *at the answer position*; error unless they are single and distinct.
-
-    Checked in context (prompt + letter tokenizes as prompt tokens + exactly one token), which also covers
-    SentencePiece tokenizers where a bare "A" would become "▁A".
-    """
-    base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    ids = []
-    for letter in letters:
-        full = tokenizer(prompt + letter, add_special_tokens=False)["input_ids"]
-        if len(full) != len(base) + 1 or full[: len(base)] != base:
-            raise DataError(
-                f"option letter {letter!r} is not a single token after the prompt for tokenizer "
-                f"{getattr(tokenizer, 'name_or_path', '?')!r}", field="option letters"
-            )
-        ids.append(full[-1])
-    if len(set(ids)) != len(ids):
-        raise DataError(f"option letters {list(letters)} map to the same token ids {ids}", field="option letters")
-    return ids
-
-
 # --- scores -> distributions ----------------------------------------------------------------------------------
 
 
@@ -181,8 +141,8 @@ def normalise(scores: np.ndarray, method: str, temperature: float = 20.0) -> np.
         if (scores <= 0).any():
             bad = float(scores[scores <= 0].flat[0])
             raise DataError(
-                f"p_norm needs positive scores, got {bad:.4g} (this model's letter logits can be <= 0, and "
-                "log-probabilities always are): use p_softmax or prob", field="normalisation"
+                f"p_norm needs positive scores, got {bad:.4g} (this model's letter logits can be <= 0): "
+                "use p_softmax or prob", field="normalisation"
             )
         return scores / scores.sum(axis=-1, keepdims=True)
     if method == "p_softmax":
@@ -224,7 +184,7 @@ def item_explanations(items: Sequence[Item], source: str | Mapping[str, Sequence
 def estimate_mjds(
     items: Sequence[Item],
     explanations: Mapping[str, Sequence[tuple[str, str]]],
-    scorer: Scorer,
+    scorer: NextTokenScorer,
     settings: MJDSettings,
     render: Callable[[str], str],
     keep_prompts: bool = False,
@@ -247,12 +207,13 @@ def estimate_mjds(
         specs.extend(item_specs)
         counts.append(len(item_specs))
         texts.extend(render(user_message(item, pairs, spec, settings.explicit)) for spec in item_specs)
-    letter_scores = np.asarray(scorer.score(texts), dtype=np.float64)
+    letter_scores = np.asarray(scorer.score_next_token(texts, OPTION_LETTERS), dtype=np.float64)
     if letter_scores.shape != (len(texts), len(OPTION_LETTERS)):
         raise DataError(f"scorer returned shape {letter_scores.shape}, expected {(len(texts), len(OPTION_LETTERS))}")
-    # -inf is a letter outside a vLLM top-k (probability 0); NaN, +inf or a row of -inf cannot be normalised.
-    bad = np.isnan(letter_scores).any(axis=1) | np.isposinf(letter_scores).any(axis=1) | np.isneginf(letter_scores).all(axis=1)
-    if bad.any():  # e.g. fp16 overflow: never average a NaN into a distribution
+    # Every letter has a real score (the backends never fill in -inf for a letter they did not see), so a non-finite
+    # score is a numerical failure (e.g. fp16 overflow): never average it into a distribution.
+    bad = ~np.isfinite(letter_scores).all(axis=1)
+    if bad.any():
         raise DataError("scorer returned non-finite scores (try float32 or bfloat16)", item=specs[int(bad.argmax())].item_id,
                         field="scores")
     label_scores = to_label_order(letter_scores, [s.option_order for s in specs])

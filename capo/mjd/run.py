@@ -21,20 +21,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from capo.data.loaders import write_distributions
+from capo.data.prompts import render_chat
 from capo.data.schema import Item
 from capo.errors import DataError
+from capo.generate.backends.base import DTYPES
+from capo.generate.scoring import NextTokenScorer, option_token_ids
 from capo.io import write_jsonl
 from capo.mjd.estimate import (
+    OPTION_LETTERS,
     MJDSettings,
-    Scorer,
-    chat_renderer,
     estimate_mjds,
     item_explanations,
-    letter_token_ids,
     prompt_specs,
     user_message,
 )
-from capo.mjd.scoring import BackendScorer, HFScorer
 from capo.runner import ItemUnit, ShardedRun, check_positive, fingerprint
 
 ENGINES = ("prefix_cache", "backend")
@@ -49,7 +49,7 @@ def mjd_run(output_dir: str | Path, items: Sequence[Item], *, items_per_chunk: i
 def score_shards(
     run: ShardedRun,
     explanations: Mapping[str, Sequence[tuple[str, str]]],
-    scorer: Scorer,
+    scorer: NextTokenScorer,
     settings: MJDSettings,
     render: Callable[[str], str],
     *,
@@ -143,36 +143,22 @@ class MJDScriptArguments:
                            normalisation=self.normalisation, temperature=self.temperature, seed=self.seed)
 
 
-DTYPES = ("float32", "bfloat16", "float16", "auto")
-
-
 def _load_scorer(args: MJDScriptArguments, device):
-    """(scorer, tokenizer) for the chosen engine."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(scorer, tokenizer) for the chosen engine: our prefix-cache scorer, or a backend's own `score_next_token`."""
+    from capo.generate.backends import backend_options, load_backend
+    from capo.generate.backends.base import check_dtype
 
-    if args.dtype not in DTYPES:
-        raise DataError(f"unknown dtype {args.dtype!r} (valid: {', '.join(DTYPES)})", field="dtype")
+    check_dtype(args.dtype)  # before loading anything
     if args.engine == "backend":
-        from capo.generate.backends import backend_options, load_backend
-
         backend = load_backend(args.backend, args.model_name_or_path,
                                **backend_options(args.backend, args.dtype, args.batch_size))
-        tokenizer = getattr(backend, "tokenizer", None) or AutoTokenizer.from_pretrained(args.model_name_or_path)
-        return BackendScorer(backend), tokenizer
+        return backend, backend.tokenizer
     if args.engine != "prefix_cache":
         raise DataError(f"unknown engine {args.engine!r} (valid: prefix_cache, backend)", field="engine")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(
-            args.model_name_or_path, dtype="auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-        )
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot load model: {' '.join(str(err).split())[:300]}", path=args.model_name_or_path) from None
-    model.to(device).eval()
-    scorer = HFScorer(model, tokenizer, batch_size=args.batch_size, min_shared_tokens=args.min_shared_tokens,
-                      max_batch_tokens=args.max_batch_tokens)
-    return scorer, tokenizer
+    backend = load_backend("hf", args.model_name_or_path, dtype=args.dtype, batch_size=args.batch_size,
+                           device=str(device), min_shared_tokens=args.min_shared_tokens,
+                           max_batch_tokens=args.max_batch_tokens)
+    return backend.scorer, backend.tokenizer
 
 
 def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dict:
@@ -213,12 +199,13 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only: torchrun/accelerate ranks meet over gloo
     hf_logging.disable_progress_bar()  # keep stderr for errors: one line each
     scorer, tokenizer = _load_scorer(args, state.device)
-    render = chat_renderer(tokenizer, args.chat_template)
-    # Start-up check: the letters must be single, distinct tokens at the answer position.
+    render = lambda content: render_chat(tokenizer, content, chat_template=args.chat_template)
+    # Start-up check (the scorer repeats it on every prompt it scores): the letters must be single, distinct tokens
+    # at the answer position.
     first = items[0]
-    letter_ids = letter_token_ids(tokenizer, render(user_message(first, explanations[first.id],
+    letter_ids = option_token_ids(tokenizer, [render(user_message(first, explanations[first.id],
                                                                   prompt_specs(first.id, len(explanations[first.id]), settings)[0],
-                                                                  settings.explicit)))
+                                                                  settings.explicit))], OPTION_LETTERS)
 
     start = time.time()
     rank, world = state.process_index, state.num_processes

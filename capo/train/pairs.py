@@ -15,7 +15,7 @@ import random
 import re
 from collections.abc import Sequence
 
-from capo.data.prompts import prompt_messages, response_messages
+from capo.data.prompts import prompt_messages, render_chat, response_messages
 from capo.data.schema import Annotation, Item, check_annotator
 from capo.data.splits import history
 from capo.data.validity import Predicate, predicate
@@ -149,18 +149,13 @@ def capo_pairs(
     return rows
 
 
-def _tokenise(tokenizer, messages: list[dict], generation_prompt: bool = False) -> list[int]:
-    return list(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt,
-                                              return_dict=True)["input_ids"])
-
-
 def split_prompt_completion(tokenizer, prompt: list[dict], completion: list[dict]) -> tuple[list[int], list[int]]:
     """(prompt ids, completion ids) of prompt + completion, cut where TRL cuts: after the tokenised prompt.
 
     Raises DataError when the prompt alone does not tokenise to a prefix of prompt + completion (the model would
     then train on a context it never sees at inference)."""
-    prompt_ids = _tokenise(tokenizer, prompt, generation_prompt=True)
-    full_ids = _tokenise(tokenizer, prompt + completion)
+    prompt_ids = render_chat(tokenizer, prompt, tokenize=True)
+    full_ids = render_chat(tokenizer, prompt + completion, generation_prompt=False, tokenize=True)
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise DataError("the tokenised prompt is not a prefix of the tokenised prompt + response (chat template?)")
     return prompt_ids, full_ids[len(prompt_ids) :]

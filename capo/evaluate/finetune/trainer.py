@@ -70,7 +70,7 @@ def check_run_folder(output_dir: str | Path, signature: dict, *, record: bool = 
         held = [p.name for p in output_dir.iterdir()
                 if p.name in (METRICS_FILE, "first_stage", "best_model") or p.name.startswith("checkpoint-")]
         if held:
-            raise DataError(f"holds run output ({sorted(held)[0]}) but no {SIGNATURE_FILE} to match it to these "
+            raise DataError(f"holds run output ({min(held)}) but no {SIGNATURE_FILE} to match it to these "
                             "settings: use a new output_dir", path=str(output_dir))
     check_run_signature(path, signature, record=record)
 

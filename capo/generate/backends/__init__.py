@@ -28,8 +28,8 @@ def backend_options(name: str, dtype: str, batch_size: int, tensor_parallel_size
 def load_backend(name: str, model: str, adapters: Mapping[str, str] | None = None, **options) -> Backend:
     """A backend for `model` (hub id or folder) with LoRA `adapters` {name: hub id or folder} registered.
 
-    `options` go to the backend: HF takes dtype, batch_size, device; vLLM takes dtype, tensor_parallel_size,
-    max_lora_rank, score_top_k, seed and any `vllm.LLM` engine argument.
+    `options` go to the backend: HF takes dtype, batch_size, device, min_shared_tokens, max_batch_tokens; vLLM
+    takes dtype, tensor_parallel_size, max_lora_rank, max_logprobs, seed and any `vllm.LLM` engine argument.
     """
     if name == "hf":
         from capo.generate.backends.hf import HFBackend

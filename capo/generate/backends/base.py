@@ -4,11 +4,9 @@ Prompts are already-rendered strings (the caller applies the tokenizer's chat te
 exactly the same text; they are tokenized without adding special tokens (the template already holds them).
 `adapter` names a LoRA adapter registered with the backend; None means the base model.
 
-Scores differ between backends by a per-prompt constant: the HF backend returns raw next-token *logits*, vLLM
-returns next-token *log-probabilities* (logits minus the log-sum-exp over the vocabulary). A softmax over the
-candidates is shift-invariant, so softmax-based normalisations (`p_softmax` at any temperature, probabilities
-renormalised over the candidates) agree across backends; `p_norm` (scores divided by their sum) does not, so
-compare it within one backend only.
+`score_next_token` is the one next-token scoring interface (`capo.generate.scoring.NextTokenScorer`): both
+backends return the raw next-token *logits* of the options, at the token ids `capo.generate.scoring.option_token_ids`
+checked in context, so scores agree across backends up to numerics, under every normalisation.
 """
 
 from __future__ import annotations
@@ -20,6 +18,15 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from capo.errors import DataError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # the `dtype` every model loader and backend takes
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise DataError(f"unknown dtype {dtype!r} (valid: {', '.join(DTYPES)})", field="dtype")
+    return dtype
+
 
 
 @dataclass
@@ -40,23 +47,6 @@ class Backend(Protocol):
         """One continuation per prompt, in input order (greedy when temperature is 0)."""
         ...
 
-    def score_next_token(self, prompts: list[str], candidate_tokens: list[str], adapter: str | None = None) -> np.ndarray:
-        """Next-token scores of each candidate (each a single token) after each prompt: shape (prompts, candidates).
-
-        HF: raw logits; vLLM: log-probabilities (see the module docstring).
-        """
+    def score_next_token(self, prompts: Sequence[str], options: Sequence[str], adapter: str | None = None) -> np.ndarray:
+        """Raw next-token logits of each single-token option after each prompt: shape (prompts, options)."""
         ...
-
-
-def single_token_ids(tokenizer, candidate_tokens: Sequence[str], model_id: str) -> list[int]:
-    """Token id of each candidate; each must be exactly one token for `tokenizer`, and all distinct."""
-    ids = []
-    for candidate in candidate_tokens:
-        pieces = tokenizer.encode(candidate, add_special_tokens=False)
-        if len(pieces) != 1:
-            raise DataError(f"candidate {candidate!r} is {len(pieces)} tokens for this tokenizer, not one",
-                            path=model_id, field="candidate_tokens")
-        ids.append(pieces[0])
-    if len(set(ids)) != len(ids):
-        raise DataError(f"candidates {list(candidate_tokens)!r} share a token id", path=model_id, field="candidate_tokens")
-    return ids

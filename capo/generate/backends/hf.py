@@ -1,26 +1,41 @@
 """Hugging Face transformers backend: batched, left-padded, length-sorted; LoRA adapters switched by name.
 
 Several annotators' adapters sit on one base model (`PeftModel.load_adapter` / `set_adapter`); `adapter=None` runs
-the base model with the adapters disabled. `score_next_token` is one forward pass per prompt that computes only the
-last position's logits; identical prompts are computed once. Under `accelerate launch` each process uses its own
-device (`PartialState().device`); sharding the work is the caller's job (see `capo.generate.explanations`).
+the base model with the adapters disabled. `score_next_token` is `capo.generate.scoring.HFScorer` on this model: one
+forward pass per distinct prompt that computes only the last position's logits (no prefix reuse unless
+`min_shared_tokens` is set). Every batch is padded on the left here, whatever the tokenizer's `padding_side`.
+Under `accelerate launch` each process uses its own device (`PartialState().device`); sharding the work is the
+caller's job (see `capo.generate.explanations`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 
 import numpy as np
 
 from capo.errors import DataError
-from capo.generate.backends.base import Generation, single_token_ids
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from capo.generate.backends.base import Generation, check_dtype
+from capo.generate.scoring import HFScorer, active_adapter
 
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:300]
+
+
+def load_causal_lm(model: str, dtype: str = "auto"):
+    """(model, tokenizer) from a hub id or local folder, in `dtype` (`capo.generate.backends.base.DTYPES`); bad input
+    is one line."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_dtype(dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        lm = AutoModelForCausalLM.from_pretrained(model, dtype="auto" if dtype == "auto" else getattr(torch, dtype))
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot load model: {_one_line(err)}", path=str(model)) from None
+    return lm, tokenizer
 
 
 class HFBackend:
@@ -34,26 +49,18 @@ class HFBackend:
         dtype: str = "auto",
         batch_size: int = 16,
         device: str | None = None,
+        min_shared_tokens: int | None = None,
+        max_batch_tokens: int | None = None,
     ) -> None:
         import torch
         from accelerate import PartialState
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if dtype not in DTYPES:
-            raise DataError(f"unknown dtype {dtype!r} (valid: {', '.join(DTYPES)})", field="dtype")
         if batch_size < 1:
             raise DataError(f"batch size must be at least 1, got {batch_size}", field="batch_size")
         self.model_id = str(model)
         self.batch_size = batch_size
         self.adapter_paths = {str(name): str(path) for name, path in (adapters or {}).items()}
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_id)
-            base = AutoModelForCausalLM.from_pretrained(
-                self.model_id, dtype="auto" if dtype == "auto" else getattr(torch, dtype)
-            )
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot load model: {_one_line(err)}", path=self.model_id) from None
-        self.tokenizer.padding_side = "left"  # the last position is the one generation and scoring read
+        base, self.tokenizer = load_causal_lm(self.model_id, dtype)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.adapter_paths:
@@ -72,23 +79,10 @@ class HFBackend:
         eos = self.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         self._eos_ids = set(eos) | ({self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set())
+        self.scorer = HFScorer(self.model, self.tokenizer, batch_size=batch_size, min_shared_tokens=min_shared_tokens,
+                               max_batch_tokens=max_batch_tokens)
 
     # --- helpers -------------------------------------------------------------------------------------------------
-
-    @contextmanager
-    def _active(self, adapter: str | None) -> Iterator[None]:
-        if adapter is None:
-            if self.adapter_paths:
-                with self.model.disable_adapter():
-                    yield
-            else:
-                yield
-            return
-        if adapter not in self.adapter_paths:
-            known = ", ".join(self.adapter_paths) or "none"
-            raise DataError(f"unknown adapter {adapter!r} (loaded: {known})", field="adapter")
-        self.model.set_adapter(adapter, inference_mode=True)
-        yield
 
     def _encode(self, prompts: Sequence[str]) -> list[list[int]]:
         if not prompts:
@@ -103,12 +97,9 @@ class HFBackend:
             yield order[start : start + self.batch_size]
 
     def _pad(self, rows: list[list[int]]) -> dict:
-        batch = self.tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
+        # Left padding, set here rather than trusted from the tokenizer: generation continues from the last column.
+        batch = self.tokenizer.pad({"input_ids": rows}, padding=True, padding_side="left", return_tensors="pt")
         return {key: value.to(self.device) for key, value in batch.items()}
-
-    def candidate_ids(self, candidate_tokens: Sequence[str]) -> list[int]:
-        """Token id of each candidate; each must be exactly one token, and all distinct."""
-        return single_token_ids(self.tokenizer, candidate_tokens, self.model_id)
 
     def _generated_length(self, row: list[int]) -> int:
         """Tokens up to and including the first end-of-sequence token (the rest is padding)."""
@@ -128,7 +119,7 @@ class HFBackend:
         encoded = self._encode(prompts)
         results: list[Generation | None] = [None] * len(prompts)
         sampling = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
-        with torch.inference_mode(), self._active(adapter):
+        with torch.inference_mode(), active_adapter(self.model, adapter):
             for batch in self._batches(encoded):
                 inputs = self._pad([encoded[i] for i in batch])
                 if temperature:
@@ -143,20 +134,6 @@ class HFBackend:
                     results[index] = Generation(text=text, prompt_tokens=len(encoded[index]), generated_tokens=length)
         return results  # type: ignore[return-value]
 
-    def score_next_token(self, prompts: list[str], candidate_tokens: list[str], adapter: str | None = None) -> np.ndarray:
-        """Raw next-token logits of the candidates after each prompt, shape (prompts, candidates), float32."""
-        import torch
-
-        ids = self.candidate_ids(candidate_tokens)
-        unique = list(dict.fromkeys(prompts))  # identical prompts are computed once
-        encoded = self._encode(unique)
-        scores = np.zeros((len(unique), len(ids)), dtype=np.float32)
-        with torch.inference_mode(), self._active(adapter):
-            for batch in self._batches(encoded):
-                inputs = self._pad([encoded[i] for i in batch])
-                # Left padding: positions must count real tokens only, as `generate` does.
-                position_ids = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-                logits = self.model(**inputs, position_ids=position_ids, logits_to_keep=1, use_cache=False).logits
-                scores[batch] = logits[:, -1, ids].float().cpu().numpy()
-        row_of = {prompt: k for k, prompt in enumerate(unique)}
-        return scores[[row_of[prompt] for prompt in prompts]].reshape(len(prompts), len(ids))
+    def score_next_token(self, prompts: Sequence[str], options: Sequence[str], adapter: str | None = None) -> np.ndarray:
+        """Raw next-token logits of the options after each prompt, shape (prompts, options), float32."""
+        return self.scorer.score_next_token(prompts, options, adapter)

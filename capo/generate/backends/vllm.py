@@ -1,20 +1,23 @@
 """vLLM backend (CUDA only; install the `infer` extra in its own environment). Imported only when vLLM is installed.
 
 One `LoRARequest` per annotator adapter on one engine (`enable_lora=True`); `tensor_parallel_size` spreads the model
-over GPUs. Scoring asks for one new token with the top-k log-probabilities (`SamplingParams(max_tokens=1,
-logprobs=k)`) and reads the candidates from them: scores are log-probabilities, not logits (see
-`capo.generate.backends.base`). A candidate outside the top k gets -inf (probability 0 after any softmax) and a warning.
+over GPUs. Scoring asks for one greedy token restricted to the options (`SamplingParams(max_tokens=1,
+allowed_token_ids=ids, logprobs=len(ids))`) on an engine that returns *processed logits* (`logprobs_mode=
+"processed_logits"`, vLLM >= 0.10.2): after the allowed-token mask every other token is -inf, so the top len(ids)
+entries are exactly the options, each with its raw logit, whatever its rank in the full vocabulary. That is what
+the HF backend returns, and no option can silently become probability 0. `generate` requests no log-probabilities,
+so the mode does not touch it.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from capo.errors import DataError
-from capo.generate.backends.base import Generation, single_token_ids
+from capo.generate.backends.base import Generation, check_dtype
+from capo.generate.scoring import option_token_ids
 
 
 class VLLMBackend:
@@ -26,7 +29,7 @@ class VLLMBackend:
         dtype: str = "auto",
         tensor_parallel_size: int = 1,
         max_lora_rank: int = 64,
-        score_top_k: int = 20,
+        max_logprobs: int = 20,
         seed: int = 0,
         **engine_kwargs,
     ) -> None:
@@ -35,14 +38,14 @@ class VLLMBackend:
 
         self.model_id = str(model)
         self.adapter_paths = {str(name): str(path) for name, path in (adapters or {}).items()}
-        self.score_top_k = score_top_k
+        self.max_logprobs = max_logprobs  # the most options one call may score
         lora = (
             {"enable_lora": True, "max_loras": len(self.adapter_paths), "max_lora_rank": max_lora_rank}
             if self.adapter_paths else {}
         )
         self.llm = LLM(
-            model=self.model_id, dtype=dtype, tensor_parallel_size=tensor_parallel_size, max_logprobs=score_top_k,
-            seed=seed, **lora, **engine_kwargs,
+            model=self.model_id, dtype=check_dtype(dtype), tensor_parallel_size=tensor_parallel_size, max_logprobs=max_logprobs,
+            logprobs_mode="processed_logits", seed=seed, **lora, **engine_kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
         # LoRA ids must be distinct positive integers.
@@ -58,16 +61,15 @@ class VLLMBackend:
             raise DataError(f"unknown adapter {adapter!r} (loaded: {known})", field="adapter")
         return self._requests[adapter]
 
-    def _prompts(self, prompts: list[str]) -> list:
+    def _encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+
+    @staticmethod
+    def _prompts(encoded: Sequence[Sequence[int]]) -> list:
         from vllm.inputs import TokensPrompt
 
         # Token ids, not text, so that vLLM adds no BOS of its own: the same tokens as the HF backend sees.
-        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
-        return [TokensPrompt(prompt_token_ids=ids) for ids in encoded]
-
-    def candidate_ids(self, candidate_tokens: Sequence[str]) -> list[int]:
-        """Token id of each candidate; each must be exactly one token, and all distinct."""
-        return single_token_ids(self.tokenizer, candidate_tokens, self.model_id)
+        return [TokensPrompt(prompt_token_ids=list(ids)) for ids in encoded]
 
     def generate(
         self, prompts: list[str], adapter: str | None = None, *, max_new_tokens: int = 128, temperature: float = 0.0,
@@ -76,36 +78,34 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=seed, skip_special_tokens=True)
-        outputs = self.llm.generate(self._prompts(prompts), params, lora_request=self._request(adapter), use_tqdm=False)
+        outputs = self.llm.generate(self._prompts(self._encode(prompts)), params, lora_request=self._request(adapter), use_tqdm=False)
         return [
             Generation(text=out.outputs[0].text, prompt_tokens=len(out.prompt_token_ids),
                        generated_tokens=len(out.outputs[0].token_ids))
             for out in outputs
         ]
 
-    def score_next_token(self, prompts: list[str], candidate_tokens: list[str], adapter: str | None = None) -> np.ndarray:
-        """Next-token log-probabilities of the candidates, shape (prompts, candidates)."""
+    def score_next_token(self, prompts: Sequence[str], options: Sequence[str], adapter: str | None = None) -> np.ndarray:
+        """Raw next-token logits of the options after each prompt, shape (prompts, options), float32."""
         from vllm import SamplingParams
 
-        ids = self.candidate_ids(candidate_tokens)
-        top_k = self.score_top_k  # the engine refuses more than its max_logprobs, which is set to this
-        if len(ids) > top_k:
-            raise DataError(f"{len(ids)} candidates but only the top {top_k} log-probabilities are read; "
-                            "raise score_top_k", field="candidate_tokens")
-        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=top_k)
-        unique = list(dict.fromkeys(prompts))
-        outputs = self.llm.generate(self._prompts(unique), params, lora_request=self._request(adapter), use_tqdm=False)
-        scores = np.full((len(unique), len(ids)), -np.inf, dtype=np.float32)
-        missing = 0
+        unique = list(dict.fromkeys(prompts))  # identical prompts are computed once
+        encoded = self._encode(unique)
+        ids = option_token_ids(self.tokenizer, unique, options, encoded)  # the ids checked are the ids scored
+        if len(options) > self.max_logprobs:
+            raise DataError(f"{len(options)} options but the engine returns at most {self.max_logprobs} "
+                            "log-probabilities per token; raise max_logprobs", field="options")
+        if not unique:
+            return np.zeros((0, len(options)), dtype=np.float32)
+        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=len(ids), allowed_token_ids=ids)
+        outputs = self.llm.generate(self._prompts(encoded), params, lora_request=self._request(adapter), use_tqdm=False)
+        scores = np.empty((len(unique), len(ids)), dtype=np.float32)
         for row, out in enumerate(outputs):
             top = out.outputs[0].logprobs[0]  # token id -> Logprob, for the first generated position
-            for col, token in enumerate(ids):
-                if token in top:
-                    scores[row, col] = top[token].logprob
-                else:
-                    missing += 1
-        if missing:
-            warnings.warn(f"{missing} candidate scores were outside the top {top_k} log-probabilities and set to -inf",
-                          stacklevel=2)
+            missing = [option for option, token in zip(options, ids) if token not in top]
+            if missing:  # cannot happen with the allowed-token mask and processed logits; never fill in a 0
+                raise DataError(f"vLLM returned no score for option(s) {missing} (needs vLLM >= 0.10.2 with "
+                                "logprobs_mode='processed_logits')", field="options")
+            scores[row] = [top[token].logprob for token in ids]
         row_of = {prompt: k for k, prompt in enumerate(unique)}
         return scores[[row_of[prompt] for prompt in prompts]].reshape(len(prompts), len(ids))
