@@ -152,14 +152,15 @@ def test_packed_trainer_loss_equals_trl_dpo_loss(corpus_lm, tmp_path):
         batch = trainer._prepare_inputs(trainer.data_collator([data[i] for i in range(len(data))]))
         loss = trainer.compute_loss(trainer.model, batch)
         loss.backward()
-        metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k.startswith(("rewards", "logps"))}
+        trainer.log({})  # the metrics as the trainer logs them
+        metrics = {k: v for k, v in trainer.state.log_history[-1].items() if k.startswith(("rewards", "logps"))}
         grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.requires_grad}
         return loss.item(), metrics, grads, len(data)
 
     trl_loss, trl_metrics, trl_grads, trl_pairs = loss_and_gradients(DPOTrainer)
     loss, metrics, grads, groups = loss_and_gradients(shared_prefix_dpo_trainer_class())
     assert trl_pairs == sum(p < max_length for p in prompts) and groups < trl_pairs
-    assert abs(trl_metrics["rewards/margins"]) > 1e-2  # the policy differs from the reference
+    assert len(trl_metrics) == 6 and abs(trl_metrics["rewards/margins"]) > 1e-2  # policy != reference
     assert loss == pytest.approx(trl_loss, rel=1e-5)
     assert metrics == pytest.approx(trl_metrics, rel=1e-4, abs=1e-5)
     assert grads.keys() == trl_grads.keys()

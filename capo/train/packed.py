@@ -285,8 +285,12 @@ def shared_prefix_dpo_trainer_class():
             self._log_metrics(mode, inputs, (chosen, rejected), (ref_chosen, ref_rejected))
             return (loss, {"chosen_logps": chosen, "rejected_logps": rejected}) if return_outputs else loss
 
+        REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                          "logps/chosen", "logps/rejected")
+
         def _log_metrics(self, mode, inputs, policy, reference):
-            """TRL's reward / logp metrics, as means over every pair of the micro-batch on all ranks (one reduce)."""
+            """Per-pair sums of TRL's reward / logp metrics over all ranks (one reduce); `log` divides them by the
+            pair count of the logging window, so micro-batches of 2 and 3 pairs weigh 2 and 3."""
             with torch.no_grad():
                 chosen_rewards = self.beta * (policy[0] - reference[0])
                 rejected_rewards = self.beta * (policy[1] - reference[1])
@@ -296,13 +300,20 @@ def shared_prefix_dpo_trainer_class():
                                     torch.tensor(float(len(margins)), device=margins.device),
                                     torch.tensor(float(inputs["tokens"]), device=margins.device)]).float()
                 sums = self.accelerator.reduce(sums, reduction="sum").tolist()
-            names = ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-                     "logps/rejected"]
-            for name, total in zip(names, sums[:6], strict=True):
-                self._metrics[mode][name].append(total / sums[6])
+            for name, total in zip(self.REWARD_METRICS, sums[:6], strict=True):
+                self._metrics[mode][name].append(total)
+            self._metrics[mode]["pairs"].append(sums[6])
             if mode == "train":
                 self._total_train_tokens += int(sums[7])  # packed tokens forwarded (each pass), all ranks
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+        def log(self, logs, start_time=None):
+            metrics = self._metrics["train" if self.model.training else "eval"]
+            pairs = sum(metrics.pop("pairs", []))
+            for name in self.REWARD_METRICS:
+                if metrics.get(name):
+                    metrics[name] = [sum(metrics[name]) / pairs]  # TRL's log then averages a 1-item list
+            super().log(logs, start_time)
 
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             inputs = self._prepare_inputs(inputs)
