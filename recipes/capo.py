@@ -55,7 +55,8 @@ else:
         from trl import ModelConfig, SFTConfig, TrlParser
 
         adapter = Path(capo_args.format(script_args.sft_adapter))
-        if script_args.init_from != "sft" or (adapter / "adapter_config.json").exists():
+        if (script_args.init_from != "sft" or (adapter / "adapter_config.json").exists()
+                or not model_args.model_name_or_path):  # no model: train_capo says so in one line
             return
         if sft_first.sft_config is not None and not Path(sft_first.sft_config).is_file():
             raise DataError("SFT config not found", path=sft_first.sft_config, field="sft_config")
