@@ -35,13 +35,13 @@ class DtypeBenchArguments:
 def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import torch
+    from capo.mjd.scoring import HFScorer
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import TrlParser
 
     from capo.data.loaders import load_varierr
     from capo.data.prompts import prompt_messages
     from capo.mjd.estimate import PromptSpec, chat_renderer, user_message
-    from capo.mjd.scoring import HFScorer
 
     (args,) = TrlParser((DtypeBenchArguments,)).parse_args_and_config(argv)
     tokenizer = AutoTokenizer.from_pretrained(args.model)

@@ -5,10 +5,9 @@ that prefer the target annotator's response over another annotator's valid respo
     python recipes/capo.py --annotator A2 --config recipes/configs/capo_tiny.yaml [--init_from base]
 
 By default training starts from the target's SFT adapter (`--sft_adapter`, default runs/sft/{task}/{annotator}),
-which is then also the reference policy.
+which is then also the reference policy. When that adapter is missing it is trained first, as recipes/sft.py would
+with `--sft_config` (the SFT recipe's config: its training options; model, LoRA and data options are this run's).
 """
-
-from __future__ import annotations
 
 import importlib
 import os
@@ -29,17 +28,57 @@ if __name__ == "capo":
 else:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
+    from dataclasses import dataclass, field
+
     from capo.cli import run_main
-    from capo.train.explainers import CapoArguments, ExplainerScriptArguments, train_capo
+    from capo.errors import DataError
+    from capo.train.explainers import CapoArguments, ExplainerScriptArguments, train_capo, train_sft
+
+    @dataclass  # real (not string) annotations: tests load this file as a module that is not in sys.modules
+    class SftFirstArguments:
+        """How the SFT adapter that CAPO starts from is trained when it is missing."""
+
+        sft_config: str | None = field(
+            default=None,
+            metadata={"help": "SFT recipe config (e.g. recipes/configs/sft.yaml) for training a missing SFT adapter; "
+                              "default: the SFT recipe's defaults"},
+        )
 
     def make_parser():
         from trl import DPOConfig, ModelConfig, TrlParser
 
-        return TrlParser((ExplainerScriptArguments, CapoArguments, DPOConfig, ModelConfig))
+        return TrlParser((ExplainerScriptArguments, CapoArguments, DPOConfig, ModelConfig, SftFirstArguments))
+
+    def train_missing_sft_adapter(script_args, capo_args, model_args, sft_first) -> None:
+        """init_from sft without an adapter: train it with the SFT recipe's entry point (resumable), then go on."""
+        from accelerate import PartialState
+        from trl import ModelConfig, SFTConfig, TrlParser
+
+        adapter = Path(capo_args.format(script_args.sft_adapter))
+        if (script_args.init_from != "sft" or (adapter / "adapter_config.json").exists()
+                or not model_args.model_name_or_path):  # no model: train_capo says so in one line
+            return
+        if sft_first.sft_config is not None and not Path(sft_first.sft_config).is_file():
+            raise DataError("SFT config not found", path=sft_first.sft_config, field="sft_config")
+        state = PartialState()
+        if state.is_main_process:
+            print(f"no SFT adapter for {capo_args.annotator} ({capo_args.task}) at {adapter}: training it first "
+                  f"(recipes/sft.py, config {sft_first.sft_config or 'defaults'})", file=sys.stderr, flush=True)
+        argv = ["--config", sft_first.sft_config] if sft_first.sft_config else []
+        sft_script, _, sft_args, _ = TrlParser(
+            (ExplainerScriptArguments, CapoArguments, SFTConfig, ModelConfig)
+        ).parse_args_and_config([*argv, "--output_dir", script_args.sft_adapter, "--resume_from_checkpoint", "true"])
+        train_sft(sft_script, capo_args, sft_args, model_args)
+        state.wait_for_everyone()  # every rank loads the adapter that rank 0 has just written
 
     @run_main
     def main(argv: list[str] | None = None) -> dict:
-        script_args, capo_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+        script_args, capo_args, training_args, model_args, sft_first = make_parser().parse_args_and_config(argv)
+        if script_args.shared_prefix:  # refuse before a missing SFT adapter is trained, not after
+            from capo.train.packed import check_options
+
+            check_options(training_args)
+        train_missing_sft_adapter(script_args, capo_args, model_args, sft_first)
         return train_capo(script_args, capo_args, training_args, model_args)
 
     if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """SFT and CAPO recipes on the tiny corpus LM: loss goes down, adapters reload with PEFT, manifests and eval hooks,
-CAPO starts from the target's SFT adapter, resume after a kill, one-line errors, and a 2-process DDP run on CPU."""
+CAPO starts from (and is scored against) the target's SFT adapter, training it first when missing, resume after a
+kill, one-line errors, and a 2-process DDP run on CPU."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_script
+from test_explainers_packed import independent_rewards
+
+from capo.train.explainers import CapoArguments, build_pair_datasets
 
 pytestmark = pytest.mark.slow
 
@@ -103,19 +107,49 @@ def test_capo_from_sft_adapter(sft_run, corpus_lm, tmp_path, capsys):
     manifest = json.loads((folder / "run_manifest.json").read_text())
     assert manifest["init_from"] == "sft" and manifest["sft_adapter"] == str(sft_run)
     assert manifest["config"]["training"]["loss_type"] == ["sigmoid", "sft"]
+    # Eval hook on dev pairs, reproduced by an unpacked scorer: the saved adapter against the SFT adapter (the
+    # reference), not against the base model.
+    _, held = build_pair_datasets(CapoArguments(annotator="A2", max_eval_rows=8))
+    expected = independent_rewards(corpus_lm, folder, sft_run, list(held), beta=0.1)
+    against_base = independent_rewards(corpus_lm, folder, None, list(held), beta=0.1)
     metrics = manifest["metrics"]
-    assert 0 <= metrics["eval_rewards/accuracies"] <= 1 and "eval_rewards/margins" in metrics  # eval hook: dev pairs
-    # The reference is the SFT model: at the first step the policy equals it, so the DPO term is exactly log 2.
-    state = json.loads((folder / "trainer_state.json").read_text())
-    assert abs(state["log_history"][0]["rewards/margins"]) < 1e-4
+    assert metrics["eval_rewards/chosen"] == pytest.approx(expected["rewards/chosen"], abs=1e-4)
+    assert metrics["eval_rewards/margins"] == pytest.approx(expected["rewards/margins"], abs=1e-4)
+    assert abs(against_base["rewards/chosen"] - expected["rewards/chosen"]) > 1e-2
 
     wrong = _fails(capsys, "capo", "--model_name_or_path", corpus_lm, "--output_dir", tmp_path / "x",
                    "--annotator", "A3", *FAST, "--sft_adapter", sft_run)
     assert "is for A2 (nli), not A3" in wrong
     missing = _fails(capsys, "capo", "--model_name_or_path", corpus_lm, "--output_dir", tmp_path / "x", *FAST,
-                     "--annotator", "A4", "--sft_adapter", tmp_path / "none")
-    assert "no SFT adapter for A4 (nli)" in missing and "--init_from base" in missing
-    assert not (tmp_path / "x").exists()
+                     "--annotator", "A4", "--sft_adapter", tmp_path / "none", "--sft_config", tmp_path / "no.yaml")
+    assert missing == f"error: {tmp_path / 'no.yaml'}: field 'sft_config': SFT config not found"
+    assert not (tmp_path / "x").exists() and not (tmp_path / "none").exists()
+
+
+def test_capo_trains_missing_sft_adapter_first(corpus_lm, tmp_path, capsys):
+    """A fresh clone: init_from sft without the adapter trains it (one line says so), then CAPO starts from it."""
+    import yaml
+
+    sft_config = yaml.safe_load((ROOT / "recipes/configs/sft_tiny.yaml").read_text())
+    sft_config.update(max_steps=2, eval_strategy="no", save_strategy="no", logging_steps=1, warmup_steps=0)
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(sft_config))
+    sft_template = tmp_path / "sft" / "{task}" / "{annotator}"
+    capsys.readouterr()
+    _recipe("capo").main([str(a) for a in (
+        "--model_name_or_path", corpus_lm, "--output_dir", tmp_path / "capo", "--annotator", "A2", *FAST,
+        "--sft_adapter", sft_template, "--sft_config", tmp_path / "sft.yaml", "--max_train_rows", "4",
+        "--max_eval_rows", "4", "--per_device_train_batch_size", "4", "--max_steps", "2", "--save_strategy", "no")])
+    said = [line for line in capsys.readouterr().err.splitlines() if "SFT adapter" in line]
+    adapter = tmp_path / "sft" / "nli" / "A2"
+    config = tmp_path / "sft.yaml"
+    assert said == [f"no SFT adapter for A2 (nli) at {adapter}: training it first (recipes/sft.py, config {config})"]
+    sft_manifest = json.loads((adapter / "run_manifest.json").read_text())
+    assert (sft_manifest["stage"], sft_manifest["annotator"]) == ("sft", "A2") and len(_losses(adapter)) == 2
+    assert sft_manifest["config"]["model"]["model_name_or_path"] == str(corpus_lm)  # the CAPO run's model
+    _check_adapter(adapter, corpus_lm)
+    manifest = json.loads((tmp_path / "capo" / "run_manifest.json").read_text())
+    assert manifest["init_from"] == "sft" and manifest["sft_adapter"] == str(adapter)
+    assert len(_losses(tmp_path / "capo")) == 2
 
 
 def test_unknown_annotator_and_task_are_one_line_errors(corpus_lm, tmp_path, capsys):

@@ -1,41 +1,76 @@
-"""Shared-prefix packed CAPO scoring gives the same per-pair log-probs as scoring every pair on its own."""
+"""Shared-prefix packed CAPO: the packed forward scores every pair as if alone, the trainer's loss and gradients equal
+stock TRL `DPOTrainer`'s on the same batch and adapter, unsupported DPOConfig options are refused, and the recipe
+path trains and saves an adapter whose rewards an independent scorer reproduces."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+
 import pytest
+from conftest import ROOT
 
 from capo.data.datasets import load_task_data
-from capo.train.packed import batches, dpo_sigmoid_losses, group_pairs, pack, pair_logps
+from capo.errors import DataError
+from capo.train.packed import batches, group_pairs, pack, pair_logps
 from capo.train.pairs import capo_pairs, split_prompt_completion
 
 
-def test_packed_logps_match_separate_sequences(corpus_lm):
+def sequence_logp(model, tokenizer, prompt, completion) -> float:
+    """Summed log-prob of `completion` after `prompt`, one unpacked sequence (independent of capo.train.packed)."""
+    import torch
+
+    p, c = split_prompt_completion(tokenizer, prompt, completion)
+    with torch.no_grad():
+        logps = torch.log_softmax(model(torch.tensor([p + c])).logits[0].float(), -1)
+    return sum(logps[len(p) + i - 1, t].item() for i, t in enumerate(c))
+
+
+def independent_rewards(corpus_lm, policy_dir, reference_dir, rows, beta: float) -> dict:
+    """Mean DPO rewards of `rows` for a saved adapter against a reference adapter (None: the base model)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(corpus_lm), str(policy_dir)).eval()
+    if reference_dir is not None:
+        model.load_adapter(str(reference_dir), adapter_name="reference")
+
+    def logps(side):
+        policy = [sequence_logp(model, tokenizer, r["prompt"], r[side]) for r in rows]
+        if reference_dir is None:
+            with model.disable_adapter():
+                reference = [sequence_logp(model, tokenizer, r["prompt"], r[side]) for r in rows]
+        else:
+            model.set_adapter("reference")
+            reference = [sequence_logp(model, tokenizer, r["prompt"], r[side]) for r in rows]
+            model.set_adapter("default")
+        return [beta * (a - b) for a, b in zip(policy, reference, strict=True)]
+
+    chosen, rejected = logps("chosen"), logps("rejected")
+    mean = lambda xs: sum(xs) / len(xs)
+    return {"rewards/chosen": mean(chosen), "rewards/margins": mean([c - r for c, r in zip(chosen, rejected)])}
+
+
+def test_packed_logps_match_separate_sequences_sdpa_and_eager(corpus_lm):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
-    model = AutoModelForCausalLM.from_pretrained(corpus_lm).eval()
     rows = capo_pairs(load_task_data("nli").items("train")[:10], "A3", rejected_valid="any")
     groups = group_pairs(rows, tokenizer)
     assert len(groups) < len(rows) and sorted(i for g in groups for i in g.pairs) == list(range(len(rows)))
     packed = pack(groups)
-    assert packed["input_ids"].shape[0] == 1 and packed["tokens"] < sum(
-        len(g.prompt) + len(g.chosen) + sum(map(len, g.rejected)) for g in groups) + 1
+    eager = AutoModelForCausalLM.from_pretrained(corpus_lm, attn_implementation="eager").eval()
+    sdpa = AutoModelForCausalLM.from_pretrained(corpus_lm, attn_implementation="sdpa").eval()
     with torch.no_grad():
-        chosen, rejected = pair_logps(model, packed)
-
-    def alone(prompt, completion):
-        with torch.no_grad():
-            logps = torch.log_softmax(model(torch.tensor([prompt + completion])).logits[0].float(), -1)
-        return sum(logps[len(prompt) + i - 1, t].item() for i, t in enumerate(completion))
-
+        by_impl = {"eager": pair_logps(eager, packed), "sdpa": pair_logps(sdpa, packed)}  # additive / boolean mask
     for k, row in enumerate(packed["pair_rows"]):
-        prompt, c = split_prompt_completion(tokenizer, rows[row]["prompt"], rows[row]["chosen"])
-        _, r = split_prompt_completion(tokenizer, rows[row]["prompt"], rows[row]["rejected"])
-        assert chosen[k].item() == pytest.approx(alone(prompt, c), abs=1e-3)
-        assert rejected[k].item() == pytest.approx(alone(prompt, r), abs=1e-3)
-    losses = dpo_sigmoid_losses((chosen, rejected), (chosen, rejected), beta=0.1)
-    assert torch.allclose(losses, torch.full_like(losses, 0.6931472), atol=1e-6)  # policy == reference: log 2
+        chosen = sequence_logp(eager, tokenizer, rows[row]["prompt"], rows[row]["chosen"])
+        rejected = sequence_logp(eager, tokenizer, rows[row]["prompt"], rows[row]["rejected"])
+        for chosen_logps, rejected_logps in by_impl.values():
+            assert chosen_logps[k].item() == pytest.approx(chosen, abs=1e-3)
+            assert rejected_logps[k].item() == pytest.approx(rejected, abs=1e-3)
     steps = batches(groups, 4)
     assert all(sum(len(g.pairs) for g in step) >= 4 for step in steps[:-1])
     assert sum(len(g.pairs) for step in steps for g in step) == len(rows)
@@ -46,6 +81,8 @@ def test_packed_gradients_equal_per_pair_gradients(corpus_lm):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from capo.train.packed import dpo_sigmoid_losses
 
     tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
     torch.manual_seed(0)
@@ -80,30 +117,122 @@ def test_packed_gradients_equal_per_pair_gradients(corpus_lm):
     assert any(a.abs().max() > 1e-6 for a in shared)
 
 
-def test_capo_recipe_with_shared_prefix_trains(corpus_lm, tmp_path):
-    """`recipes/capo.py --shared_prefix true`: the DPOTrainer subclass learns and saves a plain LoRA adapter."""
-    import importlib.util
-    import json
+def test_packed_trainer_loss_equals_trl_dpo_loss(corpus_lm, tmp_path):
+    """SFT-adapter start (its frozen copy is the reference), sigmoid + sft losses, max_length that drops one item's
+    pairs and truncates the others: the packed trainer's loss, metrics and gradients equal TRL's on the same batch."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
 
-    from conftest import ROOT
+    from capo.train.packed import shared_prefix_dpo_trainer_class
+
+    tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
+    torch.manual_seed(0)  # a non-zero "SFT adapter", saved as init_from sft would find it
+    get_peft_model(AutoModelForCausalLM.from_pretrained(corpus_lm),
+                   LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).save_pretrained(tmp_path / "sft")
+    rows = capo_pairs(load_task_data("nli").items("train")[3:7], "A2")
+    prompts = [len(split_prompt_completion(tokenizer, r["prompt"], r["chosen"])[0]) for r in rows]
+    max_length = 128  # drops 5 of these 11 pairs, truncates the other 6 (and leaves no chosen == rejected tie)
+    assert max(prompts) >= max_length > min(prompts)
+    config = DPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[], beta=0.1,
+                       loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5], max_length=max_length)
+
+    def loss_and_gradients(trainer_class):
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(corpus_lm), tmp_path / "sft",
+                                          is_trainable=True)
+        trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                                processing_class=tokenizer)
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # move the policy away from its reference, identically for both trainers
+            for name, param in trainer.model.named_parameters():
+                if ".default." in name:
+                    param.add_(0.05 * torch.randn(param.shape, generator=generator))
+        data = trainer.train_dataset
+        batch = trainer._prepare_inputs(trainer.data_collator([data[i] for i in range(len(data))]))
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        trainer.log({})  # the metrics as the trainer logs them
+        metrics = {k: v for k, v in trainer.state.log_history[-1].items() if k.startswith(("rewards", "logps"))}
+        grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.requires_grad}
+        return loss.item(), metrics, grads, len(data)
+
+    trl_loss, trl_metrics, trl_grads, trl_pairs = loss_and_gradients(DPOTrainer)
+    loss, metrics, grads, groups = loss_and_gradients(shared_prefix_dpo_trainer_class())
+    assert trl_pairs == sum(p < max_length for p in prompts) and groups < trl_pairs
+    assert len(trl_metrics) == 6 and abs(trl_metrics["rewards/margins"]) > 1e-2  # policy != reference
+    assert loss == pytest.approx(trl_loss, rel=1e-5)
+    assert metrics == pytest.approx(trl_metrics, rel=1e-4, abs=1e-5)
+    assert grads.keys() == trl_grads.keys()
+    for name, grad in grads.items():
+        assert torch.allclose(grad, trl_grads[name], rtol=1e-3, atol=1e-6), name
+
+
+@pytest.mark.parametrize("option, value, named", [
+    ("loss_type", ["ipo"], "loss_type ipo"),
+    ("loss_type", ["sigmoid", "robust"], "loss_type sigmoid robust"),
+    ("label_smoothing", 0.1, "label_smoothing 0.1"),
+    ("f_divergence_type", "js_divergence", "f_divergence_type js_divergence"),
+    ("ld_alpha", 0.5, "ld_alpha 0.5"),
+    ("use_weighting", True, "use_weighting"),
+    ("padding_free", True, "padding_free"),
+    ("pad_to_multiple_of", 8, "pad_to_multiple_of 8"),
+    ("precompute_ref_log_probs", True, "precompute_ref_log_probs"),
+    ("sync_ref_model", True, "sync_ref_model"),
+    ("truncation_mode", "keep_end", "truncation_mode keep_end"),
+])
+def test_unsupported_dpo_options_are_refused(tmp_path, option, value, named):
+    import warnings
+
+    from trl import DPOConfig
+
+    from capo.train.packed import shared_prefix_dpo_trainer_class
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # keep_end's deprecation warning
+        config = DPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], **{option: value})
+    with pytest.raises(DataError) as error:
+        shared_prefix_dpo_trainer_class()(model="unused", args=config, train_dataset=None)
+    message = str(error.value)
+    assert named in message and "\n" not in message and message.count("does not implement") == 1
+
+
+def test_capo_recipe_with_shared_prefix_trains(corpus_lm, tmp_path, capsys):
+    """`recipes/capo.py --shared_prefix true`: learns, saves a plain LoRA adapter whose held-out rewards against the
+    base model an unpacked scorer reproduces, and refuses an unsupported loss in one line."""
     from peft import PeftConfig
+
+    from capo.train.explainers import CapoArguments, build_pair_datasets
 
     spec = importlib.util.spec_from_file_location("recipe_capo_packed", ROOT / "recipes" / "capo.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     out = tmp_path / "packed"
-    recipe.main([
-        "--model_name_or_path", str(corpus_lm), "--output_dir", str(out), "--annotator", "A1", "--init_from", "base",
-        "--shared_prefix", "true", "--bf16", "false", "--gradient_checkpointing", "false", "--use_cpu", "true",
-        "--report_to", "none", "--disable_tqdm", "true", "--lora_r", "8", "--lora_alpha", "16",
-        "--max_train_rows", "6", "--max_eval_rows", "6", "--per_device_train_batch_size", "8",
-        "--learning_rate", "1e-2", "--lr_scheduler_type", "constant", "--max_steps", "6", "--logging_steps", "1",
-        "--eval_strategy", "no", "--save_strategy", "no", "--loss_type", "sigmoid",
-    ])
+    args = ["--model_name_or_path", str(corpus_lm), "--output_dir", str(out), "--annotator", "A1",
+            "--init_from", "base", "--shared_prefix", "true", "--bf16", "false", "--gradient_checkpointing", "false",
+            "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true", "--lora_r", "8",
+            "--lora_alpha", "16", "--max_train_rows", "6", "--max_eval_rows", "6",
+            "--per_device_train_batch_size", "8", "--learning_rate", "1e-2", "--lr_scheduler_type", "constant",
+            "--max_steps", "6", "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no"]
+    recipe.main(args + ["--loss_type", "sigmoid"])
     state = json.loads((out / "trainer_state.json").read_text())
     logs = [row for row in state["log_history"] if "loss" in row]
-    assert abs(logs[0]["loss"] - 0.6931) < 1e-3 and abs(logs[0]["rewards/margins"]) < 1e-5  # fresh LoRA = base
     assert logs[-1]["loss"] < logs[0]["loss"] - 0.05 and logs[-1]["rewards/accuracies"] > 0.5
     manifest = json.loads((out / "run_manifest.json").read_text())
-    assert manifest["shared_prefix"] is True and "eval_rewards/accuracies" in manifest["metrics"]
+    assert manifest["shared_prefix"] is True
     assert not PeftConfig.from_pretrained(out).modules_to_save and not (out / "ref").exists()
+    _, held = build_pair_datasets(CapoArguments(annotator="A1", max_eval_rows=6))
+    expected = independent_rewards(corpus_lm, out, None, list(held), beta=0.1)
+    metrics = manifest["metrics"]
+    assert abs(expected["rewards/margins"]) > 1e-3
+    assert metrics["eval_rewards/margins"] == pytest.approx(expected["rewards/margins"], abs=1e-4)
+    assert metrics["eval_rewards/chosen"] == pytest.approx(expected["rewards/chosen"], abs=1e-4)
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        recipe.main(args + ["--output_dir", str(tmp_path / "x"), "--loss_type", "sigmoid", "hinge"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: shared-prefix training") and "loss_type sigmoid hinge" in err
+    assert not (tmp_path / "x").exists()

@@ -6,6 +6,9 @@ every batch. Here each group is packed once as `prompt | chosen | rejected_1 | .
 side by side in one row without padding; a block attention mask lets every response see only the prompt and its
 own earlier tokens, and per-segment positions restart after the prompt, so each response is scored exactly as if it
 followed the prompt alone. The last prompt position predicts the first token of every response.
+
+Distributed training: ranks get different numbers of pairs (a group holds 1-3), so the trainer divides per-pair
+sums by the pair count of the whole step (all ranks, all accumulated micro-batches), never by a per-rank mean.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from dataclasses import dataclass
 from capo.errors import DataError
 from capo.train.pairs import split_prompt_completion
 
+SUPPORTED_LOSSES = ("sigmoid", "sft")
+ATTENTION = ("sdpa", "eager")  # implementations that take an arbitrary 4D mask
+
 
 @dataclass
 class PairGroup:
@@ -26,14 +32,21 @@ class PairGroup:
     pairs: list[int]  # row index of the pair behind each rejected response
 
 
-def group_pairs(rows: Sequence[dict], tokenizer) -> list[PairGroup]:
-    """Tokenise pair rows (as TRL does: cut after the tokenised prompt) and group them by (prompt, chosen)."""
+def group_pairs(rows: Sequence[dict], tokenizer, max_length: int | None = None) -> list[PairGroup]:
+    """Tokenise pair rows (as TRL does: cut after the tokenised prompt) and group them by (prompt, chosen).
+
+    `max_length` truncates as TRL's `keep_start` does: a pair whose prompt alone fills it is dropped, and every
+    response is cut to what fits after the prompt (prompt + response <= max_length)."""
     groups: dict[str, PairGroup] = {}
     for index, row in enumerate(rows):
         prompt, chosen = split_prompt_completion(tokenizer, row["prompt"], row["chosen"])
         prompt_r, rejected = split_prompt_completion(tokenizer, row["prompt"], row["rejected"])
         if prompt != prompt_r:
             raise DataError("chosen and rejected prompts tokenise differently", item=row.get("id"))
+        if max_length is not None:
+            if len(prompt) >= max_length:
+                continue
+            chosen, rejected = chosen[: max_length - len(prompt)], rejected[: max_length - len(prompt)]
         key = json.dumps([prompt, chosen])
         group = groups.setdefault(key, PairGroup(prompt, chosen, [], []))
         group.rejected.append(rejected)
@@ -41,15 +54,16 @@ def group_pairs(rows: Sequence[dict], tokenizer) -> list[PairGroup]:
     return list(groups.values())
 
 
-def pack(groups: Sequence[PairGroup], dtype=None) -> dict:
-    """One unpadded row: input ids, per-segment positions, a 4D additive block mask, and what to gather for logps.
+def pack(groups: Sequence[PairGroup]) -> dict:
+    """One unpadded row: input ids, per-segment positions, who owns each token, and what to gather for logps.
 
-    Returns `pred` (positions whose logits predict a response token), `target` (those tokens), `segment` (which
-    response each belongs to), and per pair its chosen and rejected segment indices (in group order)."""
+    `token_block` / `token_segment` (-1 for prompt tokens) define the block attention mask (`block_attention_mask`,
+    built on the model's device: it is quadratic in length). `pred` are the positions whose logits predict a response
+    token, `target` those tokens, `segment` which response each belongs to; per pair its chosen and rejected segment
+    indices (in group order). `chosen_tokens` counts chosen tokens once per pair, as TRL's sft term does."""
     import torch
 
-    dtype = dtype or torch.float32
-    ids, pos, owner = [], [], []  # owner: (block id, segment) with segment -1 for the prompt
+    ids, pos, token_block, token_segment = [], [], [], []
     pred, target, segment = [], [], []
     chosen_seg, rejected_seg, pair_rows = [], [], []
     n_segments = 0
@@ -57,15 +71,16 @@ def pack(groups: Sequence[PairGroup], dtype=None) -> dict:
         start = len(ids)
         ids += group.prompt
         pos += range(len(group.prompt))
-        owner += [(block, -1)] * len(group.prompt)
+        token_block += [block] * len(group.prompt)
+        token_segment += [-1] * len(group.prompt)
         last_prompt = start + len(group.prompt) - 1
-        segments = [group.chosen, *group.rejected]
         first = n_segments
-        for k, tokens in enumerate(segments):
+        for tokens in [group.chosen, *group.rejected]:
             seg_start = len(ids)
             ids += tokens
             pos += range(len(group.prompt), len(group.prompt) + len(tokens))
-            owner += [(block, k)] * len(tokens)
+            token_block += [block] * len(tokens)
+            token_segment += [n_segments] * len(tokens)
             for i, token in enumerate(tokens):
                 pred.append(last_prompt if i == 0 else seg_start + i - 1)
                 target.append(token)
@@ -75,19 +90,11 @@ def pack(groups: Sequence[PairGroup], dtype=None) -> dict:
             chosen_seg.append(first)
             rejected_seg.append(first + 1 + k)
             pair_rows.append(row)
-    length = len(ids)
-    block = torch.tensor([b for b, _ in owner])
-    seg = torch.tensor([s for _, s in owner])
-    index = torch.arange(length)
-    causal = index[None, :] <= index[:, None]
-    same_block = block[None, :] == block[:, None]
-    # A query sees keys of its own block that are prompt tokens or tokens of its own segment.
-    visible = causal & same_block & ((seg[None, :] == -1) | (seg[None, :] == seg[:, None]))
-    mask = torch.zeros(length, length, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
     return {
         "input_ids": torch.tensor([ids]),
         "position_ids": torch.tensor([pos]),
-        "attention_mask": mask[None, None],
+        "token_block": torch.tensor(token_block),
+        "token_segment": torch.tensor(token_segment),
         "pred": torch.tensor(pred),
         "target": torch.tensor(target),
         "segment": torch.tensor(segment),
@@ -95,20 +102,47 @@ def pack(groups: Sequence[PairGroup], dtype=None) -> dict:
         "chosen_segment": torch.tensor(chosen_seg),
         "rejected_segment": torch.tensor(rejected_seg),
         "pair_rows": pair_rows,
-        "tokens": length,
+        "chosen_tokens": sum(len(g.chosen) * len(g.rejected) for g in groups),
+        "tokens": len(ids),
     }
 
 
-def pair_logps(model, packed: dict):
-    """(chosen, rejected) summed log-probs per pair, from one forward pass over the packed row."""
+def check_attention(attn_implementation: str) -> None:
+    """The packed row needs an attention implementation that takes an arbitrary 4D mask."""
+    if attn_implementation not in ATTENTION:
+        raise DataError(f"shared-prefix training needs attn_implementation {' or '.join(ATTENTION)} (a custom 4D "
+                        f"attention mask), got {attn_implementation!r}")
+
+
+def block_attention_mask(packed: dict, attn_implementation: str, dtype=None):
+    """(1, 1, L, L) mask on the packed row's device: a query sees earlier keys of its own block that are prompt
+    tokens or tokens of its own segment. Boolean for sdpa; additive (0 / dtype min) for eager."""
     import torch
 
-    out = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
-                attention_mask=packed["attention_mask"], use_cache=False)
-    logits = out.logits[0, packed["pred"]].float()  # only the positions that predict a response token
-    token_logps = torch.log_softmax(logits, dim=-1).gather(-1, packed["target"][:, None])[:, 0]
-    seg_logps = torch.zeros(packed["n_segments"], dtype=token_logps.dtype).index_add(0, packed["segment"],
-                                                                                     token_logps)
+    check_attention(attn_implementation)
+    block, seg = packed["token_block"], packed["token_segment"]
+    index = torch.arange(len(block), device=block.device)
+    visible = ((index[None, :] <= index[:, None]) & (block[None, :] == block[:, None])
+               & ((seg[None, :] == -1) | (seg[None, :] == seg[:, None])))
+    if attn_implementation == "sdpa":
+        return visible[None, None]
+    dtype = dtype if dtype is not None and dtype.is_floating_point else torch.float32
+    return torch.zeros(visible.shape, dtype=dtype, device=block.device).masked_fill(
+        ~visible, torch.finfo(dtype).min)[None, None]
+
+
+def pair_logps(model, packed: dict, attention_mask=None):
+    """(chosen, rejected) summed log-probs per pair, from one forward pass over the packed row.
+
+    `attention_mask` defaults to `block_attention_mask` for `model`; pass it when `model` is wrapped (DDP) or to
+    share one mask between the policy and the reference pass."""
+    if attention_mask is None:
+        attention_mask = block_attention_mask(packed, model.config._attn_implementation, model.dtype)
+    # logits only at the positions that predict a response token (duplicates allowed: the last prompt position)
+    out = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], attention_mask=attention_mask,
+                use_cache=False, logits_to_keep=packed["pred"])
+    token_logps = out.logits[0].float().log_softmax(-1).gather(-1, packed["target"][:, None])[:, 0]
+    seg_logps = token_logps.new_zeros(packed["n_segments"]).index_add(0, packed["segment"], token_logps)
     return seg_logps[packed["chosen_segment"]], seg_logps[packed["rejected_segment"]]
 
 
@@ -134,81 +168,159 @@ def batches(groups: Sequence[PairGroup], pairs_per_step: int) -> list[list[PairG
     return out
 
 
-def _group_rows(dataset, tokenizer):
+def unsupported_options(args) -> list[str]:
+    """The `DPOConfig` settings the shared-prefix trainer does not implement (empty: all fine).
+
+    Options without an effect here are not listed: `f_alpha_divergence_coef`, `discopop_tau` and
+    `precompute_ref_batch_size` only act with a loss / mode refused below, `dataset_num_proc` only sets speed."""
+    checks = [
+        (any(t not in SUPPORTED_LOSSES for t in args.loss_type), f"loss_type {' '.join(args.loss_type)}"),
+        (args.label_smoothing != 0.0, f"label_smoothing {args.label_smoothing}"),
+        (args.f_divergence_type != "reverse_kl", f"f_divergence_type {args.f_divergence_type}"),
+        (args.ld_alpha is not None, f"ld_alpha {args.ld_alpha}"),
+        (args.use_weighting, "use_weighting"),
+        (args.padding_free, "padding_free (packed rows are never padded)"),
+        (args.pad_to_multiple_of is not None, f"pad_to_multiple_of {args.pad_to_multiple_of}"),
+        (args.precompute_ref_log_probs, "precompute_ref_log_probs"),
+        (args.sync_ref_model, "sync_ref_model"),
+        (args.truncation_mode != "keep_start",
+         f"truncation_mode {args.truncation_mode} (a shared prompt cannot be cut differently per response)"),
+    ]
+    return [what for bad, what in checks if bad]
+
+
+def check_options(args, ref_model=None) -> None:
+    """One-line DataError naming every `DPOConfig` option (and a separate `ref_model`) this trainer does not do."""
+    bad = unsupported_options(args)
+    if ref_model is not None:
+        bad.append("ref_model (the reference is the frozen adapter copy or the base model)")
+    if bad:
+        raise DataError(f"shared-prefix training (--shared_prefix) does not implement: {'; '.join(bad)} (it "
+                        f"supports loss_type {' / '.join(SUPPORTED_LOSSES)} with loss_weights, beta, max_length "
+                        "with truncation_mode keep_start)")
+
+
+def _group_rows(dataset, tokenizer, max_length: int | None):
     """Pair rows -> one row per (prompt, chosen) group, in TRL's tokenised column names."""
     from datasets import Dataset
 
-    groups = group_pairs(list(dataset), tokenizer)
+    groups = group_pairs(list(dataset), tokenizer, max_length)
+    if not groups:
+        raise DataError(f"no pair fits max_length {max_length} (every prompt fills it)")
     return Dataset.from_list([{"prompt_ids": g.prompt, "chosen_ids": g.chosen, "rejected_ids": g.rejected,
                                "pair_index": g.pairs} for g in groups])
 
 
 def collate_groups(rows: Sequence[dict]) -> dict:
     """A batch of group rows -> one packed row (see `pack`)."""
-    groups = [PairGroup(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], r["pair_index"]) for r in rows]
-    packed = pack(groups)
-    packed["chosen_tokens"] = sum(len(g.chosen) * len(g.rejected) for g in groups)
-    return packed
+    return pack([PairGroup(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], r["pair_index"]) for r in rows])
 
 
 def shared_prefix_dpo_trainer_class():
-    """`DPOTrainer` subclass that trains on packed (prompt, chosen, rejected_1..k) groups.
+    """`DPOTrainer` subclass that trains a PEFT adapter on packed (prompt, chosen, rejected_1..k) groups.
 
     A batch is `per_device_train_batch_size` *groups* (1-3 pairs each). Losses: `sigmoid`, optionally plus `sft`
-    (weighted by `loss_weights`), as TRL computes them; the reference is the frozen "ref" adapter (a copy of the
-    starting adapter) or the base model with adapters disabled. Built lazily so that importing this module does not
-    import TRL.
+    (weighted by `loss_weights`), as TRL computes them, but averaged over all pairs (sft: chosen tokens) of the step
+    across ranks and accumulated micro-batches. The reference is the frozen "ref" adapter (a copy of the starting
+    adapter) or the base model with adapters disabled. Any `DPOConfig` option it does not implement is refused with
+    a `DataError` (see `unsupported_options`). Built lazily so that importing this module does not import TRL.
     """
     import torch
-    from trl import DPOTrainer
+    from peft import PeftModel
+    from trl import DPOConfig, DPOTrainer
+    from trl.models.utils import disable_gradient_checkpointing
     from trl.trainer.utils import use_adapter
 
     class SharedPrefixDPOTrainer(DPOTrainer):
-        SUPPORTED = ("sigmoid", "sft")
+        loss_is_scaled_for_ga = True  # compute_loss already divides by the counts of the whole accumulated step
 
-        def __init__(self, *args, **kwargs):
+        def __init__(self, model, ref_model=None, args: DPOConfig | None = None, **kwargs):
+            check_options(args or DPOConfig(), ref_model)
             kwargs.setdefault("data_collator", collate_groups)
-            super().__init__(*args, **kwargs)
-            unknown = [t for t in self.loss_types if t not in self.SUPPORTED]
-            if unknown or self.args.precompute_ref_log_probs or self.ld_alpha is not None:
-                raise DataError(f"shared-prefix training supports loss_type {' / '.join(self.SUPPORTED)} without "
-                                f"precomputed reference log-probs or ld_alpha, got {self.loss_types}")
+            super().__init__(model, args=args, **kwargs)
+            if not isinstance(self.model, PeftModel):
+                raise DataError("shared-prefix training trains a PEFT adapter: pass peft_config or a PeftModel")
+            if self.aux_loss_enabled:
+                raise DataError("shared-prefix training does not add the MoE router loss: set router_aux_loss_coef 0")
+            check_attention(self.model.config._attn_implementation)  # now rather than at the first step
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-            return _group_rows(dataset, processing_class)
+            return _group_rows(dataset, processing_class, args.max_length)
 
         def _set_signature_columns_if_needed(self):
             if self._signature_columns is None:
                 self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids", "pair_index"]
 
+        def _step_counts(self, batches: Sequence[dict]):
+            """[pairs, chosen tokens] of these micro-batches, summed over all ranks, on the training device."""
+            local = torch.tensor([[len(b["pair_rows"]), b["chosen_tokens"]] for b in batches],
+                                 dtype=torch.float32, device=self.accelerator.device).sum(0)
+            return self.accelerator.reduce(local, reduction="sum")
+
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
+            # The accumulated step's counts travel to compute_loss as `num_items_in_batch`.
+            batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+            return batch_samples, (self._step_counts(batch_samples) if batch_samples else None)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
-            chosen, rejected = pair_logps(model, inputs)
+            counts = num_items_in_batch if num_items_in_batch is not None else self._step_counts([inputs])
             unwrapped = self.accelerator.unwrap_model(self.model)
-            with torch.no_grad(), use_adapter(unwrapped, "ref" if "ref" in unwrapped.peft_config else None):
-                ref_chosen, ref_rejected = pair_logps(model, inputs)
-            margin = (chosen - ref_chosen) - (rejected - ref_rejected)
+            mask = block_attention_mask(inputs, unwrapped.config._attn_implementation, unwrapped.dtype)
+            chosen, rejected = pair_logps(model, inputs, mask)
+            with (torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+                  use_adapter(unwrapped, "ref" if "ref" in unwrapped.peft_config else None)):
+                ref_chosen, ref_rejected = pair_logps(self.model, inputs, mask)
             loss = 0.0
             for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
                 if loss_type == "sigmoid":
-                    term = dpo_sigmoid_losses((chosen, rejected), (ref_chosen, ref_rejected), self.beta).mean()
-                else:  # "sft": mean NLL per chosen token, every pair's chosen counted, as TRL does
-                    term = -chosen.sum() / inputs["chosen_tokens"]
+                    losses = dpo_sigmoid_losses((chosen, rejected), (ref_chosen, ref_rejected), self.beta)
+                    term = losses.sum() / counts[0]
+                else:  # "sft": NLL per chosen token, every pair's chosen counted, as TRL does
+                    term = -chosen.sum() / counts[1]
                 loss = loss + weight * term
-            gather = lambda t: self.accelerator.gather_for_metrics(t.detach()).float().mean().item()
-            chosen_rewards, rejected_rewards = self.beta * (chosen - ref_chosen), self.beta * (rejected - ref_rejected)
-            self._metrics[mode]["rewards/chosen"].append(gather(chosen_rewards))
-            self._metrics[mode]["rewards/rejected"].append(gather(rejected_rewards))
-            self._metrics[mode]["rewards/accuracies"].append(gather((margin > 0).float()))
-            self._metrics[mode]["rewards/margins"].append(gather(self.beta * margin))
-            self._metrics[mode]["logps/chosen"].append(gather(chosen))
-            self._metrics[mode]["logps/rejected"].append(gather(rejected))
-            return (loss, {"margin": margin}) if return_outputs else loss
+            # DDP averages gradients over ranks: scaled by the world size, that average is the gradient of the
+            # step's mean over all pairs (and the mean of the per-rank losses is that mean).
+            loss = loss * self.accelerator.num_processes
+            self._log_metrics(mode, inputs, (chosen, rejected), (ref_chosen, ref_rejected))
+            return (loss, {"chosen_logps": chosen, "rejected_logps": rejected}) if return_outputs else loss
+
+        REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                          "logps/chosen", "logps/rejected")
+
+        def _log_metrics(self, mode, inputs, policy, reference):
+            """Per-pair sums of TRL's reward / logp metrics over all ranks (one reduce); `log` divides them by the
+            pair count of the logging window, so micro-batches of 2 and 3 pairs weigh 2 and 3."""
+            with torch.no_grad():
+                chosen_rewards = self.beta * (policy[0] - reference[0])
+                rejected_rewards = self.beta * (policy[1] - reference[1])
+                margins = chosen_rewards - rejected_rewards
+                sums = torch.stack([chosen_rewards.sum(), rejected_rewards.sum(), (margins > 0).float().sum(),
+                                    margins.sum(), policy[0].sum(), policy[1].sum(),
+                                    torch.tensor(float(len(margins)), device=margins.device),
+                                    torch.tensor(float(inputs["tokens"]), device=margins.device)]).float()
+                sums = self.accelerator.reduce(sums, reduction="sum").tolist()
+            for name, total in zip(self.REWARD_METRICS, sums[:6], strict=True):
+                self._metrics[mode][name].append(total)
+            self._metrics[mode]["pairs"].append(sums[6])
+            if mode == "train":
+                self._total_train_tokens += int(sums[7])  # packed tokens forwarded (each pass), all ranks
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+        def log(self, logs, start_time=None):
+            metrics = self._metrics["train" if self.model.training else "eval"]
+            pairs = sum(metrics.pop("pairs", []))
+            for name in self.REWARD_METRICS:
+                if metrics.get(name):
+                    metrics[name] = [sum(metrics[name]) / pairs]  # TRL's log then averages a 1-item list
+            super().log(logs, start_time)
 
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             inputs = self._prepare_inputs(inputs)
             with torch.no_grad(), self.compute_loss_context_manager():
                 loss = self.compute_loss(model, inputs)
-            return loss.detach(), None, None
+            # The same value on every rank (the micro-batch mean over all ranks' pairs), so however the evaluation
+            # loop gathers and trims the per-rank losses, their mean is right.
+            return self.accelerator.reduce(loss.detach(), reduction="mean"), None, None
 
     return SharedPrefixDPOTrainer
