@@ -1,0 +1,54 @@
+"""Calibrated MJDs: a known temperature is recovered by cross-fitting; raw scores go back to label order."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from capo.evaluate.calibration import crossfit, fit_temperature, label_scores, mjd_at
+from tests.conftest import run_script, write_jsonl
+
+
+def test_label_scores_undo_the_option_order():
+    # Letters A, B, C showed neutral, contradiction, entailment: their scores 1, 2, 3 belong to N, C, E.
+    rows = label_scores([{"id": "x", "prompts": [{"options": "NCE", "letter_scores": [1.0, 2.0, 3.0]}]}])
+    assert rows["x"].tolist() == [[3.0, 1.0, 2.0]]
+
+
+def test_crossfit_recovers_the_temperature_that_made_the_human_distributions():
+    rng = np.random.default_rng(0)
+    scores = {f"i{k}": rng.normal(0, 10, size=(6, 3)) for k in range(40)}
+    human = {i: mjd_at(s, 5.0).tolist() for i, s in scores.items()}
+    calibrated, temperatures = crossfit(list(scores), scores, human, folds=5, seed=0)
+    assert temperatures == pytest.approx([5.0] * 5, rel=1e-3)
+    assert np.allclose([calibrated[i] for i in scores], [human[i] for i in scores], atol=1e-4)
+    # A sharper human side asks for a lower temperature.
+    sharp = {i: mjd_at(s, 1.5).tolist() for i, s in scores.items()}
+    assert fit_temperature(list(scores.values()), np.array(list(sharp.values()))) == pytest.approx(1.5, rel=1e-3)
+
+
+def test_cli_reports_and_writes_calibrated_mjds(tmp_path):
+    rng = np.random.default_rng(1)
+    raw, human = [], []
+    for k in range(20):
+        s = rng.normal(0, 8, size=(6, 3))
+        raw.append({"id": f"i{k}", "prompts": [{"options": "ENC", "letter_scores": row.tolist()} for row in s]})
+        human.append({"id": f"i{k}", "distribution": mjd_at(s, 3.0).tolist()})
+    out = tmp_path / "cal.jsonl"
+    result = run_script("eval/calibrate.py", "--raw", write_jsonl(tmp_path / "raw.jsonl", raw),
+                        "--human", write_jsonl(tmp_path / "h.jsonl", human), "--output", out, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["rows"]["T=cross-fitted"]["kl"] < report["rows"]["T=20"]["kl"]
+    assert len(out.read_text().splitlines()) == 20
+
+
+def test_cli_raw_file_without_prompt_scores_is_one_line(tmp_path):
+    out = tmp_path / "cal.jsonl"
+    result = run_script("eval/calibrate.py", "--raw", write_jsonl(tmp_path / "raw.jsonl", [{"id": "a"}]),
+                        "--human", write_jsonl(tmp_path / "h.jsonl", [{"id": "a", "distribution": [1, 0, 0]}]),
+                        "--output", out)
+    assert result.returncode == 2 and "save_raw_scores" in result.stderr and result.stderr.count("\n") == 1
+    assert not out.exists()
