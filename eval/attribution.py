@@ -12,22 +12,21 @@ the gain over base with a 95 % paired bootstrap interval over items, and a contr
 
 from __future__ import annotations
 
-import argparse
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
 from capo.evaluate.attribution import attribution_report, format_report
-from capo.cli import run_main
+from capo.cli import ArgumentParser, run_main
 from capo.errors import DataError
-from capo.io import write_json
+from capo.io import check_model_path, check_output, write_json
 from capo.train.pairs import load_task_data
 from capo.data.schema import ANNOTATORS, check_annotator
 
 
 @run_main
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="models/corpus-lm", help="base model (hub id or folder)")
     parser.add_argument("--adapter", action="append", default=[], metavar="KIND=TEMPLATE",
                         help="adapter folders, with {seed}, {task}, {annotator} filled in; repeatable")
@@ -49,6 +48,18 @@ def main(argv: list[str] | None = None) -> dict:
         adapters[kind] = template
     if "train" in args.splits:
         raise DataError("attribution is measured on held-out items: use dev and/or test, not train")
+    if args.output:
+        check_output(args.output)
+    check_model_path(args.model)
+    for kind, template in adapters.items():  # every adapter the report will load, before the first model loads
+        for seed in args.seeds:
+            for annotator in args.annotators:
+                try:
+                    path = template.format(seed=seed, task=args.task, annotator=annotator)
+                except (KeyError, IndexError, ValueError) as err:
+                    raise DataError(f"bad template {template!r}: use {{seed}}, {{task}}, {{annotator}} ({err})",
+                                    field=f"--adapter {kind}") from None
+                check_model_path(path, kind="adapter")
     data = load_task_data(args.task, args.dataset, args.split_seed)
     items = [item for split in args.splits for item in data.items(split)]
     report = attribution_report(args.model, adapters, items, seeds=args.seeds, annotators=args.annotators,

@@ -29,17 +29,24 @@ if __name__ == "capo":
 else:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
-    from capo.cli import run_main
+    from capo.cli import parse_arguments, run_main
+    from capo.io import check_model_path, check_output
     from capo.train.explainers import CapoArguments, ExplainerScriptArguments, train_capo
 
-    def make_parser():
-        from trl import DPOConfig, ModelConfig, TrlParser
+    def parse(argv: list[str] | None = None) -> tuple:
+        from trl import DPOConfig, ModelConfig
 
-        return TrlParser((ExplainerScriptArguments, CapoArguments, DPOConfig, ModelConfig))
+        return parse_arguments((ExplainerScriptArguments, CapoArguments, DPOConfig, ModelConfig), argv)
 
     @run_main
     def main(argv: list[str] | None = None) -> dict:
-        script_args, capo_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+        script_args, capo_args, training_args, model_args = parse(argv)
+        check_output(capo_args.format(training_args.output_dir), folder=True)
+        check_model_path(model_args.model_name_or_path)
+        if script_args.init_from == "sft":  # the SFT adapter is the start point: missing -> say so before loading
+            check_model_path(capo_args.format(script_args.sft_adapter), kind="adapter",
+                             hint=f"train it first with recipes/sft.py --annotator {capo_args.annotator} "
+                                  f"--task {capo_args.task}, or pass --init_from base")
         return train_capo(script_args, capo_args, training_args, model_args)
 
     if __name__ == "__main__":

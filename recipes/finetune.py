@@ -20,21 +20,22 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from transformers import TrainingArguments
-from trl import TrlParser
 
-from capo.cli import run_main
-from capo.errors import DataError
+from capo.cli import parse_arguments, run_main
 from capo.evaluate.finetune import PAPER_TRAINING_DEFAULTS, FinetuneArguments, finetune
+from capo.io import check_model_path, check_output
+
+
+def parse(argv: list[str] | None = None) -> tuple[FinetuneArguments, TrainingArguments]:
+    return parse_arguments((FinetuneArguments, TrainingArguments), argv, defaults=PAPER_TRAINING_DEFAULTS)
 
 
 @run_main
 def main(argv: list[str] | None = None) -> dict:
-    parser = TrlParser((FinetuneArguments, TrainingArguments))
-    parser.set_defaults_with_config(**PAPER_TRAINING_DEFAULTS)
-    try:
-        script, training = parser.parse_args_and_config(args=argv)
-    except (OSError, ValueError) as err:  # unreadable or unknown keys in the --config file
-        raise DataError(" ".join(str(err).split())) from None
+    script, training = parse(argv)
+    check_output(training.output_dir, folder=True)
+    if script.model_name_or_path is not None:
+        check_model_path(script.model_name_or_path)
     metrics = finetune(script, training)
     print(json.dumps({k: metrics[k] for k in ("source", "seed", "best_step", "dev", "test")}, indent=2))
     return metrics

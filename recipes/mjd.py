@@ -19,19 +19,21 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
-from capo.cli import run_main
+from capo.cli import parse_arguments, run_main
+from capo.io import check_model_path, check_output
 from capo.mjd.run import MJDScriptArguments, run_mjd
 
 
-def make_parser():
-    from trl import TrlParser
-
-    return TrlParser((MJDScriptArguments,))
+def parse(argv: list[str] | None = None) -> tuple[MJDScriptArguments]:
+    return parse_arguments((MJDScriptArguments,), argv)
 
 
 @run_main
 def main(argv: list[str] | None = None) -> dict:
-    (args,) = make_parser().parse_args_and_config(argv)
+    (args,) = parse(argv)
+    if args.output_dir:  # required: run_mjd says so
+        check_output(args.output_dir, folder=True)
+    check_model_path(args.model_name_or_path)
     return run_mjd(args)
 
 
