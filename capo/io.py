@@ -15,8 +15,6 @@ _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 
 
 def _os_problem(err: OSError) -> str:
-    if isinstance(err, FileNotFoundError):
-        return "file not found"
     if isinstance(err, IsADirectoryError):
         return "is a folder, not a file"
     if isinstance(err, NotADirectoryError):
@@ -31,6 +29,8 @@ def read_text(path: str | Path) -> str:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=str(path)) from None
+    except FileNotFoundError:
+        raise DataError("file not found", path=str(path)) from None
     except OSError as err:
         raise DataError(f"cannot read: {_os_problem(err)}", path=str(path)) from None
 
@@ -43,6 +43,8 @@ def check_input_file(path: str | Path) -> None:
     try:
         with open(path, "rb"):
             pass
+    except FileNotFoundError:
+        raise DataError("file not found", path=str(path)) from None
     except OSError as err:
         raise DataError(f"cannot read: {_os_problem(err)}", path=str(path)) from None
 

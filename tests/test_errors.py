@@ -185,7 +185,7 @@ CASES_CLI = [
      r"\S+/empty\.yaml: expected a YAML mapping of argument names to values, got an empty file"),
     ("generate-list-yaml", G, "--config {in}/list.yaml --output_dir {out}", r"\S+/list\.yaml: .* got a list"),
     ("generate-missing-yaml", G, "--config {in}/missing.yaml --output_dir {out}",
-     r"\S+/missing\.yaml: cannot read: file not found"),
+     r"\S+/missing\.yaml: file not found"),
     ("generate-yaml-is-folder", G, "--config {in}/a_folder --output_dir {out}",
      r"\S+/a_folder: cannot read: is a folder, not a file"),
     ("generate-config-without-value", G, "--output_dir {out} --config", r"field '--config': expects a YAML file"),
@@ -318,5 +318,51 @@ def test_shipped_configs_pass_the_config_checks(config):
 
     prefix = next(p for p in sorted(CONFIG_PARSERS, key=len, reverse=True) if config.startswith(p))
     parse = runpy.run_path(str(ROOT / CONFIG_PARSERS[prefix]), run_name="not_main")["parse"]
-    parsed = parse(["--config", str(ROOT / "recipes" / "configs" / config), "--output_dir", "unused"])
+    cpu = ["--use_cpu", "true"] if prefix in ("capo", "sft", "finetune") else []  # GPU configs, parsed here on CPU
+    parsed = parse(["--config", str(ROOT / "recipes" / "configs" / config), "--output_dir", "unused", *cpu])
     assert parsed and all(hasattr(p, "__dataclass_fields__") for p in parsed)
+
+
+def test_atomic_writes_get_the_usual_permissions_and_refuse_folders(tmp_path):
+    import os
+
+    from capo.io import write_json
+
+    mask = os.umask(0o027)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        (tmp_path / "b.json").write_text("{}")  # what a plain open() gives, for comparison
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(DataError, match=r"folder: cannot write: is a folder, not a file$"):
+        write_json(tmp_path / "folder", {})
+    with pytest.raises(DataError, match=r"a.json/x.json: cannot write: \S+a.json is a file, not a folder$"):
+        write_json(tmp_path / "a.json" / "x.json", {})
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.json", "b.json", "folder"]  # no temporary files left
+
+
+def test_model_path_check(tmp_path, monkeypatch):
+    from capo.io import check_model_path
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"^models/corpus-lm: model folder not found: build it first with: python "
+                                        r"recipes/build_corpus_lm.py --output_dir models/corpus-lm$"):
+        check_model_path("models/corpus-lm")
+    with pytest.raises(DataError, match=r"^runs/sft/nli/A1: adapter folder not found$"):
+        check_model_path("runs/sft/nli/A1", kind="adapter")  # looks like org/name, but runs/ is this project's
+    (tmp_path / "m").mkdir()
+    with pytest.raises(DataError, match=r"^m: not a model folder \(no config.json or adapter_config.json\)$"):
+        check_model_path("m")
+    (tmp_path / "m" / "config.json").write_text("{}")
+    check_model_path("m")
+    check_model_path(tmp_path / "m", kind="tokenizer")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(DataError, match=r"^org/name: model not found: no such folder, and not in the Hugging Face"):
+        check_model_path("org/name")
+    (tmp_path / "hub" / "models--org--name").mkdir(parents=True)
+    check_model_path("org/name")  # cached: from_pretrained finds it offline
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    check_model_path("other/name")  # online, a hub id is for from_pretrained to fetch
