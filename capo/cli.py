@@ -46,10 +46,11 @@ class ArgumentParser(TrlParser):
             k = args.index("--config")
             if k + 1 == len(args) or args[k + 1].startswith("--"):
                 raise DataError("expects a YAML file", field="--config")
-            self.check_config(args[k + 1])
+            self.check_config(args[k + 1], allow_unknown=not fail_with_unknown_args)
         try:
             *parsed, from_config, from_cli = super().parse_args_and_config(
-                args, return_remaining_strings=True, separate_remaining_strings=True
+                args, return_remaining_strings=True, fail_with_unknown_args=fail_with_unknown_args,
+                separate_remaining_strings=True,
             )
         except ValueError as err:  # a dataclass's __post_init__ (e.g. TrainingArguments) rejecting a combination
             raise DataError(_one_line(err)) from None
@@ -59,8 +60,9 @@ class ArgumentParser(TrlParser):
             raise DataError(f"unknown argument {from_cli[0]!r} (see --help)", field=from_cli[0].lstrip("-"))
         return tuple(parsed)
 
-    def check_config(self, path: str) -> dict:
-        """The YAML mapping at `path`, every key an argument of this parser and every value of its type."""
+    def check_config(self, path: str, *, allow_unknown: bool = False) -> dict:
+        """The YAML mapping at `path`, every key an argument of this parser (unless `allow_unknown`) and every value
+        of its argument's type."""
         import yaml
 
         from capo.io import read_text
@@ -85,6 +87,8 @@ class ArgumentParser(TrlParser):
                     raise DataError("expected a mapping of environment variables", **where)
                 continue
             if key not in actions:
+                if allow_unknown:
+                    continue
                 raise DataError(f"unknown key: not an argument of {self.prog}", **where)
             _check_value(actions[key], value, where)
         return config

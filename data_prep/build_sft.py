@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 
 from capo.cli import ArgumentParser, run_main
+from capo.data.schema import check_annotator
 from capo.io import check_model_path, check_output, write_jsonl
 from capo.train.pairs import load_task_data, preview, sft_rows
-from capo.data.schema import check_annotator
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,12 +16,12 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
-from capo.evaluate.attribution import attribution_report, format_report
 from capo.cli import ArgumentParser, run_main
+from capo.data.schema import ANNOTATORS, check_annotator
 from capo.errors import DataError
+from capo.evaluate.attribution import attribution_report, format_report
 from capo.io import check_model_path, check_output, write_json
 from capo.train.pairs import load_task_data
-from capo.data.schema import ANNOTATORS, check_annotator
 
 
 @run_main

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from capo.cli import ArgumentParser, run_main
+from capo.errors import DataError
 from capo.evaluate.distributions import (
     baseline_distributions,
     baseline_report,
@@ -20,9 +21,8 @@ from capo.evaluate.distributions import (
     read_distributions,
     ternary_plot,
 )
-from capo.errors import DataError
-from capo.io import atomic_write_text, check_output
 from capo.evaluate.metrics import distribution_report
+from capo.io import atomic_write_text, check_output
 
 
 @run_main

@@ -22,7 +22,16 @@ from tqdm import tqdm
 
 from capo.cli import ArgumentParser, parse_arguments, run_main
 from capo.errors import DataError
-from capo.evaluate.finetune import PAPER_TRAINING_DEFAULTS, SOURCES, FinetuneArguments, aggregate, format_csv, format_markdown, reference_constants, source_name
+from capo.evaluate.finetune import (
+    PAPER_TRAINING_DEFAULTS,
+    SOURCES,
+    FinetuneArguments,
+    aggregate,
+    format_csv,
+    format_markdown,
+    reference_constants,
+    source_name,
+)
 from capo.io import atomic_write_text, check_input_file, check_output, read_json, write_json
 from capo.manifest import write_manifest
 

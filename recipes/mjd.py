@@ -20,6 +20,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
 from capo.cli import parse_arguments, run_main
+from capo.errors import DataError
 from capo.io import check_model_path, check_output
 from capo.mjd.run import MJDScriptArguments, run_mjd
 
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> dict:
     (args,) = parse(argv)
     if args.output_dir:  # required: run_mjd says so
         check_output(args.output_dir, folder=True)
+    if args.explanations == "none" and args.mode != "none":  # else every prompt fails after the model loaded
+        raise DataError(f"'none' leaves nothing to show in mode {args.mode!r}: use --mode none, or explanations "
+                        "human or a file", field="explanations")
     check_model_path(args.model_name_or_path)
     return run_mjd(args)
 

@@ -19,8 +19,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from capo.cli import parse_arguments, run_main
-from capo.io import check_model_path, check_output
 from capo.generate.model_explanations import ModelExplanationArguments, run_model_explanations
+from capo.io import check_model_path, check_output
 
 
 def parse(argv: list[str] | None = None) -> tuple[ModelExplanationArguments]:

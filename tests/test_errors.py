@@ -7,9 +7,15 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_script
 
-from capo.evaluate.distributions import read_distributions
+from capo.data.loaders import (
+    load_items_jsonl,
+    load_lewidi,
+    load_lewidi_annotators_meta,
+    load_nli341,
+    load_varierr,
+)
 from capo.errors import DataError
-from capo.data.loaders import load_items_jsonl, load_lewidi, load_lewidi_annotators_meta, load_nli341, load_varierr
+from capo.evaluate.distributions import read_distributions
 
 GOOD = {
     "id": "q1",
@@ -198,6 +204,8 @@ CASES_CLI = [
     ("mjd-unknown-yaml-key", M, "--config {in}/unknown.yaml --output_dir {out}",
      r"\S+/unknown\.yaml:2: field 'bogus_key': unknown key: not an argument of mjd\.py"),
     ("mjd-empty-yaml", M, "--config {in}/empty.yaml --output_dir {out}", r"\S+/empty\.yaml: expected a YAML mapping"),
+    ("mjd-explanations-none-serial", M, "--model_name_or_path {in}/fake_model --explanations none --output_dir {out}",
+     r"field 'explanations': 'none' leaves nothing to show in mode 'serial'"),
     ("mjd-bad-bool", M, "--explicit maybe --output_dir {out}", r"argument --explicit: Truthy value expected"),
     ("sft-unknown-yaml-key", S, "--config {in}/sft_unknown.yaml --output_dir {out}",
      r"\S+/sft_unknown\.yaml:2: field 'lora_rank': unknown key: not an argument of sft\.py"),
@@ -218,7 +226,7 @@ CASES_CLI = [
     # models and adapters: a missing folder fails at once, before anything loads (no hub retries)
     ("generate-missing-corpus-lm", G, "--output_dir {out}",
      r"models/corpus-lm: model folder not found: build it first with: python recipes/build_corpus_lm\.py "
-     r"--output_dir models/corpus-lm"),
+     + r"--output_dir models/corpus-lm"),
     ("generate-missing-adapter", G, "--model {in}/fake_model --adapters A1={in}/no_adapter --output_dir {out}",
      r"\S+/no_adapter: adapter folder not found"),
     ("generate-adapter-not-an-adapter", G, "--model {in}/fake_model --adapters A1={in}/a_folder --output_dir {out}",
@@ -229,14 +237,14 @@ CASES_CLI = [
     ("sft-missing-model", S, "--model_name_or_path {in}/no_model --output_dir {out} " + CPU,
      r"\S+/no_model: model folder not found"),
     ("capo-missing-sft-adapter", C, "--model_name_or_path {in}/fake_model --sft_adapter {in}/sft/{{annotator}} "
-     "--annotator A2 --output_dir {out} " + CPU,
+     + "--annotator A2 --output_dir {out} " + CPU,
      r"\S+/sft/A2: adapter folder not found: train it first with recipes/sft\.py --annotator A2 --task nli"),
     ("model-explanations-missing-corpus-lm", E, "--output_dir {out}", r"models/corpus-lm: model folder not found: build it"),
     ("finetune-missing-model", F, "--model_name_or_path {in}/no_model --output_dir {out}",
      r"\S+/no_model: model folder not found"),
     ("attribution-missing-corpus-lm", A, "--output {out}/r.json", r"models/corpus-lm: model folder not found: build it"),
     ("attribution-missing-adapter", A, "--model {in}/fake_model --adapter sft={in}/runs/s{{seed}}/{{annotator}} "
-     "--annotators A3 --seeds 4 --output {out}/r.json", r"\S+/runs/s4/A3: adapter folder not found"),
+     + "--annotators A3 --seeds 4 --output {out}/r.json", r"\S+/runs/s4/A3: adapter folder not found"),
     ("attribution-bad-template", A, "--model {in}/fake_model --adapter sft={in}/{{sed}} --output {out}/r.json",
      r"field '--adapter sft': bad template"),
     ("build-sft-preview-missing-tokenizer", BS, "--annotator A1 --preview 1 --model {in}/no_model --output {out}/s.jsonl",

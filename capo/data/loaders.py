@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from capo.data.schema import ANNOTATORS, NLI, TASK_INPUTS, Annotation, Item, label_space
 from capo.errors import DataError
 from capo.io import iter_jsonl, read_json, write_jsonl
-from capo.data.schema import ANNOTATORS, NLI, TASK_INPUTS, Annotation, Item, label_space
 
 DATA_DIR = Path(os.environ.get("CAPO_DATA_DIR", Path(__file__).resolve().parents[2] / "data"))
 VARIERR_PATH = DATA_DIR / "varierr" / "varierr.json"
