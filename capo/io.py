@@ -14,13 +14,88 @@ from capo.errors import DataError
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 
 
+def _os_problem(err: OSError) -> str:
+    if isinstance(err, IsADirectoryError):
+        return "is a folder, not a file"
+    if isinstance(err, NotADirectoryError):
+        return "a part of this path is a file, not a folder"
+    if isinstance(err, PermissionError):
+        return "permission denied"
+    return err.strerror or type(err).__name__
+
+
 def read_text(path: str | Path) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError("file not found", path=str(path)) from None
     except UnicodeDecodeError as err:
         raise DataError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=str(path)) from None
+    except FileNotFoundError:
+        raise DataError("file not found", path=str(path)) from None
+    except OSError as err:
+        raise DataError(f"cannot read: {_os_problem(err)}", path=str(path)) from None
+
+
+def check_input_file(path: str | Path) -> None:
+    """Fail now, not after a model has loaded: `path` must be a readable file."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError("cannot read: is a folder, not a file", path=str(path))
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise DataError("file not found", path=str(path)) from None
+    except OSError as err:
+        raise DataError(f"cannot read: {_os_problem(err)}", path=str(path)) from None
+
+
+def check_output(path: str | Path, *, folder: bool = False) -> None:
+    """Fail now, before any work, if `path` cannot be written as a file (or, with `folder`, made a folder): the
+    path is the other kind, a parent is a file, or the nearest existing parent is not writable."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise DataError("cannot write: " + ("is a file, not a folder" if folder else "is a folder, not a file"),
+                        path=str(path))
+    parent = path if folder else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DataError(f"cannot write: {parent} is a file, not a folder", path=str(path))
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise DataError("cannot write: permission denied", path=str(path))
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_LOCAL_ROOTS = ("models", "runs", "results", "data", "shared")  # this project's folders: never hub organisations
+
+
+def check_model_path(name_or_path: str | Path, *, kind: str = "model", hint: str | None = None) -> None:
+    """Fail at once, before anything loads, when a model / adapter / tokenizer is neither a local folder nor (a hub
+    id that is) in the Hugging Face cache; without this a missing local folder is tried on the hub, with retries."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        wanted = {"model": ("config.json", "adapter_config.json"), "adapter": ("adapter_config.json",)}.get(kind, ())
+        if wanted and not any((path / name).is_file() for name in wanted):
+            raise DataError(f"not a{'n' if kind[0] in 'aeiou' else ''} {kind} folder (no {' or '.join(wanted)})"
+                            + (f": {hint}" if hint else ""), path=text)
+        return
+    if path.exists():
+        raise DataError(f"expected a {kind} folder or hub id, got a file", path=text)
+    looks_local = (not _HUB_ID.fullmatch(text) or text.startswith((".", "~")) or path.is_absolute()
+                   or text.split("/")[0] in _LOCAL_ROOTS)
+    if not looks_local:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        if not constants.HF_HUB_OFFLINE or (Path(constants.HF_HUB_CACHE) / repo_folder_name(
+                repo_id=text, repo_type="model")).is_dir():
+            return  # a hub id that from_pretrained can fetch or find in the cache
+        raise DataError(f"{kind} not found: no such folder, and not in the Hugging Face cache (offline)"
+                        + (f": {hint}" if hint else ""), path=text)
+    if hint is None and kind == "model" and "corpus-lm" in path.name:
+        hint = f"build it first with: python recipes/build_corpus_lm.py --output_dir {text}"
+    raise DataError(f"{kind} folder not found" + (f": {hint}" if hint else ""), path=text)
 
 
 def read_json(path: str | Path, *, allow_trailing_commas: bool = False):
@@ -51,9 +126,11 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
+    check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; the file gets what open() would give it
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -62,6 +139,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:

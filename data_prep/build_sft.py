@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from capo.cli import run_main
+from capo.cli import ArgumentParser, run_main
 from capo.data.datasets import load_task_data
 from capo.data.schema import check_annotator
-from capo.io import write_jsonl
+from capo.io import check_model_path, check_output, write_jsonl
 from capo.train.pairs import DEFAULT_VALIDITY, preview, sft_rows
 
 
@@ -32,6 +32,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="models/corpus-lm", help="tokenizer (hub id or folder) for --preview")
 
 
+def check_common_arguments(args: argparse.Namespace) -> None:
+    """What can be checked before any data is read: the annotator, the output file, the --preview tokenizer."""
+    check_annotator(args.annotator)
+    if args.output:
+        check_output(args.output)
+    if args.preview:
+        check_model_path(args.model, kind="tokenizer")
+
+
 def finish(rows: list[dict], args: argparse.Namespace) -> None:
     if args.preview:
         from transformers import AutoTokenizer
@@ -44,11 +53,11 @@ def finish(rows: list[dict], args: argparse.Namespace) -> None:
 
 @run_main
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     add_common_arguments(parser)
     parser.add_argument("--valid", default=DEFAULT_VALIDITY, help="validity predicate for SFT rows (any: all)")
     args = parser.parse_args(argv)
-    check_annotator(args.annotator)
+    check_common_arguments(args)
     data = load_task_data(args.task, args.dataset, args.split_seed)
     rows = sft_rows(data.items(args.split), args.annotator, few_shot=args.few_shot, few_shot_pool=data.items("train"),
                     valid=args.valid, seed=args.seed)

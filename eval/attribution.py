@@ -14,18 +14,17 @@ trained on is refused, and items the base corpus LM was pre-trained on are count
 
 from __future__ import annotations
 
-import argparse
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
-from capo.cli import run_main
+from capo.cli import ArgumentParser, run_main
 from capo.data.datasets import load_task_data
 from capo.data.heldout import select_heldout
 from capo.data.schema import ANNOTATORS, check_annotator
 from capo.errors import DataError
 from capo.evaluate.attribution import adapter_folders, adapter_names, attribution_report, format_report
-from capo.io import write_json
+from capo.io import check_model_path, check_output, write_json
 
 
 def _flag(text: str) -> bool:
@@ -36,7 +35,7 @@ def _flag(text: str) -> bool:
 
 @run_main
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="models/corpus-lm", help="base model (hub id or folder)")
     parser.add_argument("--adapter", action="append", default=[], metavar="KIND=TEMPLATE",
                         help="adapter folders, with {seed}, {task}, {annotator} filled in; repeatable")
@@ -61,9 +60,17 @@ def main(argv: list[str] | None = None) -> dict:
         adapters[kind] = template
     if "train" in args.splits:
         raise DataError("attribution is measured on held-out items: use dev and/or test, not train")
+    if args.output:
+        check_output(args.output)
+    check_model_path(args.model)
+    try:
+        folders = adapter_names(adapter_folders(adapters, args.seeds, args.annotators, args.task))
+    except (KeyError, IndexError, ValueError) as err:
+        raise DataError(f"bad adapter template: use {{seed}}, {{task}}, {{annotator}} ({err})", field="--adapter") from None
+    for path in folders.values():  # every adapter the report will load, before the first model loads
+        check_model_path(path, kind="adapter")
     exclude = _flag(args.exclude_pretrained)
     data = load_task_data(args.task, args.dataset, args.split_seed)
-    folders = adapter_names(adapter_folders(adapters, args.seeds, args.annotators, args.task))
     items = [item for split in args.splits for item in select_heldout(data, split, folders)]
     report = attribution_report(args.model, adapters, items, seeds=args.seeds, annotators=args.annotators,
                                 task=args.task, exclude_pretrained=exclude, log=lambda msg: print(msg, flush=True))

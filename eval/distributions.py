@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 from pathlib import Path
 
-from capo.cli import run_main
+from capo.cli import ArgumentParser, run_main
 from capo.data.loaders import read_distributions
 from capo.errors import DataError
 from capo.evaluate.distributions import (
@@ -23,12 +22,12 @@ from capo.evaluate.distributions import (
     ternary_plot,
 )
 from capo.evaluate.metrics import distribution_report
-from capo.io import atomic_write_text
+from capo.io import atomic_write_text, check_output
 
 
 @run_main
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--baselines", action="store_true", help="score the 341-item baselines against ChaosNLI")
     parser.add_argument("--human", help="human distribution JSONL (id, distribution)")
     parser.add_argument("--model", help="model distribution JSONL (id, distribution)")
@@ -37,6 +36,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--plot", help="write a ternary plot (PNG)")
     parser.add_argument("--csv", help="also write the table as CSV")
     args = parser.parse_args(argv)
+    for path in (args.csv, args.plot):
+        if path:
+            check_output(path)
 
     if args.baselines == bool(args.human or args.model):
         raise DataError("give either --baselines, or both --human and --model")

@@ -14,7 +14,6 @@ Constants on the same items: uniform, each source's training mean, and always th
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -23,13 +22,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from capo.cli import run_main
+from capo.cli import ArgumentParser, run_main
 from capo.errors import DataError
 from capo.evaluate.finetune.arguments import SOURCES, parse_arguments
 from capo.evaluate.finetune.comparison import aggregate, format_csv, format_markdown, reference_constants
 from capo.evaluate.finetune.data import load_finetune_data, source_name
 from capo.evaluate.finetune.trainer import METRICS_FILE, check_run_folder, run_signature
-from capo.io import atomic_write_text, read_json, write_json
+from capo.io import atomic_write_text, check_input_file, check_output, read_json, write_json
 from capo.manifest import write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +66,7 @@ def run_one(argv: list[str], run_dir: Path, label: str) -> dict:
 
 @run_main
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--sources", default=",".join(SOURCES),
                         help=f"comma-separated: {', '.join(SOURCES)} or distribution JSONL paths")
     parser.add_argument("--seeds", type=int, default=2, help="runs per source, seeds first_seed..first_seed+N-1")
@@ -82,10 +81,15 @@ def main(argv: list[str] | None = None) -> dict:
     for source in sources:
         if source not in SOURCES and not Path(source).exists():
             raise DataError(f"not a file and not a known source (known: {', '.join(SOURCES)})", path=source)
+        if source not in SOURCES:
+            check_input_file(source)
     if args.seeds < 1:
         raise DataError("need at least one seed", field="--seeds")
-    if not Path(args.config).exists():
-        raise DataError("file not found", path=args.config)
+    check_output(args.output_dir, folder=True)
+    # The config and the pass-through arguments as recipes/finetune.py reads them: a mistake fails here, once, not
+    # in every run after its folder was made.
+    parse_arguments(["--config", args.config, *extra, "--source", sources[0],
+                     "--output_dir", str(Path(args.output_dir) / "check")])
     names = [source_name(s) for s in sources]
     if len(set(names)) != len(names):
         raise DataError(f"two sources share the name {next(n for n in names if names.count(n) > 1)!r}; rename a file",

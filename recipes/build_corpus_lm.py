@@ -5,18 +5,18 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared 2-core machines 10-25x
 
-from capo.cli import run_main
+from capo.cli import ArgumentParser, run_main
+from capo.io import check_output
 from capo.train.corpus_lm import SIZES, build_corpus_lm, config_for
 
 
 @run_main
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--output_dir", default="models/corpus-lm")
     parser.add_argument("--size", default="default", help=f"one of: {', '.join(SIZES)}")
     parser.add_argument("--max_seconds", type=float,
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--no_bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     args = parser.parse_args(argv)
+    check_output(args.output_dir, folder=True)
     overrides = {k: v for k, v in (("max_seconds", args.max_seconds), ("max_steps", args.max_steps), ("seed", args.seed)) if v is not None}
     if args.no_bf16:
         overrides["bf16"] = False

@@ -30,8 +30,9 @@ else:
 
     from dataclasses import dataclass, field
 
-    from capo.cli import run_main
+    from capo.cli import parse_arguments, run_main
     from capo.errors import DataError
+    from capo.io import check_model_path, check_output
     from capo.train.explainers import CapoArguments, ExplainerScriptArguments, train_capo, train_sft
 
     @dataclass  # real (not string) annotations: tests load this file as a module that is not in sys.modules
@@ -44,15 +45,16 @@ else:
                               "default: the SFT recipe's defaults"},
         )
 
-    def make_parser():
-        from trl import DPOConfig, ModelConfig, TrlParser
+    def parse(argv: list[str] | None = None) -> tuple:
+        from trl import DPOConfig, ModelConfig
 
-        return TrlParser((ExplainerScriptArguments, CapoArguments, DPOConfig, ModelConfig, SftFirstArguments))
+        return parse_arguments((ExplainerScriptArguments, CapoArguments, DPOConfig, ModelConfig, SftFirstArguments),
+                               argv)
 
     def train_missing_sft_adapter(script_args, capo_args, model_args, sft_first) -> None:
         """init_from sft without an adapter: train it with the SFT recipe's entry point (resumable), then go on."""
         from accelerate import PartialState
-        from trl import ModelConfig, SFTConfig, TrlParser
+        from trl import ModelConfig, SFTConfig
 
         adapter = Path(capo_args.format(script_args.sft_adapter))
         if (script_args.init_from != "sft" or (adapter / "adapter_config.json").exists()
@@ -65,15 +67,17 @@ else:
             print(f"no SFT adapter for {capo_args.annotator} ({capo_args.task}) at {adapter}: training it first "
                   f"(recipes/sft.py, config {sft_first.sft_config or 'defaults'})", file=sys.stderr, flush=True)
         argv = ["--config", sft_first.sft_config] if sft_first.sft_config else []
-        sft_script, _, sft_args, _ = TrlParser(
-            (ExplainerScriptArguments, CapoArguments, SFTConfig, ModelConfig)
-        ).parse_args_and_config([*argv, "--output_dir", script_args.sft_adapter, "--resume_from_checkpoint", "true"])
+        sft_script, _, sft_args, _ = parse_arguments(
+            (ExplainerScriptArguments, CapoArguments, SFTConfig, ModelConfig),
+            [*argv, "--output_dir", script_args.sft_adapter, "--resume_from_checkpoint", "true"])
         train_sft(sft_script, capo_args, sft_args, model_args)
         state.wait_for_everyone()  # every rank loads the adapter that rank 0 has just written
 
     @run_main
     def main(argv: list[str] | None = None) -> dict:
-        script_args, capo_args, training_args, model_args, sft_first = make_parser().parse_args_and_config(argv)
+        script_args, capo_args, training_args, model_args, sft_first = parse(argv)
+        check_output(capo_args.format(training_args.output_dir), folder=True)
+        check_model_path(model_args.model_name_or_path)
         if script_args.shared_prefix:  # refuse before a missing SFT adapter is trained, not after
             from capo.train.packed import check_options
 

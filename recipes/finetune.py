@@ -21,13 +21,17 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from capo.cli import run_main
-from capo.evaluate.finetune.arguments import parse_arguments
+from capo.evaluate.finetune.arguments import parse_arguments as parse
 from capo.evaluate.finetune.trainer import finetune
+from capo.io import check_model_path, check_output
 
 
 @run_main
 def main(argv: list[str] | None = None) -> dict:
-    script, training = parse_arguments(argv)
+    script, training = parse(argv)
+    check_output(training.output_dir, folder=True)
+    if script.model_name_or_path is not None:
+        check_model_path(script.model_name_or_path)
     metrics = finetune(script, training)
     print(json.dumps({k: metrics[k] for k in ("source", "seed", "best_step", "dev", "test")}, indent=2))
     return metrics

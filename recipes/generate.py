@@ -18,20 +18,22 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from trl import TrlParser
+from capo.cli import parse_arguments, run_main
+from capo.generate.explanations import GenerateArguments, parse_adapters, run_generation
+from capo.io import check_model_path, check_output
 
-from capo.cli import run_main
-from capo.errors import DataError
-from capo.generate.explanations import GenerateArguments, run_generation
+
+def parse(argv: list[str] | None = None) -> tuple[GenerateArguments]:
+    return parse_arguments((GenerateArguments,), argv)
 
 
 @run_main
 def main(argv: list[str] | None = None) -> dict:
-    parser = TrlParser((GenerateArguments,))
-    try:
-        (args,) = parser.parse_args_and_config(args=argv)
-    except (OSError, ValueError) as err:  # unreadable config, or keys that are not arguments
-        raise DataError(" ".join(str(err).split())) from None
+    (args,) = parse(argv)
+    check_output(args.output_dir, folder=True)
+    check_model_path(args.model)
+    for path in parse_adapters(args.adapters or []).values():
+        check_model_path(path, kind="adapter")
     summary = run_generation(args)
     if summary["merged"]:
         print(json.dumps(summary, indent=2))

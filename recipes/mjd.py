@@ -20,19 +20,25 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
-from capo.cli import run_main
+from capo.cli import parse_arguments, run_main
+from capo.errors import DataError
+from capo.io import check_model_path, check_output
 from capo.mjd.run import MJDScriptArguments, run_mjd
 
 
-def make_parser():
-    from trl import TrlParser
-
-    return TrlParser((MJDScriptArguments,))
+def parse(argv: list[str] | None = None) -> tuple[MJDScriptArguments]:
+    return parse_arguments((MJDScriptArguments,), argv)
 
 
 @run_main
 def main(argv: list[str] | None = None) -> dict:
-    (args,) = make_parser().parse_args_and_config(argv)
+    (args,) = parse(argv)
+    if args.output_dir:  # required: run_mjd says so
+        check_output(args.output_dir, folder=True)
+    if args.explanations == "none" and args.mode != "none":  # else every prompt fails after the model loaded
+        raise DataError(f"'none' leaves nothing to show in mode {args.mode!r}: use --mode none, or explanations "
+                        "human or a file", field="explanations")
+    check_model_path(args.model_name_or_path)
     return run_mjd(args)
 
 

@@ -18,20 +18,20 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from trl import TrlParser
-
-from capo.cli import run_main
-from capo.errors import DataError
+from capo.cli import parse_arguments, run_main
 from capo.generate.model_explanations import ModelExplanationArguments, run_model_explanations
+from capo.io import check_model_path, check_output
+
+
+def parse(argv: list[str] | None = None) -> tuple[ModelExplanationArguments]:
+    return parse_arguments((ModelExplanationArguments,), argv)
 
 
 @run_main
 def main(argv: list[str] | None = None) -> dict:
-    parser = TrlParser((ModelExplanationArguments,))
-    try:
-        (args,) = parser.parse_args_and_config(args=argv)
-    except (OSError, ValueError) as err:  # unreadable config, or keys that are not arguments
-        raise DataError(" ".join(str(err).split())) from None
+    (args,) = parse(argv)
+    check_output(args.output_dir, folder=True)
+    check_model_path(args.model)
     summary = run_model_explanations(args)
     print(json.dumps(summary, indent=2))
     return summary

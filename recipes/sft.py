@@ -14,19 +14,22 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
-from capo.cli import run_main
+from capo.cli import parse_arguments, run_main
+from capo.io import check_model_path, check_output
 from capo.train.explainers import CapoArguments, ExplainerScriptArguments, train_sft
 
 
-def make_parser():
-    from trl import ModelConfig, SFTConfig, TrlParser
+def parse(argv: list[str] | None = None) -> tuple:
+    from trl import ModelConfig, SFTConfig
 
-    return TrlParser((ExplainerScriptArguments, CapoArguments, SFTConfig, ModelConfig))
+    return parse_arguments((ExplainerScriptArguments, CapoArguments, SFTConfig, ModelConfig), argv)
 
 
 @run_main
 def main(argv: list[str] | None = None) -> dict:
-    script_args, capo_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+    script_args, capo_args, training_args, model_args = parse(argv)
+    check_output(capo_args.format(training_args.output_dir), folder=True)
+    check_model_path(model_args.model_name_or_path)
     return train_sft(script_args, capo_args, training_args, model_args)
 
 

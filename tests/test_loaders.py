@@ -117,3 +117,18 @@ def test_bring_your_own_jsonl_round_trip(tmp_path, varierr):
             (x.annotator, x.label, x.explanation, x.votes) for x in b.annotations
         ]
         assert a.validated and a.distributions["chaosnli"] == pytest.approx(b.distributions["chaosnli"])
+
+
+@pytest.mark.parametrize("bad_id,message", [(True, "expected str or int, got bool"), (False, "expected str or int, got bool"),
+                                            (1.5, "expected str or int, got float"), (" ", "empty item id")])
+def test_bring_your_own_item_id_must_be_a_string_or_integer(tmp_path, varierr, bad_id, message):
+    """JSON `true` is an int to Python: it must not quietly become the item "True"."""
+    from capo.errors import DataError
+
+    good = item_to_json(varierr[0])
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(dict(good, id=bad_id)) + "\n")
+    with pytest.raises(DataError, match=rf"mine.jsonl:2: field 'id': {message}$"):
+        load_items_jsonl(path)
+    path.write_text(json.dumps(dict(good, id=7)) + "\n")
+    assert [i.id for i in load_items_jsonl(path)] == ["7"]

@@ -59,7 +59,9 @@ def _require(row: dict, key: str, kind: type | tuple, where: dict):
     if key not in row:
         raise DataError("missing field", field=key, **where)
     value = row[key]
-    if not isinstance(value, kind):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int to isinstance: a JSON `true` id would silently become the item "True"
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise DataError(f"expected {names}, got {type(value).__name__}", field=key, **where)
     return value
@@ -423,6 +425,8 @@ def load_items_jsonl(path: str | Path) -> list[Item]:
     for line, row in iter_jsonl(path):
         where = {"path": str(path), "line": line}
         item_id = str(_require(row, "id", (str, int), where))
+        if not item_id.strip():
+            raise DataError("empty item id", field="id", **where)
         where["item"] = item_id
         if item_id in seen:
             raise DataError("duplicate item id", field="id", **where)

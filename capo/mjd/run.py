@@ -183,6 +183,11 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
         source = load_model_explanations(args.explanations)
         data_files.append(args.explanations)
     explanations = item_explanations(items, source if settings.mode != "none" else "none")
+    if settings.mode != "none":  # before any model loads: an item without explanations has nothing to show
+        empty = next((item.id for item in items if not explanations[item.id]), None)
+        if empty is not None:
+            raise DataError(f"no explanations for mode {settings.mode!r} (use mode none, or another source)",
+                            path=args.dataset, item=empty, field="explanations")
 
     # Everything that shapes the output files, with the content of the model folder and of the data files.
     signature = {"model": fingerprint(args.model_name_or_path), "dataset": fingerprint(args.dataset),

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from capo.errors import DataError
-
 SOURCES = ("chaosnli", "varierr_dist", "mnli_dist", "mnli_onehot")
 # The papers' settings, used as `TrainingArguments` defaults by `parse_arguments` (a YAML config or the command
 # line overrides each). bf16 and activation (gradient) checkpointing are explicit so nothing turns them on silently.
@@ -78,12 +76,7 @@ def parse_arguments(argv: list[str] | None = None):
     `eval/finetune_compare.py` parses each run's command line with this too, so it computes the same run signature
     as the run itself."""
     from transformers import TrainingArguments
-    from trl import TrlParser
 
-    parser = TrlParser((FinetuneArguments, TrainingArguments))
-    parser.set_defaults_with_config(**PAPER_TRAINING_DEFAULTS)
-    try:
-        script, training = parser.parse_args_and_config(args=argv)
-    except (OSError, ValueError) as err:  # unreadable or unknown keys in the --config file
-        raise DataError(" ".join(str(err).split())) from None
-    return script, training
+    from capo.cli import parse_arguments as parse
+
+    return parse((FinetuneArguments, TrainingArguments), argv, defaults=PAPER_TRAINING_DEFAULTS)
