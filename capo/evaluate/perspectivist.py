@@ -60,7 +60,7 @@ CPU_TRAINING_DEFAULTS = {
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 128,
     "num_train_epochs": 3,
-    "warmup_ratio": 0.1,
+    "warmup_steps": 0.1,  # transformers 5: a float below 1 is a ratio of the steps
     "weight_decay": 0.01,
     "eval_strategy": "no",
     "save_strategy": "epoch",
