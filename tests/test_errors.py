@@ -310,7 +310,8 @@ def test_script_rejects_bad_values_in_one_located_line(tmp_path, script, args, p
     _check_one_line_error(tmp_path, script, args, pattern)
 
 
-CONFIG_PARSERS = {"capo": C, "finetune": F, "generate": G, "mjd": M, "model_explanations": E, "sft": S}
+CONFIG_PARSERS = {"capo": C, "finetune": F, "generate": G, "mjd": M, "model_explanations": E, "sft": S,
+                  "perspectivist": "recipes/perspectivist.py"}
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "recipes" / "configs").glob("*.yaml")))
@@ -320,7 +321,9 @@ def test_shipped_configs_pass_the_config_checks(config):
 
     prefix = next(p for p in sorted(CONFIG_PARSERS, key=len, reverse=True) if config.startswith(p))
     parse = runpy.run_path(str(ROOT / CONFIG_PARSERS[prefix]), run_name="not_main")["parse"]
-    cpu = ["--use_cpu", "true"] if prefix in ("capo", "sft", "finetune") else []  # GPU configs, parsed here on CPU
+    cpu = ["--use_cpu", "true"] if prefix in ("capo", "sft", "finetune", "perspectivist") else []
+    if prefix == "perspectivist":
+        cpu += ["--dataset", "ven"]  # which LeWiDi set is a per-run choice, not in the config  # GPU configs, parsed here on CPU
     parsed = parse(["--config", str(ROOT / "recipes" / "configs" / config), "--output_dir", "unused", *cpu])
     assert parsed and all(hasattr(p, "__dataclass_fields__") for p in parsed)
 

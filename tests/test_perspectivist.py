@@ -1,0 +1,178 @@
+import json
+import random
+
+import numpy as np
+import pytest
+from conftest import run_script
+
+from capo.data.lewidi import PAR_LABELS, VEN_LABELS, read_lewidi
+from capo.errors import DataError
+from capo.evaluate.lewidi import read_annotator_predictions, read_soft_predictions, score
+from capo.evaluate.perspectivist import (
+    ANNOTATOR_TOKENS,
+    PerspectivistArguments,
+    annotator_rows,
+    choose_on_dev,
+    par_labels,
+    train_perspectivist,
+    ven_labels,
+)
+
+NAMES = ("Ann1", "Ann2", "Ann3", "Ann4")
+# Annotators who differ systematically: each gives the same label (set) whatever the item says.
+VEN_HABITS = {"Ann1": ("entailment",), "Ann2": ("contradiction",), "Ann3": ("neutral",),
+              "Ann4": ("entailment", "neutral")}
+PAR_HABITS = {"Ann1": -5, "Ann2": 5, "Ann3": 0, "Ann4": 3}
+WORDS = ["the", "a", "man", "woman", "dog", "cat", "runs", "sleeps", "eats", "park", "house", "red", "blue", "big", "small", "old", "new", "city", "car", "tree"]
+
+
+def _sentence(rng) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(6)) + "."
+
+
+def _split(path, dataset: str, n: int, seed: int):
+    rng, data = random.Random(seed), {}
+    for k in range(n):
+        if dataset == "ven":
+            ann = {a: ",".join(VEN_HABITS[a]) for a in NAMES}
+            soft = {lab: sum(lab in VEN_HABITS[a] for a in NAMES) / 4 for lab in VEN_LABELS}
+            slots = [a for a in NAMES for _ in VEN_HABITS[a]]
+            row = {"annotation task": "natural language inference",
+                   "text": {"context": _sentence(rng), "statement": _sentence(rng)},
+                   "annotators": ",".join(slots), "annotations": ann,
+                   "soft_label": {lab: {"0": 1 - p, "1": p} for lab, p in soft.items()}}
+        else:
+            ann = {a: str(PAR_HABITS[a]) for a in NAMES}
+            row = {"annotation task": "paraphrase detection",
+                   "text": {"Question1": _sentence(rng), "Question2": _sentence(rng)},
+                   "annotators": ",".join(NAMES), "annotations": ann,
+                   "soft_label": {str(v): list(PAR_HABITS.values()).count(v) / 4 for v in PAR_LABELS}}
+        data[f"{seed}{k:03d}"] = row
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _training(output_dir, **overrides):
+    from transformers import TrainingArguments
+
+    settings = {"output_dir": str(output_dir), "use_cpu": True, "bf16": False, "report_to": "none", "seed": 0,
+                "dataloader_pin_memory": False, "disable_tqdm": True, "learning_rate": 1e-3,
+                "per_device_train_batch_size": 16, "num_train_epochs": 5, "save_strategy": "epoch",
+                "save_total_limit": 1, "logging_steps": 5}
+    return TrainingArguments(**(settings | overrides))
+
+
+def _run(tmp_path, dataset, name, **script):
+    """The real pretrained MiniLM, 12 training items (48 pairs), 15 optimizer steps. (A randomly initialised tiny
+    BERT was tried first: within a few seconds of training it learns the label marginals, not the annotators.)"""
+    train = _split(tmp_path / f"{dataset}_train.json", dataset, 12, seed=1)
+    dev = _split(tmp_path / f"{dataset}_dev.json", dataset, 6, seed=2)
+    args = PerspectivistArguments(dataset=dataset, max_length=24,
+                                  train_file=str(train), dev_split=str(dev), predict_splits=str(dev), **script)
+    out = tmp_path / name
+    return out, dev, train_perspectivist(args, _training(out), log=lambda *_: None)
+
+
+def test_rows_lead_with_the_annotator_token_and_carry_targets(tmp_path):
+    items = read_lewidi(_split(tmp_path / "v.json", "ven", 2, seed=3))
+    rows = annotator_rows(items)
+    assert [r["annotator"] for r in rows] == list(NAMES) * 2
+    assert rows[3]["text_a"].startswith(ANNOTATOR_TOKENS["Ann4"] + " ") and rows[3]["labels"] == [0.0, 1.0, 1.0]
+    assert annotator_rows(items, "none")[3]["text_a"] == items[0].inputs[0]
+    par = annotator_rows(read_lewidi(_split(tmp_path / "p.json", "par", 1, seed=3)))
+    assert [r["labels"] for r in par] == [0, 10, 5, 8]  # indices of -5, 5, 0, 3
+
+
+def test_decision_rules_on_hand_made_probabilities():
+    assert ven_labels(np.array([[0.6, 0.2, 0.45]]), 0.5) == [("contradiction",)]
+    assert ven_labels(np.array([[0.6, 0.2, 0.45]]), 0.4) == [("contradiction", "neutral")]
+    bimodal = np.zeros((1, 11))
+    bimodal[0, [0, 10]] = [0.45, 0.55]  # -5 with 0.45, +5 with 0.55
+    assert par_labels(bimodal, "argmax") == [(5,)]
+    assert par_labels(bimodal, "expectation") == [(1,)]  # 0.55*5 - 0.45*5 = 0.5, rounded away from zero
+    assert par_labels(bimodal, "median") == [(5,)]
+    skew = np.zeros((1, 11))
+    skew[0, [0, 6, 7]] = [0.4, 0.3, 0.3]  # mass 0.4 at -5, 0.7 up to +1
+    assert par_labels(skew, "argmax") == [(-5,)] and par_labels(skew, "median") == [(1,)]
+
+
+def test_dev_choice_picks_the_threshold_that_scores_best(tmp_path):
+    items = read_lewidi(_split(tmp_path / "v.json", "ven", 3, seed=4))
+    rows = annotator_rows(items)
+    # Every true label at probability 0.3, every other at 0.1: only a threshold in [0.1, 0.3) is right everywhere.
+    probs = np.array([[0.3 if v else 0.1 for v in r["labels"]] for r in rows])
+    best, scores = choose_on_dev(items, rows, probs, "ven")
+    assert 0.1 <= best < 0.3 and scores[str(best)] == 0.0 and scores["0.5"] > 0
+
+
+@pytest.mark.slow
+def test_annotator_token_lets_the_encoder_learn_each_annotators_habit(tmp_path):
+    out, dev, metrics = _run(tmp_path, "ven", "ven")
+    items = read_lewidi(dev)
+    predictions = read_annotator_predictions(out / f"predictions_{dev.stem}.jsonl", "ven")
+    hits = sum(predictions[(k, a)] == VEN_HABITS[a] for k, a in predictions)
+    assert hits >= 0.9 * len(predictions), predictions
+    scores = metrics["splits"][str(dev)]["scores"]
+    assert scores["perspectivist"] < 0.05 and scores["soft"] < 0.05
+    assert metrics["splits"][str(dev)]["most_frequent"]["perspectivist"] == pytest.approx(4 / 12)
+    # (most frequent 0/1 value: the empty set for Ann1-3, all three labels for Ann4: one wrong cell in three each)
+    # The files score the same with the project's scorer, from the command line.
+    done = run_script("eval/lewidi.py", "score", "--dataset", "ven", "--split", dev,
+                      "--predictions", out / f"predictions_{dev.stem}.jsonl", "--soft", out / f"soft_{dev.stem}.jsonl")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["perspectivist"] == pytest.approx(scores["perspectivist"])
+    assert score(items, None, read_soft_predictions(out / f"soft_mean_{dev.stem}.jsonl", "ven"))["soft"] == \
+        pytest.approx(metrics["splits"][str(dev)]["soft_mean"])
+    assert (out / "model" / "config.json").exists() and (out / "run_manifest.json").exists()
+
+    # The four annotators of an item see the same texts: only their token can make the predictions differ.
+    assert all(len({predictions[(item.id, a)] for a in NAMES}) == 4 for item in items)
+
+    # A finished run is returned as it is; the same folder with other settings is refused in one line.
+    again = train_perspectivist(PerspectivistArguments(**json.loads((out / "run_signature.json").read_text())["script"]),
+                                _training(out), log=lambda *_: None)
+    assert again == metrics
+    with pytest.raises(DataError, match="other settings"):
+        train_perspectivist(PerspectivistArguments(**json.loads((out / "run_signature.json").read_text())["script"]),
+                            _training(out, learning_rate=1e-4), log=lambda *_: None)
+
+
+@pytest.mark.slow
+def test_par_predictions_follow_each_annotator_and_resume_after_a_stop(tmp_path):
+    out, dev, metrics = _run(tmp_path, "par", "par", par_decision="argmax")
+    predictions = read_annotator_predictions(out / f"predictions_{dev.stem}.jsonl", "par")
+    assert {a: predictions[(k, a)][0] for k, a in predictions} == PAR_HABITS
+    entry = metrics["splits"][str(dev)]
+    assert entry["scores"]["perspectivist"] == 0.0 and entry["scores"]["soft"] == 0.0
+    assert metrics["decision"] == "argmax" and set(metrics["dev_choices"]) == {"argmax", "expectation", "median"}
+    # Remove the finished marks, as if killed after training: the rerun loads the saved model and rewrites the same.
+    (out / "metrics.json").unlink()
+    (out / f"predictions_{dev.stem}.jsonl").unlink()
+    logged: list[str] = []
+    train_perspectivist(PerspectivistArguments(**json.loads((out / "run_signature.json").read_text())["script"]),
+                        _training(out), log=logged.append)
+    assert any(line.startswith("already trained") for line in logged)
+    assert read_annotator_predictions(out / f"predictions_{dev.stem}.jsonl", "par") == predictions
+
+
+def test_bad_config_is_one_line_and_writes_nothing(tmp_path, capsys):
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("recipes_perspectivist", ROOT / "recipes" / "perspectivist.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    main = recipe.main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: ven\nno_such_knob: 3\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["--config", str(bad), "--output_dir", str(tmp_path / "a")])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and err.startswith("error:") and "no_such_knob" in err and "\n" not in err
+    with pytest.raises(SystemExit):
+        main(["--dataset", "ven", "--annotator_input", "embedding", "--output_dir", str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: field 'annotator_input': unknown value 'embedding' (valid: token, none)")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
