@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -71,7 +69,7 @@ from capo.evaluate.metrics import (
     lewidi_paraphrase_perspectivist,
     lewidi_paraphrase_soft,
 )
-from capo.io import atomic_write_text, iter_jsonl, write_jsonl
+from capo.io import atomic_write_bytes, atomic_write_text, iter_jsonl, write_jsonl
 
 # (item key, annotator) -> VEN label set / Par one-tuple (likert,); item key -> soft label dict.
 AnnotatorPredictions = dict[tuple[str, str], tuple]
@@ -89,15 +87,21 @@ def _dataset_of(items: Sequence[LewidiItem]) -> str:
 # --- prediction files ------------------------------------------------------------------------------------------
 
 
+def _row_id(row: dict, path: str | Path, line: int) -> tuple[str | int, dict]:
+    """A prediction row's item key (a string or an integer, never a boolean) and its location for errors."""
+    where = {"path": str(path), "line": line}
+    key = row.get("id")
+    if not isinstance(key, str | int) or isinstance(key, bool):
+        raise DataError("missing or invalid id", field="id", **where)
+    where["item"] = str(key)
+    return key, where
+
+
 def read_annotator_predictions(path: str | Path, dataset: str) -> AnnotatorPredictions:
     """A per-annotator prediction file, validated (labels in range, one row per (id, annotator))."""
     out: AnnotatorPredictions = {}
     for line, row in iter_jsonl(path):
-        where = {"path": str(path), "line": line}
-        key = row.get("id")
-        if not isinstance(key, str | int) or isinstance(key, bool):
-            raise DataError("missing or invalid id", field="id", **where)
-        where["item"] = str(key)
+        key, where = _row_id(row, path, line)
         annotator = lewidi_annotator(row.get("annotator"), where, "annotator")
         if dataset == "ven":
             if "labels" not in row:
@@ -140,11 +144,7 @@ def _check_soft(value, dataset: str, where: dict) -> dict:
 def read_soft_predictions(path: str | Path, dataset: str) -> SoftPredictions:
     out: SoftPredictions = {}
     for line, row in iter_jsonl(path):
-        where = {"path": str(path), "line": line}
-        key = row.get("id")
-        if not isinstance(key, str | int) or isinstance(key, bool):
-            raise DataError("missing or invalid id", field="id", **where)
-        where["item"] = str(key)
+        key, where = _row_id(row, path, line)
         if str(key) in out:
             raise DataError("duplicate id", field="id", **where)
         out[str(key)] = _check_soft(row.get("soft_label"), dataset, where)
@@ -365,22 +365,9 @@ def write_submission(
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for member in members:
                 archive.write(member, member.name)  # flat: Codabench reads the files at the archive root
-        _atomic_write_bytes(output_dir / zip_name, buffer.getvalue())
+        atomic_write_bytes(output_dir / zip_name, buffer.getvalue())
         written.append(output_dir / zip_name)
     return written
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- script arguments (eval/lewidi.py; TrlParser dataclasses, YAML keys have the same names) -------------------

@@ -136,6 +136,16 @@ def parse_adapters(specs: Sequence[str]) -> dict[str, str]:
     return adapters
 
 
+def check_generation_options(args) -> None:
+    """The value checks every generation job's arguments share (a bad value never reaches the output folder)."""
+    check_positive(args, "batch_size", "max_new_tokens", "shard_size", "tensor_parallel_size", "limit",
+                   optional=("limit",))
+    if args.backend not in BACKENDS:
+        raise DataError(f"unknown backend {args.backend!r} (valid: {', '.join(BACKENDS)})", field="backend")
+    if not str(args.output_dir).strip():
+        raise DataError("output_dir is required", field="output_dir")
+
+
 @dataclass
 class GenerateArguments:
     """Arguments of `recipes/generate.py` (a `TrlParser` dataclass; YAML config keys have the same names)."""
@@ -157,12 +167,7 @@ class GenerateArguments:
 
     def __post_init__(self) -> None:
         # Every value check happens here, while parsing: a bad value never reaches the output folder.
-        check_positive(self, "batch_size", "max_new_tokens", "shard_size", "tensor_parallel_size", "limit",
-                       optional=("limit",))
-        if self.backend not in BACKENDS:
-            raise DataError(f"unknown backend {self.backend!r} (valid: {', '.join(BACKENDS)})", field="backend")
-        if not str(self.output_dir).strip():
-            raise DataError("output_dir is required", field="output_dir")
+        check_generation_options(self)
         self.annotators()
 
     def annotators(self) -> dict[str, str | None]:

@@ -24,8 +24,7 @@ from typing import Literal
 
 from capo.data.schema import NLI, Item
 from capo.errors import DataError
-from capo.generate.backends import BACKENDS
-from capo.runner import check_positive
+from capo.generate.explanations import check_generation_options
 
 Strategy = Literal["first", "longest"]
 STRATEGIES: tuple[str, ...] = ("first", "longest")
@@ -208,12 +207,7 @@ class ModelExplanationArguments:
 
     def __post_init__(self) -> None:
         # Every value check happens here, while parsing: a bad value never reaches the output folder.
-        check_positive(self, "batch_size", "max_new_tokens", "shard_size", "tensor_parallel_size", "limit",
-                       optional=("limit",))
-        if self.backend not in BACKENDS:
-            raise DataError(f"unknown backend {self.backend!r} (valid: {', '.join(BACKENDS)})", field="backend")
-        if not str(self.output_dir).strip():
-            raise DataError("output_dir is required", field="output_dir")
+        check_generation_options(self)
         try:
             order = [NLI.normalise(label) for label in self.label_free_order]
         except ValueError as err:
