@@ -22,9 +22,9 @@ from capo.cli import run_main
 from capo.data.schema import label_space
 from capo.errors import DataError
 from capo.evaluate.imitation import generated_responses, imitation_report, target_of
-from capo.evaluate.judges import TrainedJudge, confusion_plot, histories_and_heldout, judge_report
+from capo.evaluate.judges import TrainedJudge, confusion_plot, histories_and_heldout, judge_report, llm_judge
 from capo.evaluate.patterns import FEATURES
-from capo.io import atomic_write_text, iter_jsonl
+from capo.io import atomic_write_text, check_model_path, iter_jsonl
 
 
 def _named(spec: str) -> tuple[str, str]:
@@ -42,13 +42,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--split_seed", type=int, default=0)
     parser.add_argument("--generated", action="append", default=[], metavar="NAME=PATH",
                         help="a generations.jsonl (repeatable)")
-    parser.add_argument("--features", choices=FEATURES, default="char")
+    parser.add_argument("--judge", choices=("trained", "llm"), default="trained")
+    parser.add_argument("--features", choices=FEATURES, default="char", help="trained judge: its features")
+    parser.add_argument("--judge_model", help="LLM judge: hub id or folder (e.g. models/smollm2-135m-instruct)")
+    parser.add_argument("--judge_dtype", default="float32")
+    parser.add_argument("--judge_examples", type=int, default=3, help="LLM judge: history examples per annotator")
+    parser.add_argument("--limit", type=int, help="judge only the first N responses of each set (LLM judge cost)")
     parser.add_argument("--ks", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_embeddings", action="store_true", help="skip the embedding-centroid measure")
     parser.add_argument("--output", help="JSON report")
     parser.add_argument("--plots", help="folder for confusion-matrix PNGs")
     args = parser.parse_args(argv)
+    if args.judge == "llm" and not args.judge_model:
+        raise DataError("the LLM judge needs a model", field="--judge_model")
+    if args.limit is not None and args.limit < 1:
+        raise DataError(f"limit must be at least 1, got {args.limit}", field="--limit")
+    if args.judge == "llm":
+        check_model_path(args.judge_model)
     if any(k < 1 for k in args.ks):
         raise DataError(f"group sizes must be at least 1, got {args.ks}", field="--ks")
     sources = [_named(spec) for spec in args.generated]
@@ -56,15 +67,22 @@ def main(argv: list[str] | None = None) -> dict:
     space = label_space(args.task)
     start = time.perf_counter()
     history, heldout, heldout_items = histories_and_heldout(args.task, args.dataset, args.split_seed)
-    judge = TrainedJudge(args.features, with_label=True, seed=args.seed).fit(history)
+    if args.judge == "llm":
+        judge = llm_judge(args.judge_model, history, dtype=args.judge_dtype, per_annotator=args.judge_examples,
+                          seed=args.seed)
+    else:
+        judge = TrainedJudge(args.features, with_label=True, seed=args.seed).fit(history)
+    if args.limit:
+        heldout = heldout[: args.limit]
+        records = {name: rows[: args.limit] for name, rows in records.items()}
     human = judge_report(judge.log_proba(heldout), [r.annotator for r in heldout], seed=args.seed)
-    report = {"task": args.task, "features": args.features, "split_seed": args.split_seed, "seed": args.seed,
+    report = {"task": args.task, "judge": args.judge, "judge_model": args.judge_model, "features": args.features, "split_seed": args.split_seed, "seed": args.seed,
               "judge_history": len(history), "human_heldout": human, "sources": {}}
-    plots = []
+    plots, tag = [], args.task if args.judge == "trained" else f"{args.task}_llm"
     if args.plots:
-        plots.append((human, Path(args.plots) / f"confusion_{args.task}_human.png", "human held-out"))
+        plots.append((human, Path(args.plots) / f"confusion_{tag}_human.png", "human held-out"))
     items = {item.id: item for item in heldout_items}
-    print(f"trained judge on {len(history)} history responses; human held-out accuracy {human['accuracy']:.3f} "
+    print(f"{args.judge} judge on {len(history)} history responses; human held-out accuracy {human['accuracy']:.3f} "
           f"[{human['ci_low']:.3f}, {human['ci_high']:.3f}] (chance {human['chance']:.2f})")
     for name, rows in records.items():
         by_target: dict[str | None, list[dict]] = {}
@@ -93,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["sources"][name] = entry
         if args.plots and targeted:
             rep = judge_report(judge.log_proba(targeted), [x.annotator for x in targeted], seed=args.seed)
-            plots.append((rep, Path(args.plots) / f"confusion_{args.task}_{name}.png", name))
+            plots.append((rep, Path(args.plots) / f"confusion_{tag}_{name}.png", name))
     for rep, path, title in plots:
         confusion_plot(rep, path, f"{title}: acc {rep['accuracy']:.2f}")
     report["seconds"] = round(time.perf_counter() - start, 1)

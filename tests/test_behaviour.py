@@ -266,3 +266,21 @@ def test_imitation_cli_bad_generated_spec_writes_nothing(tmp_path):
     result = run_script("eval/imitation.py", "--generated", "no-equals-sign", "--output", out)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--generated" in result.stderr
     assert not out.exists()
+
+
+def test_imitation_cli_llm_judge_runs_through_the_shared_scorer(tmp_path, corpus_lm):
+    import json
+
+    out = tmp_path / "report.json"
+    result = run_script("eval/imitation.py", "--task", "nli", "--judge", "llm", "--judge_model", corpus_lm,
+                        "--judge_examples", "1", "--limit", "6", "--output", out, "--plots", tmp_path / "plots")
+    assert result.returncode == 0, result.stderr
+    human = json.loads(out.read_text())["human_heldout"]
+    assert human["n"] == 6 and 0.0 <= human["accuracy"] <= 1.0
+    assert np.asarray(human["confusion"]).sum() == 6
+    assert (tmp_path / "plots" / "confusion_nli_llm_human.png").exists()
+
+
+def test_imitation_cli_llm_judge_without_a_model_is_one_line(tmp_path):
+    result = run_script("eval/imitation.py", "--judge", "llm", "--output", tmp_path / "r.json")
+    assert result.returncode == 2 and "--judge_model" in result.stderr and result.stderr.count("\n") == 1

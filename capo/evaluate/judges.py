@@ -157,3 +157,16 @@ def histories_and_heldout(task: str, dataset: str | None = None, split_seed: int
     data = load_task_data(task, dataset, split_seed)
     heldout = data.items("test") or data.items("dev")
     return responses(data.items("train")), responses(heldout), heldout
+
+
+def llm_judge(model: str, history: Sequence[Response], *, dtype: str = "float32", per_annotator: int = 3,
+              seed: int = 0, batch_size: int = 16) -> LLMJudge:
+    """An LLM judge on a causal LM (hub id or folder): the model's chat template, the shared HF scorer."""
+    from capo.data.prompts import render_chat
+    from capo.generate.backends.hf import load_causal_lm
+    from capo.generate.scoring import HFScorer
+
+    lm, tokenizer = load_causal_lm(model, dtype)
+    scorer = HFScorer(lm.eval(), tokenizer, batch_size=batch_size)
+    return LLMJudge(scorer.score_next_token, lambda text: render_chat(tokenizer, text), history,
+                    per_annotator=per_annotator, seed=seed)
