@@ -137,7 +137,7 @@ def test_items_follow_the_adapters_split_and_pretraining_items_are_counted(corpu
 def test_cli_errors_are_one_line(corpus_lm, tmp_path, capsys):
     cli = _cli()
     for argv, expected in (
-        (["--adapter", f"x={tmp_path}/{{annotator}}"], "error: no adapter in 4 folder(s), first: "),
+        (["--adapter", f"x={tmp_path}/{{annotator}}"], f"error: {tmp_path}/A1: adapter folder not found"),
         (["--splits", "train"], "error: attribution is measured on held-out items"),
         (["--adapter", "sft"], "error: --adapter expects KIND=TEMPLATE"),
         (["--annotators", "A0"], "error: unknown annotator 'A0'"),

@@ -91,7 +91,7 @@ def test_packed_groups_are_ragged(corpus_lm):
     from capo.train.explainers import CapoArguments, build_pair_datasets
     from capo.train.packed import group_pairs
 
-    train, held = build_pair_datasets(CapoArguments(annotator="A2", max_train_rows=5, max_eval_rows=5))
+    train, held, _ = build_pair_datasets(CapoArguments(annotator="A2", max_train_rows=5, max_eval_rows=5))
     tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
     for rows in (train, held):
         assert sorted(len(g.pairs) for g in group_pairs(list(rows), tokenizer)) == [2, 3]

@@ -2,6 +2,7 @@
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -288,26 +289,37 @@ RUNNER_CASES = [
 ]
 
 
-def _check_one_line_error(tmp_path: Path, script: str, args: str, pattern: str) -> None:
+def _check_one_line_error(tmp_path: Path, script: str, args: str, pattern: str, capsys, monkeypatch) -> None:
+    """Run the script's `main` in this process (as `python script` would, minus the interpreter start-up): exit 2,
+    one located `error:` line on stderr, nothing written. An unexpected exception fails the test as a traceback
+    would."""
+    import runpy
+
     inputs = _inputs(tmp_path)
     argv = args.format(**{"in": inputs, "out": tmp_path / "out"}).split()
     before = _tree(tmp_path)
-    proc = run_script(script, *argv, cwd=tmp_path / "cwd", env={"PYTHONPATH": str(ROOT)}, timeout=300)
-    lines = proc.stderr.splitlines()
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setattr(sys, "argv", [str(ROOT / script), *argv])
+    main = runpy.run_path(str(ROOT / script), run_name="not_main")["main"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert exit_info.value.code == 2, err[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
     assert re.fullmatch(r"error: (\S+: )?" + pattern + ".*", lines[0]), lines[0]
     assert _tree(tmp_path) == before  # no output folder, no file in cwd, inputs unchanged
 
 
 @pytest.mark.parametrize("script,args,pattern", [c[1:] for c in CASES_CLI], ids=[c[0] for c in CASES_CLI])
-def test_script_rejects_malformed_input_in_one_located_line(tmp_path, script, args, pattern):
-    _check_one_line_error(tmp_path, script, args, pattern)
+def test_script_rejects_malformed_input_in_one_located_line(tmp_path, script, args, pattern, capsys, monkeypatch):
+    _check_one_line_error(tmp_path, script, args, pattern, capsys, monkeypatch)
 
 
 @pytest.mark.parametrize("script,args,pattern", [c[1:] for c in RUNNER_CASES], ids=[c[0] for c in RUNNER_CASES])
-def test_script_rejects_bad_values_in_one_located_line(tmp_path, script, args, pattern):
-    _check_one_line_error(tmp_path, script, args, pattern)
+def test_script_rejects_bad_values_in_one_located_line(tmp_path, script, args, pattern, capsys, monkeypatch):
+    _check_one_line_error(tmp_path, script, args, pattern, capsys, monkeypatch)
 
 
 CONFIG_PARSERS = {"capo": C, "finetune": F, "generate": G, "mjd": M, "model_explanations": E, "sft": S,

@@ -109,7 +109,7 @@ def test_capo_from_sft_adapter(sft_run, corpus_lm, tmp_path, capsys):
     assert manifest["config"]["training"]["loss_type"] == ["sigmoid", "sft"]
     # Eval hook on dev pairs, reproduced by an unpacked scorer: the saved adapter against the SFT adapter (the
     # reference), not against the base model.
-    _, held = build_pair_datasets(CapoArguments(annotator="A2", max_eval_rows=8))
+    _, held, _ = build_pair_datasets(CapoArguments(annotator="A2", max_eval_rows=8))
     expected = independent_rewards(corpus_lm, folder, sft_run, list(held), beta=0.1)
     against_base = independent_rewards(corpus_lm, folder, None, list(held), beta=0.1)
     metrics = manifest["metrics"]

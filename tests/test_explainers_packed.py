@@ -222,7 +222,7 @@ def test_capo_recipe_with_shared_prefix_trains(corpus_lm, tmp_path, capsys):
     manifest = json.loads((out / "run_manifest.json").read_text())
     assert manifest["shared_prefix"] is True
     assert not PeftConfig.from_pretrained(out).modules_to_save and not (out / "ref").exists()
-    _, held = build_pair_datasets(CapoArguments(annotator="A1", max_eval_rows=6))
+    _, held, _ = build_pair_datasets(CapoArguments(annotator="A1", max_eval_rows=6))
     expected = independent_rewards(corpus_lm, out, None, list(held), beta=0.1)
     metrics = manifest["metrics"]
     assert abs(expected["rewards/margins"]) > 1e-3

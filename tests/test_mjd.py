@@ -278,16 +278,17 @@ def _fails(capsys, *argv: str) -> str:
     return stderr
 
 
-def test_recipe_bad_input_is_one_line(tmp_path, capsys):
+def test_recipe_bad_input_is_one_line(tmp_path, capsys, corpus_lm):
+    model = ["--model_name_or_path", str(corpus_lm)]
     stderr = _fails(capsys, "--config", "recipes/configs/mjd_tiny.yaml", "--output_dir", str(tmp_path / "x"),
-                    "--explanations", str(tmp_path / "missing.json"))
+                    "--explanations", str(tmp_path / "missing.json"), *model)
     assert "missing.json" in stderr and "file not found" in stderr
     stderr = _fails(capsys, "--config", "recipes/configs/mjd_tiny.yaml", "--output_dir", str(tmp_path / "x"),
-                    "--mode", "sideways")
+                    "--mode", "sideways", *model)
     assert "field 'mode'" in stderr
     stderr = _fails(capsys, "--config", "recipes/configs/mjd_tiny.yaml", "--output_dir", str(tmp_path / "x"),
                     "--model_name_or_path", str(tmp_path / "no-model"))
-    assert "cannot load model" in stderr and "no-model" in stderr
+    assert "model folder not found" in stderr and "no-model" in stderr
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())  # nothing written
 
 
