@@ -64,8 +64,10 @@ attribution: setup models/corpus-lm/config.json
 	$(PY) eval/attribution.py --model models/corpus-lm --seeds 0 1 2 --output results/attribution_nli.json \
 	  --adapter 'sft=$(ATTR)/seed{seed}/sft/{task}/{annotator}' --adapter 'capo=$(ATTR)/seed{seed}/capo/{task}/{annotator}'
 
+# Two pytest-xdist workers, one per core (tests/conftest.py gives each one thread); `make test` stays under 5 minutes
+# on the 2-core machine, install and conversion included.
 test: setup models/smollm2-135m-instruct/config.json
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 lint: setup
 	$(PY) -m ruff check capo data_prep recipes eval bench tests

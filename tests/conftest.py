@@ -16,6 +16,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest-xdist workers on the two cores: one thread each (and in the scripts they start),
+    # not two workers fighting over two threads each.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +45,33 @@ def run_script(script: str, *args: str, cwd: Path = ROOT, env: dict | None = Non
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def load_script(script: str):
+    """One of the project's command-line scripts as a module, to call its `main(argv)` in this process (no interpreter
+    start-up; the command-line path itself is covered by the tests that use `run_script`)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{script.replace('/', '_')[:-3]}", ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def accelerate_launch_two_cpu_processes(script: str, *args: str, timeout: int = 600):
+    """`accelerate launch` of one of the project's scripts as two CPU processes (DDP over gloo: accelerate treats a
+    MULTI_GPU launch without GPUs so; `--cpu` would start one process), one thread each, on a free rendezvous port
+    (two xdist workers launching at once must not meet on the default 29500). Returns the CompletedProcess."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(port), str(ROOT / script), *map(str, args)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def write_jsonl(path: Path, rows: Iterable[dict | str]) -> Path:

@@ -3,11 +3,10 @@ adapters' manifests, the corpus LM's pre-training items, and the CLI (adapters r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
-from conftest import ROOT, run_script
+from conftest import load_script, run_script
 
 from capo.data.datasets import load_task_data
 from capo.data.heldout import training_record
@@ -108,13 +107,6 @@ def test_cli_identity_adapters_gain_nothing_and_random_ones_differ(corpus_lm, tm
     assert any(abs(r) > 1e-3 for r in rates)
 
 
-def _cli():
-    spec = importlib.util.spec_from_file_location("eval_attribution", ROOT / "eval" / "attribution.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    return cli
-
-
 def test_items_follow_the_adapters_split_and_pretraining_items_are_counted(corpus_lm, tmp_path, capsys):
     """Adapters trained on split seed 1: their dev items, of which the corpus LM (split seed 0) saw some."""
     template = _adapters(corpus_lm, tmp_path / "seed1", zero=True, split_seed=1, annotators=("A1", "A2"))
@@ -125,7 +117,7 @@ def test_items_follow_the_adapters_split_and_pretraining_items_are_counted(corpu
     for exclude in ("false", "true"):
         capsys.readouterr()
         out = tmp_path / f"{exclude}.json"
-        _cli().main(["--model", str(corpus_lm), "--adapter", f"same={template}", "--annotators", "A1", "A2",
+        load_script("eval/attribution.py").main(["--model", str(corpus_lm), "--adapter", f"same={template}", "--annotators", "A1", "A2",
                      "--splits", "dev", "--exclude_pretrained", exclude, "--output", str(out)])
         reports[exclude] = json.loads(out.read_text()), capsys.readouterr().out
     assert reports["false"][0]["items"] == len(dev) and reports["true"][0]["items"] == len(dev) - seen
@@ -135,7 +127,7 @@ def test_items_follow_the_adapters_split_and_pretraining_items_are_counted(corpu
 
 
 def test_cli_errors_are_one_line(corpus_lm, tmp_path, capsys):
-    cli = _cli()
+    cli = load_script("eval/attribution.py")
     for argv, expected in (
         (["--adapter", f"x={tmp_path}/{{annotator}}"], f"error: {tmp_path}/A1: adapter folder not found"),
         (["--splits", "train"], "error: attribution is measured on held-out items"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_script
 
 from capo.evaluate.patterns import (
     Response,
@@ -14,7 +15,6 @@ from capo.evaluate.patterns import (
     strip_inputs,
     subtract_item_means,
 )
-from tests.conftest import run_script
 
 TOPICS = ["dogs run in the park", "a man reads a book", "two kids play chess", "the cafe is closed today",
           "a woman sings loudly", "rain falls on the roof", "cars wait at the light", "the train leaves early"]

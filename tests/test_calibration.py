@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_script, write_jsonl
 
 from capo.evaluate.calibration import crossfit, fit_temperature, label_scores, mjd_at
-from tests.conftest import run_script, write_jsonl
 
 
 def test_label_scores_undo_the_option_order():

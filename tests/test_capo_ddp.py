@@ -3,15 +3,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import accelerate_launch_two_cpu_processes, load_script
 
 pytestmark = pytest.mark.slow
 
@@ -37,19 +33,11 @@ def _args(corpus_lm, out: Path, path: str, per_device: int, *extra: str) -> list
 
 
 def _one_process(args: list[str]) -> None:
-    spec = importlib.util.spec_from_file_location("recipe_capo_ddp", ROOT / "recipes" / "capo.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    recipe.main(args)
+    load_script("recipes/capo.py").main(args)
 
 
 def _two_processes(args: list[str]) -> None:
-    # accelerate treats a MULTI_GPU launch without GPUs as CPU DDP over gloo (`--cpu` would start one process).
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(ROOT / "recipes" / "capo.py"), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, check=False)
+    result = accelerate_launch_two_cpu_processes("recipes/capo.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
 
 

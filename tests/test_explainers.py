@@ -4,16 +4,12 @@ kill, one-line errors, and a 2-process DDP run on CPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_script
+from conftest import ROOT, accelerate_launch_two_cpu_processes, load_script, run_script
 from test_explainers_packed import independent_rewards
 
 from capo.train.explainers import CapoArguments, build_pair_datasets
@@ -32,18 +28,10 @@ def _sft_args(corpus_lm, out, *extra):
             "--learning_rate", "1e-2", "--lr_scheduler_type", "constant", "--max_steps", "8", "--save_strategy", "no", *extra]
 
 
-def _recipe(name: str):
-    """A recipe's module, loaded in-process (cheaper than a subprocess; the CLI path is covered by the others)."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _fails(capsys, recipe: str, *argv) -> str:
     capsys.readouterr()  # drop what earlier steps printed
     with pytest.raises(SystemExit) as exit_info:
-        _recipe(recipe).main([str(a) for a in argv])
+        load_script(f"recipes/{recipe}.py").main([str(a) for a in argv])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
@@ -135,7 +123,7 @@ def test_capo_trains_missing_sft_adapter_first(corpus_lm, tmp_path, capsys):
     (tmp_path / "sft.yaml").write_text(yaml.safe_dump(sft_config))
     sft_template = tmp_path / "sft" / "{task}" / "{annotator}"
     capsys.readouterr()
-    _recipe("capo").main([str(a) for a in (
+    load_script("recipes/capo.py").main([str(a) for a in (
         "--model_name_or_path", corpus_lm, "--output_dir", tmp_path / "capo", "--annotator", "A2", *FAST,
         "--sft_adapter", sft_template, "--sft_config", tmp_path / "sft.yaml", "--max_train_rows", "4",
         "--max_eval_rows", "4", "--per_device_train_batch_size", "4", "--max_steps", "2", "--save_strategy", "no")])
@@ -166,7 +154,7 @@ def test_resume_after_kill_paraphrase(corpus_lm, tmp_path):
     out = tmp_path / "run"
     args = _sft_args(corpus_lm, out, "--task", "paraphrase", "--max_steps", "6", "--save_strategy", "steps",
                      "--save_steps", "3")
-    sft = _recipe("sft")
+    sft = load_script("recipes/sft.py")
     sft.main([str(a) for a in args])
     reference = _losses(out)
     # Simulate a kill after step 3: only the first checkpoint survives, no final adapter or manifest.
@@ -183,11 +171,7 @@ def test_resume_after_kill_paraphrase(corpus_lm, tmp_path):
 
 def test_ddp_two_processes_on_cpu(corpus_lm, tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(ROOT / "recipes/sft.py"), *map(str, _sft_args(corpus_lm, out, "--max_steps", "4"))]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, check=False)
+    result = accelerate_launch_two_cpu_processes("recipes/sft.py", *_sft_args(corpus_lm, out, "--max_steps", "4"))
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "run_manifest.json").read_text())
     assert manifest["world_size"] == 2
@@ -202,7 +186,7 @@ def test_capo_resume_continues_exactly(sft_run, corpus_lm, tmp_path):
                              "--sft_adapter", sft_run, "--max_train_rows", "8", "--max_eval_rows", "4",
                              "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--max_steps", "4",
                              "--save_strategy", "steps", "--save_steps", "2")]
-    capo = _recipe("capo")
+    capo = load_script("recipes/capo.py")
     capo.main(args)
     reference = _losses(out)
     for path in out.iterdir():

@@ -4,11 +4,10 @@ path trains and saves an adapter whose rewards an independent scorer reproduces.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
-from conftest import ROOT
+from conftest import load_script
 
 from capo.data.datasets import load_task_data
 from capo.errors import DataError
@@ -205,9 +204,7 @@ def test_capo_recipe_with_shared_prefix_trains(corpus_lm, tmp_path, capsys):
 
     from capo.train.explainers import CapoArguments, build_pair_datasets
 
-    spec = importlib.util.spec_from_file_location("recipe_capo_packed", ROOT / "recipes" / "capo.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_script("recipes/capo.py")
     out = tmp_path / "packed"
     args = ["--model_name_or_path", str(corpus_lm), "--output_dir", str(out), "--annotator", "A1",
             "--init_from", "base", "--shared_prefix", "true", "--bf16", "false", "--gradient_checkpointing", "false",

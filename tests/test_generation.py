@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 
 import pytest
-from conftest import ROOT, make_adapter, run_script
+from conftest import load_script, make_adapter, run_script
 
 from capo.data.prompts import parse_response
 from capo.errors import DataError
@@ -27,17 +26,10 @@ def argv(corpus_lm, tmp_path_factory):
             "--max_new_tokens", "24", "--shard_size", "4"]
 
 
-def _main():
-    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "recipes" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(argv, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen-full")
-    summary = _main()(argv + ["--output_dir", str(out)])
+    summary = load_script("recipes/generate.py").main(argv + ["--output_dir", str(out)])
     return out, summary
 
 
@@ -72,7 +64,7 @@ def test_killed_run_resumes_to_the_identical_record_set(argv, uninterrupted, tmp
     # A kill in the middle of an atomic write leaves only a temporary file, never a partial shard.
     stray = shard_path(out, 2).with_name(".shard-00002.jsonl.abc123.tmp")
     stray.write_text('{"id": "half a rec')
-    summary = _main()(argv + ["--output_dir", str(out)])
+    summary = load_script("recipes/generate.py").main(argv + ["--output_dir", str(out)])
     assert summary["this_process"]["records"] == 4 + 4 + 2  # only the 3 unfinished shards were generated
     assert {k: shard_path(out, k).stat().st_mtime_ns for k in done} == done  # finished shards untouched
     assert (out / MERGED).read_bytes() == (full / MERGED).read_bytes()
@@ -94,12 +86,12 @@ def test_processes_write_their_own_shards_and_merge_identically(argv, uninterrup
 
 def test_one_line_errors(argv, uninterrupted, tmp_path, capsys):
     full, _ = uninterrupted
-    main = _main()
+    main = load_script("recipes/generate.py").main
     cases = [
         (argv + ["--output_dir", str(full), "--max_new_tokens", "25"], "field 'max_new_tokens'"),
         (argv + ["--output_dir", str(tmp_path), "--adapters", "A1"], "expected NAME=PATH"),
         (argv + ["--output_dir", str(tmp_path), "--dataset", str(tmp_path / "none.jsonl")], "not a file"),
-        (argv + ["--output_dir", str(tmp_path), "--adapters", f"A1={tmp_path}/missing"], "cannot load adapter 'A1'"),
+        (argv + ["--output_dir", str(tmp_path), "--adapters", f"A1={tmp_path}/missing"], "missing: adapter folder not found"),
         (argv + ["--output_dir", str(tmp_path), "--backend", "vllm"], "vllm"),
     ]
     for args, expected in cases:
@@ -121,7 +113,7 @@ def test_an_adapter_retrained_in_place_refuses_to_resume(corpus_lm, tmp_path, ca
     adapter = make_adapter(corpus_lm, tmp_path / "A3", seed=3)
     argv = ["--model", str(corpus_lm), "--limit", "1", "--adapters", f"A3={adapter}", "--dtype", "float32",
             "--max_new_tokens", "4", "--output_dir", str(tmp_path / "out")]
-    main = _main()
+    main = load_script("recipes/generate.py").main
     assert main(argv)["merged"]
     assert main(argv)["this_process"]["records"] == 0  # same weights: everything already done
     make_adapter(corpus_lm, adapter, seed=4)

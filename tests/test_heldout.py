@@ -6,12 +6,11 @@ attribution on them."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import load_script
 
 from capo.data.datasets import load_splits, load_task_data
 from capo.data.heldout import check_heldout, select_heldout, training_items, training_record
@@ -127,18 +126,11 @@ FAST = ["--bf16", "false", "--gradient_checkpointing", "false", "--use_cpu", "tr
         "--eval_split", "none", "--max_train_rows", "4", "--per_device_train_batch_size", "2", "--max_steps", "2"]
 
 
-def _script(path: str):
-    spec = importlib.util.spec_from_file_location(f"script_{path.replace('/', '_')[:-3]}", ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def trained(corpus_lm, tmp_path_factory) -> Path:
     """root/seed0/{sft,capo}/nli/{A1,A2}: SFT adapters, and CAPO adapters started from them (2 steps each)."""
     root = tmp_path_factory.mktemp("trained")
-    sft, capo = _script("recipes/sft.py"), _script("recipes/capo.py")
+    sft, capo = load_script("recipes/sft.py"), load_script("recipes/capo.py")
     for annotator in ("A1", "A2"):
         sft.main([str(a) for a in ("--model_name_or_path", corpus_lm, "--annotator", annotator, *FAST,
                                    "--output_dir", root / "seed0" / "sft" / "{task}" / "{annotator}")])
@@ -181,7 +173,7 @@ def test_generation_on_trained_adapters_follows_their_split_and_refuses_their_it
         "--model", str(corpus_lm), "--dataset", dataset, "--split", split, "--split_seed", "3", "--limit", "3",
         "--adapters", *adapters, "--dtype", "float32", "--batch_size", "4", "--max_new_tokens", "6",
         "--shard_size", "8", "--output_dir", str(out)]
-    generate = _script("recipes/generate.py")
+    generate = load_script("recipes/generate.py")
     # nli341's --split_seed 3 cut is overridden: its items carry VariErr ids, held out by the adapters' split 0.
     generate.main(argv("nli341", "test", tmp_path / "gen"))
     records = [json.loads(line) for line in (tmp_path / "gen" / MERGED).read_text().splitlines()]
@@ -209,7 +201,7 @@ def test_attribution_on_trained_adapters(trained, corpus_lm, tmp_path, capsys):
 
     templates = {kind: str(trained / "seed{seed}" / kind / "{task}" / "{annotator}") for kind in ("sft", "capo")}
     out = tmp_path / "report.json"
-    cli = _script("eval/attribution.py")
+    cli = load_script("eval/attribution.py")
     cli.main(["--model", str(corpus_lm), *[a for k, t in templates.items() for a in ("--adapter", f"{k}={t}")],
               "--annotators", "A1", "A2", "--dataset", "lewidi-ven", "--splits", "test", "--output", str(out)])
     report = json.loads(out.read_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import ROOT
+from conftest import ROOT
 
 STAGES = {"data": 1, "train": 2, "generate": 3, "mjd": 4, "evaluate": 5}
 IMPORT = re.compile(r"^\s*(?:from|import) capo\.(\w+)", re.MULTILINE)

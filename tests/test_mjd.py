@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import accelerate_launch_two_cpu_processes, load_script
 
 from capo.data.loaders import load_nli341
 from capo.data.schema import Item
@@ -26,7 +27,6 @@ from capo.mjd.estimate import (
     to_label_order,
 )
 from capo.mjd.run import mjd_run, score_shards, write_results
-from tests.conftest import ROOT
 
 NAMES = {"Entailment": 0, "Neutral": 1, "Contradiction": 2}
 
@@ -236,7 +236,7 @@ def test_sharded_and_resumed_runs_equal_one_process(lm, tmp_path):
 @pytest.mark.slow
 def test_recipe_end_to_end_and_eval_joins(corpus_lm, tmp_path, capsys):
     out = tmp_path / "run"
-    summary = _script("recipes/mjd.py").main([
+    summary = load_script("recipes/mjd.py").main([
         "--config", "recipes/configs/mjd_tiny_parallel.yaml", "--model_name_or_path", str(corpus_lm),
         "--output_dir", str(out), "--limit", "5", "--explicit", "true", "--save_raw_scores", "true",
     ])
@@ -247,7 +247,7 @@ def test_recipe_end_to_end_and_eval_joins(corpus_lm, tmp_path, capsys):
     assert len(raw[0]["prompts"]) == 4 * 6
     manifest = json.loads((out / "run_manifest.json").read_text())
     assert manifest["config"]["settings"]["mode"] == "parallel" and manifest["config"]["settings"]["explicit"]
-    report = _script("eval/distributions.py").main(["--human", str(out / "human_chaosnli.jsonl"),
+    report = load_script("eval/distributions.py").main(["--human", str(out / "human_chaosnli.jsonl"),
                                                     "--model", str(out / "mjd.jsonl")])
     assert 0 < report["mjd"]["jsd"] < 1 and 0 <= report["mjd"]["dcorr"] <= 1
 
@@ -258,21 +258,11 @@ def test_recipe_end_to_end_and_eval_joins(corpus_lm, tmp_path, capsys):
     assert "other settings (explicit, save_raw_scores;" in stderr and (out / "mjd.jsonl").read_bytes() == before
 
 
-def _script(path: str):
-    """A command-line script as a module, to call its `main(argv)` in-process (no interpreter start-up)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"script_{path.replace('/', '_')[:-3]}", ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _fails(capsys, *argv: str) -> str:
     """Run recipes/mjd.py in-process; it must exit 2 with exactly one `error:` line on stderr. Returns that line."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        _script("recipes/mjd.py").main(list(argv))
+        load_script("recipes/mjd.py").main(list(argv))
     stderr = capsys.readouterr().err
     assert exit_info.value.code == 2 and stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
     return stderr
@@ -294,24 +284,16 @@ def test_recipe_bad_input_is_one_line(tmp_path, capsys, corpus_lm):
 
 @pytest.mark.slow
 def test_two_processes_under_accelerate_launch_merge_to_the_one_process_result(corpus_lm, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     common = ["--config", "recipes/configs/mjd_tiny_parallel.yaml", "--model_name_or_path", str(corpus_lm),
               "--limit", "6", "--items_per_chunk", "2"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(ROOT / "recipes/mjd.py"), *common, "--output_dir", str(tmp_path / "two")]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = accelerate_launch_two_cpu_processes("recipes/mjd.py", *common, "--output_dir", tmp_path / "two")
     assert result.returncode == 0, result.stderr[-3000:]
     shards = sorted(p.name for p in (tmp_path / "two" / "shards").iterdir())
     assert shards == ["shard-00000.jsonl", "shard-00001.jsonl", "shard-00002.jsonl"]
     summary = json.loads((tmp_path / "two" / "run_manifest.json").read_text())["summary"]
     assert summary["processes"] == 2 and summary["shards_scored_here"] == 2  # rank 0: shards 0, 2; rank 1 did 1
 
-    _script("recipes/mjd.py").main([*common, "--output_dir", str(tmp_path / "one")])
+    load_script("recipes/mjd.py").main([*common, "--output_dir", str(tmp_path / "one")])
     read = lambda run: [json.loads(line) for line in (tmp_path / run / "mjd.jsonl").read_text().splitlines()]
     one, two = read("one"), read("two")
     assert [r["id"] for r in one] == [r["id"] for r in two]  # merged in input order

@@ -3,7 +3,7 @@ import random
 
 import numpy as np
 import pytest
-from conftest import run_script
+from conftest import load_script, run_script
 
 from capo.data.lewidi import PAR_LABELS, VEN_LABELS, read_lewidi
 from capo.errors import DataError
@@ -156,14 +156,9 @@ def test_par_predictions_follow_each_annotator_and_resume_after_a_stop(tmp_path)
 
 
 def test_bad_config_is_one_line_and_writes_nothing(tmp_path, capsys):
-    import importlib.util
 
-    from conftest import ROOT
 
-    spec = importlib.util.spec_from_file_location("recipes_perspectivist", ROOT / "recipes" / "perspectivist.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    main = recipe.main
+    main = load_script("recipes/perspectivist.py").main
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: ven\nno_such_knob: 3\n")

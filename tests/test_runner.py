@@ -3,7 +3,6 @@ the same behaviour through every job that uses it (generation, model explanation
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,7 +12,7 @@ import sys
 from dataclasses import dataclass
 
 import pytest
-from conftest import ROOT, run_script
+from conftest import ROOT, load_script, run_script
 
 from capo import runner
 from capo.errors import DataError
@@ -182,13 +181,6 @@ def test_fingerprints_follow_content_not_names(tmp_path, monkeypatch):
 # --- through the jobs -----------------------------------------------------------------------------------------------
 
 
-def _script(path: str):
-    spec = importlib.util.spec_from_file_location(f"script_{path.replace('/', '_')[:-3]}", ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def _one_error_line(capsys, main, argv) -> str:
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
@@ -215,7 +207,7 @@ def _one_error_line(capsys, main, argv) -> str:
 ])
 def test_invalid_values_are_one_line_and_leave_no_run_folder(script, argv, field, tmp_path, capsys):
     out = tmp_path / "run"
-    line = _one_error_line(capsys, _script(script), [*argv, "--output_dir", out])
+    line = _one_error_line(capsys, load_script(script).main, [*argv, "--output_dir", out])
     assert f"field '{field}'" in line
     assert not out.exists()
 
@@ -269,7 +261,7 @@ def test_generation_refuses_an_edited_data_file_and_a_replaced_model(corpus_lm, 
 def test_model_explanations_resume_after_a_kill_and_refuse_a_replaced_model(corpus_lm, tmp_path, capsys):
     model = _copy_model(corpus_lm, tmp_path / "model")
     argv = ["--model", model, "--limit", "2", "--dtype", "float32", "--max_new_tokens", "12", "--shard_size", "3"]
-    main = _script("recipes/model_explanations.py")
+    main = load_script("recipes/model_explanations.py").main
     main([str(a) for a in argv + ["--output_dir", tmp_path / "full"]])
     out = tmp_path / "run"
     killed = run_script("recipes/model_explanations.py", *argv, "--output_dir", out, env={KILL_AFTER_ENV: "1"})
@@ -292,7 +284,7 @@ def test_mjd_resumes_after_a_kill_and_refuses_a_changed_output_option_or_explana
     shutil.copy(MODEL_EXPLANATIONS_DIR / "Llama3" / "Label-Free-first.json", explanations)
     argv = ["--config", "recipes/configs/mjd_tiny_parallel.yaml", "--model_name_or_path", corpus_lm, "--limit", "4",
             "--items_per_chunk", "2", "--explanations", explanations, "--batch_size", "24"]
-    main = _script("recipes/mjd.py")
+    main = load_script("recipes/mjd.py").main
     main([str(a) for a in argv + ["--output_dir", tmp_path / "full"]])
     out = tmp_path / "run"
     killed = run_script("recipes/mjd.py", *argv, "--output_dir", out, env={KILL_AFTER_ENV: "1"})

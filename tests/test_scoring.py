@@ -13,6 +13,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from capo.data.loaders import load_nli341
@@ -21,7 +22,6 @@ from capo.errors import DataError
 from capo.generate.backends.hf import HFBackend
 from capo.generate.scoring import HFScorer, build_prefix_tree, option_token_ids
 from capo.mjd.estimate import MJDSettings, item_explanations, prompt_specs, user_message
-from tests.conftest import ROOT
 from tests.test_inference import make_adapter
 
 OPTION_SETS = (("A", "B", "C"), ("A", "B", "C", "D"), ("1", "2", "3", "4", "5"))  # MJD, judge, Likert
