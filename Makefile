@@ -26,31 +26,37 @@ models/smollm2-135m-instruct/config.json: requirements-models.txt | setup
 	$(PY) recipes/build_models.py --model smollm2-135m-instruct --output_dir $(@D)
 	touch $@
 
-# $(call explainers,OUT,ANNOTATORS,SEED): per-annotator SFT, then CAPO from that SFT adapter (NLI, tiny CPU configs,
-# bf16 autocast), skipping finished runs and resuming killed ones.
+# $(call explainers,OUT,ANNOTATORS,SEED,CONFIGS,SFT_ARGS,CAPO_ARGS): per-annotator SFT, then CAPO from that SFT
+# adapter (NLI; recipes/configs/{sft,capo}_CONFIGS.yaml plus any overrides), skipping finished runs and resuming
+# killed ones.
 explainers = for a in $(2); do \
 	  test -f $(1)/sft/nli/$$a/run_manifest.json || $(PY) recipes/sft.py --annotator $$a --seed $(3) \
-	    --config recipes/configs/sft_tiny.yaml --output_dir '$(1)/sft/{task}/{annotator}' --bf16 true \
-	    --resume_from_checkpoint true || exit 1; \
+	    --config recipes/configs/sft_$(4).yaml --output_dir '$(1)/sft/{task}/{annotator}' \
+	    --resume_from_checkpoint true $(5) || exit 1; \
 	  test -f $(1)/capo/nli/$$a/run_manifest.json || $(PY) recipes/capo.py --annotator $$a --seed $(3) \
-	    --config recipes/configs/capo_tiny.yaml --sft_adapter '$(1)/sft/{task}/{annotator}' \
-	    --output_dir '$(1)/capo/{task}/{annotator}' --bf16 true --resume_from_checkpoint true || exit 1; \
+	    --config recipes/configs/capo_$(4).yaml --sft_adapter '$(1)/sft/{task}/{annotator}' \
+	    --output_dir '$(1)/capo/{task}/{annotator}' --resume_from_checkpoint true $(6) || exit 1; \
 	done
 
-# The main job, end to end on CPU with the offline corpus LM (about 10 minutes on 2 cores): baselines -> base LM ->
-# per-annotator SFT + CAPO explainers for A1 and A2 -> their explanations for held-out items -> likelihood
-# attribution -> MJDs for the 341 items -> MJD vs ChaosNLI. Every step skips what a previous run finished.
+# The main job, end to end on CPU with SmolLM2-135M-Instruct (about 10 minutes on 2 cores, install included):
+# baselines -> per-annotator SFT + CAPO explainers for A1 and A2 (a few steps each: a demo, not the study) -> their
+# explanations for held-out items -> likelihood attribution -> MJDs for the 341 items without explanations -> MJD vs
+# ChaosNLI, calibrated. Every step skips what a previous run finished.
 DEMO := runs/demo
-demo: setup models/corpus-lm/config.json
+DEMO_SFT  := --max_steps 6 --warmup_steps 1 --logging_steps 2 --eval_steps 6 --save_steps 3
+DEMO_CAPO := --max_steps 3 --warmup_steps 0 --logging_steps 1 --eval_steps 3 --save_steps 3 --per_device_train_batch_size 4
+demo: setup models/smollm2-135m-instruct/config.json
 	$(PY) eval/distributions.py --baselines --plot results/baselines_ternary.png --csv results/baselines.csv
-	$(call explainers,$(DEMO),A1 A2,0)
+	$(call explainers,$(DEMO),A1 A2,0,tiny,$(DEMO_SFT),$(DEMO_CAPO))
 	$(PY) recipes/generate.py --config recipes/configs/generate_tiny.yaml --output_dir $(DEMO)/generate \
-	  --adapters A1=$(DEMO)/capo/nli/A1 A2=$(DEMO)/capo/nli/A2
-	$(PY) eval/attribution.py --model models/corpus-lm --annotators A1 A2 --seeds 0 \
+	  --adapters A1=$(DEMO)/capo/nli/A1 A2=$(DEMO)/capo/nli/A2 --base true --limit 4 --max_new_tokens 64
+	$(PY) eval/attribution.py --model models/smollm2-135m-instruct --annotators A1 A2 --seeds 0 \
 	  --adapter 'sft=$(DEMO)/sft/{task}/{annotator}' --adapter 'capo=$(DEMO)/capo/{task}/{annotator}' \
 	  --output $(DEMO)/attribution.json
-	$(PY) recipes/mjd.py --config recipes/configs/mjd_tiny_parallel.yaml --output_dir $(DEMO)/mjd
+	$(PY) recipes/mjd.py --config recipes/configs/mjd_tiny_none.yaml --save_raw_scores true --output_dir $(DEMO)/mjd
 	$(PY) eval/distributions.py --human $(DEMO)/mjd/human_chaosnli.jsonl --model $(DEMO)/mjd/mjd.jsonl
+	$(PY) eval/calibrate.py --raw $(DEMO)/mjd/raw_scores.jsonl --human $(DEMO)/mjd/human_chaosnli.jsonl \
+	  --output $(DEMO)/mjd/mjd_calibrated.jsonl
 
 models/corpus-lm/config.json: | setup
 	$(PY) recipes/build_corpus_lm.py --output_dir models/corpus-lm
@@ -58,9 +64,9 @@ models/corpus-lm/config.json: | setup
 # The likelihood-attribution table of docs/results.md: all four annotators, 3 seeds (about 30-60 min on 2 cores).
 ATTR := runs/attr
 attribution: setup models/corpus-lm/config.json
-	$(call explainers,$(ATTR)/seed0,A1 A2 A3 A4,0)
-	$(call explainers,$(ATTR)/seed1,A1 A2 A3 A4,1)
-	$(call explainers,$(ATTR)/seed2,A1 A2 A3 A4,2)
+	$(call explainers,$(ATTR)/seed0,A1 A2 A3 A4,0,corpus_lm,--bf16 true,--bf16 true)
+	$(call explainers,$(ATTR)/seed1,A1 A2 A3 A4,1,corpus_lm,--bf16 true,--bf16 true)
+	$(call explainers,$(ATTR)/seed2,A1 A2 A3 A4,2,corpus_lm,--bf16 true,--bf16 true)
 	$(PY) eval/attribution.py --model models/corpus-lm --seeds 0 1 2 --output results/attribution_nli.json \
 	  --adapter 'sft=$(ATTR)/seed{seed}/sft/{task}/{annotator}' --adapter 'capo=$(ATTR)/seed{seed}/capo/{task}/{annotator}'
 
