@@ -4,7 +4,8 @@
         --output runs/mjd/mjd_calibrated.jsonl
 
 The raw scores come from `recipes/mjd.py --save_raw_scores true`. Prints KL, JS distance, TVD and distance
-correlation for T = 1, T = 20 and the cross-fitted T, with the T of each fold.
+correlation for T = 1, T = 20 and the cross-fitted T, with the T of each fold, and the share of prompts whose top
+letter is A, B or C (a position bias the option-order averaging cancels).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from capo.cli import run_main
 from capo.data.loaders import read_distributions, write_distributions
 from capo.errors import DataError
-from capo.evaluate.calibration import crossfit, label_scores, mjd_at
+from capo.evaluate.calibration import crossfit, label_scores, mjd_at, top_letter_shares
 from capo.evaluate.metrics import distribution_report
 from capo.io import iter_jsonl
 
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.folds < 2:
         raise DataError(f"need at least 2 folds, got {args.folds}", field="--folds")
-    scores = label_scores([row for _, row in iter_jsonl(args.raw)])
+    raw = [row for _, row in iter_jsonl(args.raw)]
+    scores = label_scores(raw)
     human = read_distributions(args.human)
     ids = [i for i in scores if i in human]
     if len(ids) < args.folds:
@@ -43,11 +45,14 @@ def main(argv: list[str] | None = None) -> dict:
     h = np.array([human[i] for i in ids])
     rows = {f"T={t:g}": distribution_report(h, np.array([mjd_at(scores[i], t) for i in ids])) for t in (1.0, 20.0)}
     rows["T=cross-fitted"] = distribution_report(h, np.array([calibrated[i] for i in ids]))
-    report = {"items": len(ids), "fold_temperatures": temperatures, "rows": rows}
+    report = {"items": len(ids), "fold_temperatures": temperatures, "top_letter_shares": top_letter_shares(raw),
+              "rows": rows}
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         print(f"{len(ids)} items; fitted T per fold: {', '.join(f'{t:.2f}' for t in temperatures)}")
+        shares = report["top_letter_shares"]
+        print("prompts whose top letter is " + ", ".join(f"{k} {v:.3f}" for k, v in shares.items()))
         for name, r in rows.items():
             print(f"{name:>16}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items()))
     if args.output:

@@ -8,13 +8,22 @@ import numpy as np
 import pytest
 from conftest import run_script, write_jsonl
 
-from capo.evaluate.calibration import crossfit, fit_temperature, label_scores, mjd_at
+from capo.evaluate.calibration import crossfit, fit_temperature, label_scores, mjd_at, top_letter_shares
 
 
 def test_label_scores_undo_the_option_order():
     # Letters A, B, C showed neutral, contradiction, entailment: their scores 1, 2, 3 belong to N, C, E.
     rows = label_scores([{"id": "x", "prompts": [{"options": "NCE", "letter_scores": [1.0, 2.0, 3.0]}]}])
     assert rows["x"].tolist() == [[3.0, 1.0, 2.0]]
+
+
+def test_top_letter_shares_count_answer_positions_not_labels():
+    # B is on top in 3 of 4 prompts whatever label it shows: a position bias; A once.
+    rows = [{"id": "x", "prompts": [{"options": "ENC", "letter_scores": [0.0, 5.0, 1.0]},
+                                    {"options": "CEN", "letter_scores": [0.0, 5.0, 1.0]}]},
+            {"id": "y", "prompts": [{"options": "NCE", "letter_scores": [2.0, 3.0, 1.0]},
+                                    {"options": "ECN", "letter_scores": [9.0, 3.0, 1.0]}]}]
+    assert top_letter_shares(rows) == {"A": 0.25, "B": 0.75, "C": 0.0}
 
 
 def test_crossfit_recovers_the_temperature_that_made_the_human_distributions():
@@ -42,6 +51,7 @@ def test_cli_reports_and_writes_calibrated_mjds(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["rows"]["T=cross-fitted"]["kl"] < report["rows"]["T=20"]["kl"]
+    assert sum(report["top_letter_shares"].values()) == pytest.approx(1.0)
     assert len(out.read_text().splitlines()) == 20
 
 

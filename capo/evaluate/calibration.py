@@ -43,6 +43,15 @@ def label_scores(raw_rows: Sequence[Mapping]) -> dict[str, np.ndarray]:
     return out
 
 
+def top_letter_shares(raw_rows: Sequence[Mapping]) -> dict[str, float]:
+    """Share of prompts whose highest letter score sits at each answer position (A, B, C): a position bias that
+    averaging over the 6 option orders cancels, leaving an MJD near uniform however confident each prompt is."""
+    tops = [int(np.argmax(prompt["letter_scores"])) for row in raw_rows for prompt in row.get("prompts", [])
+            if isinstance(prompt.get("letter_scores"), list) and len(prompt["letter_scores"]) == len(NLI)]
+    counts = np.bincount(tops, minlength=len(NLI)) / max(len(tops), 1)
+    return {letter: float(share) for letter, share in zip("ABC", counts)}
+
+
 def mjd_at(scores: np.ndarray, temperature: float) -> np.ndarray:
     """One item's MJD at `temperature` from its (prompts x labels) scores."""
     return softmax(scores / temperature, axis=-1).mean(axis=0)
