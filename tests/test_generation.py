@@ -126,14 +126,14 @@ def test_a_tokenizer_without_chat_template_is_a_one_line_error(corpus_lm):
     from transformers import AutoTokenizer
 
     from capo.data.loaders import load_varierr
-    from capo.generate.explanations import render_prompt
+    from capo.generate.explanations import Unit, render_unit_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
-    item = load_varierr()[0]
-    assert render_prompt(tokenizer, item).endswith("<|assistant|>\n")
+    unit = Unit(load_varierr()[0], "base", None)
+    assert render_unit_prompt(tokenizer, unit).endswith("<|assistant|>\n")
     tokenizer.chat_template = None
     with pytest.raises(DataError, match="no chat template"):
-        render_prompt(tokenizer, item)
+        render_unit_prompt(tokenizer, unit)
 
 
 def test_held_out_items_are_never_in_the_explainers_training_rows():
@@ -155,3 +155,48 @@ def test_held_out_items_are_never_in_the_explainers_training_rows():
         assert [i.id for i in select_items("varierr", "test", split_seed=seed, limit=3)] == test[:3]
     ids = lambda seed: {i.id for i in select_items("varierr", "test", split_seed=seed)}
     assert ids(0) != ids(1)  # the seed is passed on
+
+
+def test_prompting_baselines_show_the_targets_own_training_answers_and_fit_the_context(corpus_lm, tmp_path):
+    from capo.data.datasets import load_task_data
+
+    train = {i.id: i for i in load_task_data("nli", "varierr", split_seed=0).items("train")}
+    common = dict(model=str(corpus_lm), dataset="varierr", split="test", limit=3, targets=["A1", "A2"],
+                  dtype="float32", batch_size=8, max_new_tokens=8, shard_size=4)
+    summary = run_generation(GenerateArguments(**common, few_shot=3, output_dir=str(tmp_path / "fs3")))
+    records = [json.loads(line) for line in (tmp_path / "fs3" / MERGED).read_text().splitlines()]
+    assert summary["few_shot_reduced"] == 0 and [r["annotator"] for r in records] == ["A1", "A2"] * 3
+    for record in records:
+        assert record["target"] == record["annotator"] and record["adapter"] is None
+        assert len(record["few_shot_ids"]) == 3 and record["id"] not in record["few_shot_ids"]
+        # every example is one of the target's own training answers, never a held-out item
+        assert all(any(a.annotator == record["target"] for a in train[i].annotations) for i in record["few_shot_ids"])
+    assert records[0]["few_shot_ids"] != records[1]["few_shot_ids"]  # each target's own history
+    assert min(r["prompt_tokens"] for r in records) > 150
+
+    # Zero-shot: one prompt for every target, generated once (greedy) and recorded for each.
+    run_generation(GenerateArguments(**common, output_dir=str(tmp_path / "zero")))
+    zero = [json.loads(line) for line in (tmp_path / "zero" / MERGED).read_text().splitlines()]
+    assert all(r["few_shot_ids"] == [] for r in zero) and zero[0]["raw"] == zero[1]["raw"]
+    assert max(r["prompt_tokens"] for r in zero) < min(r["prompt_tokens"] for r in records)
+
+    # A context too short for 3 examples: fewer are shown, and the summary says so.
+    short = max(r["prompt_tokens"] for r in zero) + 8 + 40
+    summary = run_generation(GenerateArguments(**common, few_shot=3, max_prompt_tokens=short,
+                                               output_dir=str(tmp_path / "short")))
+    cut = [json.loads(line) for line in (tmp_path / "short" / MERGED).read_text().splitlines()]
+    assert summary["few_shot_reduced"] == 6 and all(r["prompt_tokens"] + 8 <= short for r in cut)
+    assert all(r["few_shot_ids"] == full["few_shot_ids"][:len(r["few_shot_ids"])] for r, full in zip(cut, records))
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(targets=["A1"], adapters=["A1=x"]), "targets"),
+    (dict(targets=["A9"]), "annotator"),
+    (dict(few_shot=2), "few_shot"),
+    (dict(targets=["A1"], few_shot=-1), "few_shot"),
+    (dict(targets=["A1"], max_prompt_tokens=0), "max_prompt_tokens"),
+])
+def test_prompting_baseline_options_are_checked_while_parsing(changes, field):
+    with pytest.raises(DataError) as err:
+        GenerateArguments(**{"output_dir": "x", **changes})
+    assert field in str(err.value)

@@ -69,3 +69,18 @@ def history(
         for annotation in item.by_annotator(annotator)
         if valid(item, annotation)
     ]
+
+
+def few_shot_rng(seed: int) -> random.Random:
+    """Few-shot examples draw from their own generator, so turning them on changes no other sampled choice."""
+    return random.Random(f"few-shot:{seed}")
+
+
+def few_shot_examples(
+    train_history: Sequence[tuple[Item, Annotation]], item: Item, k: int, rng: random.Random
+) -> list[tuple[Item, Annotation]]:
+    """k worked examples sampled from an annotator's training history; never the item's own answer."""
+    if k <= 0:
+        return []
+    pool = [(i, a) for i, a in train_history if i.id != item.id]
+    return rng.sample(pool, min(k, len(pool)))

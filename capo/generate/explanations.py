@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from capo.data.prompts import parse_response, prompt_messages, render_chat
-from capo.data.schema import Item
+from capo.data.schema import Annotation, Item, check_annotator
 from capo.errors import DataError
 from capo.generate.backends import BACKENDS
 from capo.generate.backends.base import Backend
@@ -33,23 +33,66 @@ MERGED = "generations.jsonl"
 @dataclass(frozen=True)
 class Unit:
     item: Item
-    annotator: str  # the record's annotator name (the adapter's name; "base" for the base model)
+    annotator: str  # the record's annotator name (the adapter's name, a prompted target, or "base")
     adapter: str | None  # adapter name registered with the backend; None = base model
+    target: str | None = None  # prompting baselines: the annotator the base model is prompted to write as
+    examples: tuple[tuple[Item, Annotation], ...] = ()  # few-shot worked examples from the target's training history
 
     @property
     def key(self) -> str:
         return f"{self.item.id}\t{self.annotator}"
 
 
-def plan_units(items: Sequence[Item], annotators: Mapping[str, str | None]) -> list[Unit]:
-    """Every (item, annotator) in a fixed order; item ids must be unique (a record is keyed by id and annotator)."""
+def plan_units(items: Sequence[Item], annotators: Mapping[str, str | None], *,
+               examples: Callable[[Item, str], Sequence[tuple[Item, Annotation]]] | None = None,
+               targets: Sequence[str] = ()) -> list[Unit]:
+    """Every (item, annotator) in a fixed order; item ids must be unique (a record is keyed by id and annotator).
+    A name in `targets` is a prompting baseline: the base model prompted as that annotator, with
+    `examples(item, target)` as its worked examples."""
     seen: set[str] = set()
     for item in items:
         if item.id in seen:
             raise DataError("duplicate item id: records could not be told apart (use one LeWiDi split per run)",
                             item=item.id, field="id")
         seen.add(item.id)
-    return [Unit(item, name, adapter) for item in items for name, adapter in annotators.items()]
+    return [Unit(item, name, adapter, target=name if name in targets else None,
+                 examples=tuple(examples(item, name)) if examples and name in targets else ())
+            for item in items for name, adapter in annotators.items()]
+
+
+def few_shot_planner(train_items: Sequence[Item], k: int, seed: int):
+    """`examples(item, target)` for `plan_units`: k of the target's valid training responses (the validity SFT
+    trains on), drawn per (target, item) from a generator of their own, so the choice does not depend on which other
+    items or targets a run has."""
+    import random
+
+    from capo.data.splits import few_shot_examples, history
+    from capo.data.validity import predicate
+    from capo.train.pairs import DEFAULT_VALIDITY
+
+    valid = predicate(DEFAULT_VALIDITY)
+    histories: dict[str, list[tuple[Item, Annotation]]] = {}
+
+    def examples(item: Item, target: str) -> list[tuple[Item, Annotation]]:
+        if target not in histories:
+            histories[target] = history(train_items, target, valid=valid)
+        return few_shot_examples(histories[target], item, k, random.Random(f"few-shot:{seed}:{target}:{item.id}"))
+
+    return examples
+
+
+def fit_examples(unit: Unit, tokenizer, max_prompt_tokens: int | None, max_new_tokens: int) -> Unit:
+    """The unit with as many of its worked examples (in order) as fit `max_prompt_tokens` with the answer."""
+    if not unit.examples or max_prompt_tokens is None:
+        return unit
+    fits = lambda k: len(tokenizer(render_unit_prompt(tokenizer, Unit(unit.item, unit.annotator, unit.adapter,
+                         unit.target, unit.examples[:k])), add_special_tokens=False)["input_ids"]) \
+        + max_new_tokens <= max_prompt_tokens
+    k = len(unit.examples)
+    while k > 0 and not fits(k):
+        k -= 1
+    return unit if k == len(unit.examples) else Unit(unit.item, unit.annotator, unit.adapter, unit.target,
+                                                     unit.examples[:k])
 
 
 def record_key(record: dict) -> str:
@@ -59,25 +102,29 @@ def record_key(record: dict) -> str:
 
 
 
-def render_prompt(tokenizer, item: Item) -> str:
-    """The explainer's prompt for an item, as in SFT/CAPO training (`capo.data.prompts.prompt_messages`, zero-shot)."""
-    return render_chat(tokenizer, prompt_messages(item))
+def render_unit_prompt(tokenizer, unit: Unit) -> str:
+    """The explainer's prompt for a unit, as in SFT/CAPO training (`capo.data.prompts.prompt_messages`), with the
+    unit's worked examples (prompting baselines) or none."""
+    return render_chat(tokenizer, prompt_messages(unit.item, unit.examples))
 
 
 def explain_units(
     backend: Backend, units: Sequence[Unit], *, adapter_ids: Mapping[str, str], max_new_tokens: int,
-    prompt: Callable[[Item], str],
+    prompt: Callable[[Unit], str],
 ) -> list[dict]:
-    """Generate for one shard: one `generate` call per adapter (all its units batched), records in unit order."""
+    """Generate for one shard: one `generate` call per adapter (all its distinct prompts batched: greedy decoding
+    gives a repeated prompt the same answer, e.g. zero-shot prompting for several targets), records in unit order."""
     by_adapter: dict[str | None, list[int]] = {}
     for position, unit in enumerate(units):
         by_adapter.setdefault(unit.adapter, []).append(position)
     records: list[dict | None] = [None] * len(units)
     for adapter, positions in by_adapter.items():
-        generations = backend.generate([prompt(units[p].item) for p in positions], adapter=adapter,
-                                       max_new_tokens=max_new_tokens)
-        for position, generation in zip(positions, generations, strict=True):
-            unit = units[position]
+        texts = [prompt(units[p]) for p in positions]
+        distinct = list(dict.fromkeys(texts))
+        answers = dict(zip(distinct, backend.generate(distinct, adapter=adapter, max_new_tokens=max_new_tokens),
+                           strict=True))
+        for position, text in zip(positions, texts, strict=True):
+            unit, generation = units[position], answers[text]
             parsed = parse_response(generation.text, unit.item.task)
             records[position] = {
                 "id": unit.item.id,
@@ -92,6 +139,8 @@ def explain_units(
                 "prompt_tokens": generation.prompt_tokens,
                 "generated_tokens": generation.generated_tokens,
             }
+            if unit.target is not None:  # a prompting baseline: what eval/imitation.py scores against
+                records[position].update(target=unit.target, few_shot_ids=[i.id for i, _ in unit.examples])
     return records  # type: ignore[return-value]
 
 
@@ -140,6 +189,7 @@ def check_generation_options(args) -> None:
     """The value checks every generation job's arguments share (a bad value never reaches the output folder)."""
     check_positive(args, "batch_size", "max_new_tokens", "shard_size", "tensor_parallel_size", "limit",
                    optional=("limit",))
+
     if args.backend not in BACKENDS:
         raise DataError(f"unknown backend {args.backend!r} (valid: {', '.join(BACKENDS)})", field="backend")
     if not str(args.output_dir).strip():
@@ -154,7 +204,12 @@ class GenerateArguments:
     dataset: str = "varierr"  # a `capo.data.loaders.load_dataset` name or path
     output_dir: str = "runs/generate"
     adapters: list[str] | None = None  # annotator explainers as NAME=PATH (hub id or folder), on the one base model
-    base: bool = False  # also generate with the base model (annotator "base"); implied when there are no adapters
+    base: bool = False  # also generate with the base model (annotator "base"); implied when there is nothing else
+    targets: list[str] | None = None  # prompting baselines: the base model prompted as each of these annotators
+    few_shot: int = 0  # with targets: k worked examples from each target's training history (0 = zero-shot)
+    few_shot_seed: int = 0
+    max_prompt_tokens: int | None = None  # with few_shot: fewer examples where a prompt and its answer would not
+    # fit (default: the tokenizer's model_max_length); records list the examples they showed (few_shot_ids)
     split: str | None = "test"  # held-out items: this part of the adapters' split (`select_items`); None = all
     split_seed: int = 0
     limit: int | None = None  # only the first N items (after the split)
@@ -168,13 +223,26 @@ class GenerateArguments:
     def __post_init__(self) -> None:
         # Every value check happens here, while parsing: a bad value never reaches the output folder.
         check_generation_options(self)
+        check_positive(self, "max_prompt_tokens", optional=("max_prompt_tokens",))
+        if self.few_shot < 0:
+            raise DataError(f"few_shot must be 0 or more, got {self.few_shot}", field="few_shot")
         self.annotators()
 
     def annotators(self) -> dict[str, str | None]:
         """Record annotator name -> adapter name (None: the base model), in record order."""
         adapters = parse_adapters(self.adapters or [])
         annotators: dict[str, str | None] = {name: name for name in adapters}
-        if self.base or not adapters:
+        targets = list(dict.fromkeys(self.targets or []))
+        if targets and adapters:
+            raise DataError("targets (prompting baselines on the base model) and adapters go in separate runs: "
+                            "their records would share annotator names", field="targets")
+        for target in targets:
+            check_annotator(target)
+            annotators[target] = None
+        if self.few_shot and not targets:
+            raise DataError("few_shot needs targets: whose training history the examples come from",
+                            field="few_shot")
+        if self.base or not annotators:
             if "base" in annotators:
                 raise DataError("'base' names the base model; give the adapter another name", field="adapters")
             annotators["base"] = None
@@ -203,6 +271,12 @@ def select_items(dataset: str, split: str | None, split_seed: int = 0, limit: in
     return items
 
 
+def _context_limit(tokenizer) -> int | None:
+    """The tokenizer's model_max_length where it is a real limit (transformers' "unset" is a huge number)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and 0 < limit < 1_000_000 else None
+
+
 def run_generation(args: GenerateArguments, *, process_index: int | None = None,
                    num_processes: int | None = None) -> dict:
     """The whole job for this process; the main process merges the shards and writes the manifest.
@@ -227,9 +301,17 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
     items = select_items(args.dataset, args.split, args.split_seed, args.limit, adapters,
                          log=lambda msg: print(msg, flush=True) if index == 0 else None)
     annotators = args.annotators()
-    units = plan_units(items, annotators)
+    targets = list(dict.fromkeys(args.targets or []))
+    examples = None
+    if args.few_shot:
+        from capo.data.datasets import load_splits
+
+        examples = few_shot_planner(load_splits(args.dataset, args.split_seed).items("train"), args.few_shot,
+                                    args.few_shot_seed)
+    units = plan_units(items, annotators, examples=examples, targets=targets)
     signature = {key: getattr(args, key) for key in ("split", "split_seed", "limit", "backend", "dtype", "batch_size",
-                                                        "max_new_tokens", "tensor_parallel_size")}
+                                                        "max_new_tokens", "tensor_parallel_size", "targets",
+                                                        "few_shot", "few_shot_seed", "max_prompt_tokens")}
     # Content, not just names: a data file edited or a model / adapter replaced in place must not mix into a run.
     signature.update(model=fingerprint(args.model), dataset=fingerprint(args.dataset),
                      annotators={name: fingerprint(adapters[name]) if name in adapters else None
@@ -244,8 +326,10 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
     backend = load_backend(args.backend, args.model, adapters, **options)
     mine = sum(len(run.shard(k)) for k in run.shards_of(index, world))
     progress = Progress(mine, len(annotators), position=index, disable=not main)
-    run.run(lambda chunk: explain_units(backend, chunk, adapter_ids=adapters, max_new_tokens=args.max_new_tokens,
-                                        prompt=lambda item: render_prompt(backend.tokenizer, item)),
+    limit = args.max_prompt_tokens or _context_limit(backend.tokenizer)
+    fit = lambda chunk: [fit_examples(unit, backend.tokenizer, limit, args.max_new_tokens) for unit in chunk]
+    run.run(lambda chunk: explain_units(backend, fit(chunk), adapter_ids=adapters, max_new_tokens=args.max_new_tokens,
+                                        prompt=lambda unit: render_unit_prompt(backend.tokenizer, unit)),
             process_index=index, num_processes=world, progress=progress)
     throughput = progress.close()
     if process_index is None:
@@ -255,5 +339,9 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
         records = run.merge(into=MERGED)
         if records is not None:
             summary.update(merged=str(run.output_dir / MERGED), unparsed=sum(not r["parsed"] for r in records))
+            if args.few_shot:  # say plainly where the context forced fewer examples than asked for
+                shown = [len(r["few_shot_ids"]) for r in records if "few_shot_ids" in r]
+                summary.update(few_shot_asked=args.few_shot, few_shot_shown_min=min(shown, default=0),
+                               few_shot_reduced=sum(k < args.few_shot for k in shown))
             write_manifest(run.output_dir, config=args, extra={"summary": summary})
     return summary

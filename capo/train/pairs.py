@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from capo.data.prompts import prompt_messages, render_chat, response_messages
 from capo.data.schema import Annotation, Item, check_annotator
-from capo.data.splits import history
+from capo.data.splits import few_shot_examples, few_shot_rng, history
 from capo.data.validity import Predicate, predicate
 from capo.errors import DataError
 
@@ -29,20 +29,6 @@ DEFAULT_VALIDITY = "peer_majority_not_self_corrected"
 def normalise_text(text: str) -> str:
     """Case-, whitespace- and punctuation-insensitive form used to drop pairs whose two texts are the same."""
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-def _few_shot(
-    train_history: Sequence[tuple[Item, Annotation]], item: Item, k: int, rng: random.Random
-) -> list[tuple[Item, Annotation]]:
-    if k <= 0:
-        return []
-    pool = [(i, a) for i, a in train_history if i.id != item.id]  # never show the item's own answer as an example
-    return rng.sample(pool, min(k, len(pool)))
-
-
-def _few_shot_rng(seed: int) -> random.Random:
-    """Few-shot examples draw from their own generator, so turning them on changes no other sampled choice."""
-    return random.Random(f"few-shot:{seed}")
 
 
 def _with_examples(row: dict, examples: list[tuple[Item, Annotation]], few_shot: int) -> dict:
@@ -68,11 +54,11 @@ def sft_rows(
     """
     check_annotator(annotator)
     ok = predicate(valid) if isinstance(valid, str) else valid
-    rng = _few_shot_rng(seed)
+    rng = few_shot_rng(seed)
     pool_history = history(few_shot_pool, annotator, valid=ok) if few_shot else []
     rows = []
     for item, annotation in history(items, annotator, valid=ok):
-        examples = _few_shot(pool_history, item, few_shot, rng)
+        examples = few_shot_examples(pool_history, item, few_shot, rng)
         rows.append(_with_examples({
             "id": item.id,
             "annotator": annotator,
@@ -111,7 +97,7 @@ def capo_pairs(
         raise DataError(f"max_pairs_per_item must be at least 1, got {max_pairs_per_item}")
     chosen_ok, rejected_ok = predicate(chosen_valid), predicate(rejected_valid)
     pool_history = history(few_shot_pool, annotator, valid=chosen_ok) if few_shot else []
-    rng, shot_rng = random.Random(seed), _few_shot_rng(seed)
+    rng, shot_rng = random.Random(seed), few_shot_rng(seed)
     rows = []
     for item in sorted(items, key=lambda i: i.id):  # input order must not change the output
         candidates = []
@@ -132,7 +118,7 @@ def capo_pairs(
         if max_pairs_per_item is not None and len(candidates) > max_pairs_per_item:
             keep = sorted(rng.sample(range(len(candidates)), max_pairs_per_item))
             candidates = [candidates[k] for k in keep]
-        examples = _few_shot(pool_history, item, few_shot, shot_rng)
+        examples = few_shot_examples(pool_history, item, few_shot, shot_rng)
         prompt = prompt_messages(item, examples)
         for chosen, rejected in candidates:
             rows.append(_with_examples(
