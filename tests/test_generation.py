@@ -161,8 +161,8 @@ def test_prompting_baselines_show_the_targets_own_training_answers_and_fit_the_c
     from capo.data.datasets import load_task_data
 
     train = {i.id: i for i in load_task_data("nli", "varierr", split_seed=0).items("train")}
-    common = dict(model=str(corpus_lm), dataset="varierr", split="test", limit=3, targets=["A1", "A2"],
-                  dtype="float32", batch_size=8, max_new_tokens=8, shard_size=4)
+    common = {"model": str(corpus_lm), "dataset": "varierr", "split": "test", "limit": 3, "targets": ["A1", "A2"],
+                  "dtype": "float32", "batch_size": 8, "max_new_tokens": 8, "shard_size": 4}
     summary = run_generation(GenerateArguments(**common, few_shot=3, output_dir=str(tmp_path / "fs3")))
     records = [json.loads(line) for line in (tmp_path / "fs3" / MERGED).read_text().splitlines()]
     assert summary["few_shot_reduced"] == 0 and [r["annotator"] for r in records] == ["A1", "A2"] * 3
@@ -190,11 +190,11 @@ def test_prompting_baselines_show_the_targets_own_training_answers_and_fit_the_c
 
 
 @pytest.mark.parametrize("changes, field", [
-    (dict(targets=["A1"], adapters=["A1=x"]), "targets"),
-    (dict(targets=["A9"]), "annotator"),
-    (dict(few_shot=2), "few_shot"),
-    (dict(targets=["A1"], few_shot=-1), "few_shot"),
-    (dict(targets=["A1"], max_prompt_tokens=0), "max_prompt_tokens"),
+    ({"targets": ["A1"], "adapters": ["A1=x"]}, "targets"),
+    ({"targets": ["A9"]}, "annotator"),
+    ({"few_shot": 2}, "few_shot"),
+    ({"targets": ["A1"], "few_shot": -1}, "few_shot"),
+    ({"targets": ["A1"], "max_prompt_tokens": 0}, "max_prompt_tokens"),
 ])
 def test_prompting_baseline_options_are_checked_while_parsing(changes, field):
     with pytest.raises(DataError) as err:

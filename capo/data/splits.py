@@ -71,9 +71,10 @@ def history(
     ]
 
 
-def few_shot_rng(seed: int) -> random.Random:
-    """Few-shot examples draw from their own generator, so turning them on changes no other sampled choice."""
-    return random.Random(f"few-shot:{seed}")
+def few_shot_rng(seed: int, *keys: str) -> random.Random:
+    """Few-shot examples draw from their own generator, so turning them on changes no other sampled choice; `keys`
+    (e.g. target and item) give each draw a generator of its own."""
+    return random.Random(":".join(["few-shot", str(seed), *keys]))
 
 
 def few_shot_examples(

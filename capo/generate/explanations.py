@@ -16,6 +16,7 @@ records). A generation that does not parse as `Label: ...\\nExplanation: ...` is
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,9 +65,7 @@ def few_shot_planner(train_items: Sequence[Item], k: int, seed: int):
     """`examples(item, target)` for `plan_units`: k of the target's valid training responses (the validity SFT
     trains on), drawn per (target, item) from a generator of their own, so the choice does not depend on which other
     items or targets a run has."""
-    import random
-
-    from capo.data.splits import few_shot_examples, history
+    from capo.data.splits import few_shot_examples, few_shot_rng, history
     from capo.data.validity import predicate
     from capo.train.pairs import DEFAULT_VALIDITY
 
@@ -76,7 +75,7 @@ def few_shot_planner(train_items: Sequence[Item], k: int, seed: int):
     def examples(item: Item, target: str) -> list[tuple[Item, Annotation]]:
         if target not in histories:
             histories[target] = history(train_items, target, valid=valid)
-        return few_shot_examples(histories[target], item, k, random.Random(f"few-shot:{seed}:{target}:{item.id}"))
+        return few_shot_examples(histories[target], item, k, few_shot_rng(seed, target, item.id))
 
     return examples
 
@@ -85,14 +84,13 @@ def fit_examples(unit: Unit, tokenizer, max_prompt_tokens: int | None, max_new_t
     """The unit with as many of its worked examples (in order) as fit `max_prompt_tokens` with the answer."""
     if not unit.examples or max_prompt_tokens is None:
         return unit
-    fits = lambda k: len(tokenizer(render_unit_prompt(tokenizer, Unit(unit.item, unit.annotator, unit.adapter,
-                         unit.target, unit.examples[:k])), add_special_tokens=False)["input_ids"]) \
-        + max_new_tokens <= max_prompt_tokens
-    k = len(unit.examples)
-    while k > 0 and not fits(k):
-        k -= 1
-    return unit if k == len(unit.examples) else Unit(unit.item, unit.annotator, unit.adapter, unit.target,
-                                                     unit.examples[:k])
+    def fits(candidate: Unit) -> bool:
+        prompt = tokenizer(render_unit_prompt(tokenizer, candidate), add_special_tokens=False)["input_ids"]
+        return len(prompt) + max_new_tokens <= max_prompt_tokens
+
+    while unit.examples and not fits(unit):
+        unit = dataclasses.replace(unit, examples=unit.examples[:-1])
+    return unit
 
 
 def record_key(record: dict) -> str:
@@ -189,7 +187,6 @@ def check_generation_options(args) -> None:
     """The value checks every generation job's arguments share (a bad value never reaches the output folder)."""
     check_positive(args, "batch_size", "max_new_tokens", "shard_size", "tensor_parallel_size", "limit",
                    optional=("limit",))
-
     if args.backend not in BACKENDS:
         raise DataError(f"unknown backend {args.backend!r} (valid: {', '.join(BACKENDS)})", field="backend")
     if not str(args.output_dir).strip():
@@ -301,14 +298,13 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
     items = select_items(args.dataset, args.split, args.split_seed, args.limit, adapters,
                          log=lambda msg: print(msg, flush=True) if index == 0 else None)
     annotators = args.annotators()
-    targets = list(dict.fromkeys(args.targets or []))
     examples = None
     if args.few_shot:
         from capo.data.datasets import load_splits
 
         examples = few_shot_planner(load_splits(args.dataset, args.split_seed).items("train"), args.few_shot,
                                     args.few_shot_seed)
-    units = plan_units(items, annotators, examples=examples, targets=targets)
+    units = plan_units(items, annotators, examples=examples, targets=args.targets or ())
     signature = {key: getattr(args, key) for key in ("split", "split_seed", "limit", "backend", "dtype", "batch_size",
                                                         "max_new_tokens", "tensor_parallel_size", "targets",
                                                         "few_shot", "few_shot_seed", "max_prompt_tokens")}
