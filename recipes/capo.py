@@ -6,7 +6,8 @@ that prefer the target annotator's response over another annotator's valid respo
 
 By default training starts from the target's SFT adapter (`--sft_adapter`, default runs/sft/{task}/{annotator}),
 which is then also the reference policy. When that adapter is missing it is trained first, as recipes/sft.py would
-with `--sft_config` (the SFT recipe's config: its training options; model, LoRA and data options are this run's).
+with `--sft_config` (the SFT recipe's config: its training options; model, LoRA, data and mixed-precision options are
+this run's).
 """
 
 import importlib
@@ -51,8 +52,9 @@ else:
         return parse_arguments((ExplainerScriptArguments, CapoArguments, DPOConfig, ModelConfig, SftFirstArguments),
                                argv)
 
-    def train_missing_sft_adapter(script_args, capo_args, model_args, sft_first) -> None:
-        """init_from sft without an adapter: train it with the SFT recipe's entry point (resumable), then go on."""
+    def train_missing_sft_adapter(script_args, capo_args, training_args, model_args, sft_first) -> None:
+        """init_from sft without an adapter: train it with the SFT recipe's entry point (resumable), then go on.
+        It runs in this process, whose accelerate state admits one mixed precision: this run's bf16/fp16 apply."""
         from accelerate import PartialState
         from trl import ModelConfig, SFTConfig
 
@@ -69,7 +71,8 @@ else:
         argv = ["--config", sft_first.sft_config] if sft_first.sft_config else []
         sft_script, _, sft_args, _ = parse_arguments(
             (ExplainerScriptArguments, CapoArguments, SFTConfig, ModelConfig),
-            [*argv, "--output_dir", script_args.sft_adapter, "--resume_from_checkpoint", "true"])
+            [*argv, "--output_dir", script_args.sft_adapter, "--resume_from_checkpoint", "true",
+             "--bf16", str(training_args.bf16), "--fp16", str(training_args.fp16)])
         train_sft(sft_script, capo_args, sft_args, model_args)
         state.wait_for_everyone()  # every rank loads the adapter that rank 0 has just written
 
@@ -82,7 +85,7 @@ else:
             from capo.train.packed import check_options
 
             check_options(training_args)
-        train_missing_sft_adapter(script_args, capo_args, model_args, sft_first)
+        train_missing_sft_adapter(script_args, capo_args, training_args, model_args, sft_first)
         return train_capo(script_args, capo_args, training_args, model_args)
 
     if __name__ == "__main__":
