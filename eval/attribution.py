@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="models/corpus-lm", help="base model (hub id or folder)")
     parser.add_argument("--adapter", action="append", default=[], metavar="KIND=TEMPLATE",
-                        help="adapter folders, with {seed}, {task}, {annotator} filled in; repeatable")
+                        help="adapter folders, with {seed}, {task}, {annotator} filled in; repeatable. A template "
+                             "without {annotator} is one conditioned explainer (trained with --annotator all), "
+                             "scored with each target's id in the prompt")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--annotators", nargs="+", default=list(ANNOTATORS))
     parser.add_argument("--task", default="nli")

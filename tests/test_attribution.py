@@ -107,6 +107,34 @@ def test_cli_identity_adapters_gain_nothing_and_random_ones_differ(corpus_lm, tm
     assert any(abs(r) > 1e-3 for r in rates)
 
 
+def test_a_conditioned_explainer_is_scored_with_each_targets_id(corpus_lm, tmp_path):
+    """A template without {annotator}: one adapter, prompted as each target; the persona line moves the scores."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from capo.data.prompts import persona_line
+
+    tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
+    item = load_task_data("nli").items("dev")[0]
+    annotation = item.annotations[0]
+    ids, mask = _explanation_mask(tokenizer, item, annotation.label, annotation.explanation, persona="A2")
+    assert persona_line("A2") in tokenizer.decode(ids)
+    assert tokenizer.decode([t for t, m in zip(ids, mask) if m]) == " " + annotation.explanation + "<|end|>"
+    model = AutoModelForCausalLM.from_pretrained(corpus_lm)
+    plain, as_a2 = (score_annotations(model, tokenizer, [item], persona=p) for p in (None, "A2"))
+    assert any(abs(a.score - b.score) > 1e-4 for a, b in zip(plain, as_a2))
+
+    template = _adapters(corpus_lm, tmp_path / "cond", zero=True, annotators=("all",)).replace("{annotator}", "all")
+    out = tmp_path / "report.json"
+    result = run_script("eval/attribution.py", "--model", corpus_lm, "--adapter", f"cond={template}",
+                        "--annotators", "A1", "A2", "--splits", "dev", "--output", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    # a zero adapter is the base model, but prompted as the target: the win rates move, and differ by target
+    rows = report["annotators"]
+    assert all(abs(row["cond"]["win_rate_mean"] - row["base"]) > 1e-4 for row in rows.values())
+    assert rows["A1"]["cond"]["control"]["model_of"] == "A2"
+
+
 def test_items_follow_the_adapters_split_and_pretraining_items_are_counted(corpus_lm, tmp_path, capsys):
     """Adapters trained on split seed 1: their dev items, of which the corpus LM (split seed 0) saw some."""
     template = _adapters(corpus_lm, tmp_path / "seed1", zero=True, split_seed=1, annotators=("A1", "A2"))

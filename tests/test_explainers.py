@@ -140,9 +140,35 @@ def test_capo_trains_missing_sft_adapter_first(corpus_lm, tmp_path, capsys):
     assert len(_losses(tmp_path / "capo")) == 2
 
 
+def test_one_conditioned_adapter_for_all_annotators_sft_then_capo(corpus_lm, tmp_path):
+    """--annotator all: one adapter trained on every annotator's rows (ids in the prompts), CAPO from it."""
+    from capo.data.prompts import persona_line
+    from capo.train.explainers import build_sft_datasets
+
+    train, _, _ = build_sft_datasets(CapoArguments(annotator="all", max_train_rows=8, max_eval_rows=8))
+    assert {row["annotator"] for row in train} == {"A1", "A2", "A3", "A4"}  # an item-major prefix covers everyone
+    assert all(row["prompt"][0]["content"].startswith(persona_line(row["annotator"])) for row in train)
+    sft = tmp_path / "sft" / "{task}" / "{annotator}"
+    result = run_script("recipes/sft.py", "--model_name_or_path", corpus_lm, "--output_dir", sft, "--annotator", "all",
+                        *FAST, "--max_train_rows", "8", "--per_device_train_batch_size", "4", "--max_steps", "2",
+                        "--save_strategy", "no")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "sft" / "nli" / "all" / "run_manifest.json").read_text())
+    assert manifest["annotator"] == "all" and manifest["training_data"]["annotator"] == "all"
+    assert set(manifest["training_data"]["item_ids"]) == {row["id"] for row in train}
+    result = run_script("recipes/capo.py", "--model_name_or_path", corpus_lm, "--output_dir",
+                        tmp_path / "capo" / "{task}" / "{annotator}", "--annotator", "all", *FAST, "--sft_adapter", sft,
+                        "--max_train_rows", "4", "--per_device_train_batch_size", "2", "--max_steps", "2",
+                        "--save_strategy", "no", "--shared_prefix", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    capo = json.loads((tmp_path / "capo" / "nli" / "all" / "run_manifest.json").read_text())
+    assert capo["annotator"] == "all" and capo["sft_adapter"] == str(tmp_path / "sft" / "nli" / "all")
+    _check_adapter(tmp_path / "capo" / "nli" / "all", corpus_lm)
+
+
 def test_unknown_annotator_and_task_are_one_line_errors(corpus_lm, tmp_path, capsys):
     err = _fails(capsys, "sft", "--model_name_or_path", corpus_lm, "--output_dir", tmp_path, "--annotator", "B1")
-    assert err == "error: unknown annotator 'B1' (valid: A1, A2, A3, A4)"
+    assert err == "error: unknown annotator 'B1' (valid: A1, A2, A3, A4, all)"
     err = _fails(capsys, "capo", "--config", ROOT / "recipes/configs/capo_tiny.yaml", "--task", "qa")
     assert err == "error: unknown task 'qa' (valid: nli, paraphrase)"
     err = _fails(capsys, "capo", "--config", ROOT / "recipes/configs/capo_tiny.yaml", "--init_from", "sft2")

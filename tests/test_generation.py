@@ -189,8 +189,36 @@ def test_prompting_baselines_show_the_targets_own_training_answers_and_fit_the_c
     assert all(r["few_shot_ids"] == full["few_shot_ids"][:len(r["few_shot_ids"])] for r, full in zip(cut, records))
 
 
+def test_a_conditioned_adapter_writes_as_each_target_with_its_id_in_the_prompt(corpus_lm, tmp_path):
+    from transformers import AutoTokenizer
+
+    from capo.data.prompts import persona_line
+    from capo.generate.explanations import plan_units, render_unit_prompt, select_items
+
+    adapter = make_adapter(corpus_lm, tmp_path / "all", 3)
+    options = {"model": str(corpus_lm), "dataset": "varierr", "split": "test", "limit": 2, "dtype": "float32",
+               "adapters": [f"cond={adapter}"], "targets": ["A1", "A3"], "conditioned": True, "max_new_tokens": 8}
+    args = GenerateArguments(**options, output_dir=str(tmp_path / "out"))
+    assert args.annotators() == {"A1": "cond", "A3": "cond"}
+    run_generation(args)
+    records = [json.loads(line) for line in (tmp_path / "out" / MERGED).read_text().splitlines()]
+    assert [(r["annotator"], r["target"], r["adapter"], r["conditioned"]) for r in records] == [
+        ("A1", "A1", str(adapter), True), ("A3", "A3", str(adapter), True)] * 2
+    tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
+    units = plan_units(select_items("varierr", "test", limit=1), args.annotators(), targets=["A1", "A3"],
+                       conditioned=True)
+    prompts = [render_unit_prompt(tokenizer, unit) for unit in units]
+    assert [persona_line(a) in p for a, p in zip(["A1", "A3"], prompts)] == [True, True]
+    assert persona_line("A3") not in prompts[0]
+    # the same targets on the base model (a prompting baseline) carry no persona line
+    base = plan_units(select_items("varierr", "test", limit=1), {"A1": None}, targets=["A1"])
+    assert "You are annotator" not in render_unit_prompt(tokenizer, base[0])
+
+
 @pytest.mark.parametrize("changes, field", [
     ({"targets": ["A1"], "adapters": ["A1=x"]}, "targets"),
+    ({"adapters": ["c=x"], "conditioned": True}, "conditioned"),
+    ({"adapters": ["c=x", "d=y"], "targets": ["A1"], "conditioned": True}, "conditioned"),
     ({"targets": ["A9"]}, "annotator"),
     ({"few_shot": 2}, "few_shot"),
     ({"targets": ["A1"], "few_shot": -1}, "few_shot"),

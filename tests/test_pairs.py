@@ -10,11 +10,18 @@ from conftest import run_script
 
 from capo.data.datasets import load_task_data
 from capo.data.loaders import item_to_json
-from capo.data.prompts import parse_response, render_inputs, user_prompt
+from capo.data.prompts import parse_response, persona_line, render_inputs, user_prompt
 from capo.data.schema import Annotation, Item
 from capo.data.splits import split_items
 from capo.errors import DataError
-from capo.train.pairs import capo_pairs, normalise_text, preview, sft_rows, split_prompt_completion
+from capo.train.pairs import (
+    capo_pairs,
+    for_annotators,
+    normalise_text,
+    preview,
+    sft_rows,
+    split_prompt_completion,
+)
 
 
 def _vote(ok_peers: int, peers: int, author: str) -> dict[str, bool]:
@@ -216,3 +223,26 @@ def test_preview_shows_loss_mask_and_rejects_prompt_mismatch(corpus_lm, tmp_path
     result = run_script("data_prep/build_sft.py", "--annotator", "A4", "--preview", "2", "--model", corpus_lm)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("--- row") == 2 and "[[Label]]" in result.stdout
+
+
+def test_one_conditioned_adapter_gets_every_annotators_rows_with_its_id_in_the_prompt():
+    items = [_item("i2"), _item("i1")]
+    rows = for_annotators(sft_rows, items, "all")
+    per_annotator = {a: sft_rows(items, a) for a in ("A1", "A2", "A3", "A4")}
+    assert len(rows) == sum(len(r) for r in per_annotator.values()) and {r["annotator"] for r in rows} == {"A1", "A2", "A3"}
+    assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)  # item-major: any prefix covers every annotator
+    for row in rows:
+        content = row["prompt"][0]["content"]
+        assert content.startswith(persona_line(row["annotator"]) + "\n\n")
+        # the rest of the prompt and the completion are the single-annotator row's
+        single = next(r for r in per_annotator[row["annotator"]] if r["id"] == row["id"] and r["label"] == row["label"])
+        assert content[len(persona_line(row["annotator"])) + 2 :] == single["prompt"][0]["content"]
+        assert row["completion"] == single["completion"]
+    assert for_annotators(sft_rows, items, "A2") == sft_rows(items, "A2")  # one annotator: unchanged
+
+    pairs = for_annotators(capo_pairs, items, "all", max_pairs_per_item=2)
+    assert {p["annotator"] for p in pairs} == {"A1", "A2", "A3"}
+    for pair in pairs:  # the target's response is chosen under the target's id, never another's
+        assert pair["prompt"][0]["content"].startswith(persona_line(pair["annotator"]))
+        assert pair["rejected_annotator"] != pair["annotator"]
+    assert len({json.dumps(p["prompt"]) for p in pairs if p["id"] == "i1"}) == 3  # one prompt per target

@@ -36,9 +36,15 @@ def render_response(label: str, explanation: str) -> str:
     return f"Label: {label}\nExplanation: {explanation.strip()}"
 
 
-def user_prompt(item: Item, few_shot: Sequence[tuple[Item, Annotation]] = ()) -> str:
-    """Instruction, optional worked examples (from the target annotator's own training history), the item."""
-    parts = [INSTRUCTIONS[item.task]]
+def persona_line(annotator: str) -> str:
+    """The line that tells a conditioned explainer (one adapter for all annotators) whom to write as."""
+    return f"You are annotator {annotator}: answer as {annotator} would."
+
+
+def user_prompt(item: Item, few_shot: Sequence[tuple[Item, Annotation]] = (), annotator: str | None = None) -> str:
+    """Optional persona line (the conditioned explainer's annotator id), instruction, optional worked examples (from
+    the target annotator's own training history), the item."""
+    parts = ([persona_line(annotator)] if annotator else []) + [INSTRUCTIONS[item.task]]
     for example_item, annotation in few_shot:
         parts.append(
             f"Example:\n{render_inputs(example_item)}\n{render_response(annotation.label, annotation.explanation)}"
@@ -47,8 +53,9 @@ def user_prompt(item: Item, few_shot: Sequence[tuple[Item, Annotation]] = ()) ->
     return "\n\n".join(parts)
 
 
-def prompt_messages(item: Item, few_shot: Sequence[tuple[Item, Annotation]] = ()) -> list[dict[str, str]]:
-    return [{"role": "user", "content": user_prompt(item, few_shot)}]
+def prompt_messages(item: Item, few_shot: Sequence[tuple[Item, Annotation]] = (), annotator: str | None = None
+                    ) -> list[dict[str, str]]:
+    return [{"role": "user", "content": user_prompt(item, few_shot, annotator)}]
 
 
 def response_messages(label: str, explanation: str) -> list[dict[str, str]]:

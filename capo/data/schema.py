@@ -52,6 +52,9 @@ TASKS: dict[str, LabelSpace] = {"nli": NLI, "paraphrase": LIKERT}
 # Input fields of each task, in the order they are shown to a model.
 TASK_INPUTS: dict[str, tuple[str, str]] = {"nli": ("premise", "hypothesis"), "paraphrase": ("question1", "question2")}
 ANNOTATORS: tuple[str, ...] = ("A1", "A2", "A3", "A4")
+# The annotator name of a conditioned explainer: one adapter trained for every annotator, each row's annotator id in
+# its prompt (`capo.data.prompts.persona_line`).
+CONDITIONED = "all"
 
 
 def label_space(task: str) -> LabelSpace:
@@ -60,9 +63,11 @@ def label_space(task: str) -> LabelSpace:
     return TASKS[task]
 
 
-def check_annotator(annotator: str) -> str:
-    if annotator not in ANNOTATORS:
-        raise DataError(f"unknown annotator {annotator!r} (valid: {', '.join(ANNOTATORS)})")
+def check_annotator(annotator: str, conditioned: bool = False) -> str:
+    """`annotator` if it is one of ANNOTATORS (or, with `conditioned`, CONDITIONED); else a one-line DataError."""
+    valid = ANNOTATORS + ((CONDITIONED,) if conditioned else ())
+    if annotator not in valid:
+        raise DataError(f"unknown annotator {annotator!r} (valid: {', '.join(valid)})")
     return annotator
 
 

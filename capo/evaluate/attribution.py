@@ -29,10 +29,11 @@ class Scored:
     score: float  # mean log-probability per explanation token
 
 
-def _explanation_mask(tokenizer, item: Item, label: str, explanation: str) -> tuple[list[int], list[bool]]:
+def _explanation_mask(tokenizer, item: Item, label: str, explanation: str, persona: str | None = None
+                      ) -> tuple[list[int], list[bool]]:
     """Token ids of prompt + response and which of them belong to the explanation (found by character offsets)."""
     response = render_response(label, explanation)
-    messages = prompt_messages(item) + [{"role": "assistant", "content": response}]
+    messages = prompt_messages(item, annotator=persona) + [{"role": "assistant", "content": response}]
     text = render_chat(tokenizer, messages, generation_prompt=False)
     start = text.rindex(response) + response.index(EXPLANATION_MARK) + len(EXPLANATION_MARK)
     end = text.index(tokenizer.eos_token, start) + len(tokenizer.eos_token)  # the turn's end closes the explanation
@@ -41,12 +42,14 @@ def _explanation_mask(tokenizer, item: Item, label: str, explanation: str) -> tu
     return encoded["input_ids"], mask
 
 
-def score_annotations(model, tokenizer, items: Sequence[Item], batch_size: int = 16) -> list[Scored]:
-    """Length-normalised log-likelihood of every annotated explanation on `items` under `model`."""
+def score_annotations(model, tokenizer, items: Sequence[Item], batch_size: int = 16, persona: str | None = None
+                      ) -> list[Scored]:
+    """Length-normalised log-likelihood of every annotated explanation on `items` under `model` (a conditioned
+    explainer: prompted as `persona`)."""
     import torch
 
     jobs = [(item, a) for item in items for a in item.annotations if a.annotator in ANNOTATORS]
-    encoded = [_explanation_mask(tokenizer, item, a.label, a.explanation) for item, a in jobs]
+    encoded = [_explanation_mask(tokenizer, item, a.label, a.explanation, persona) for item, a in jobs]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     scores: list[float] = []
@@ -123,11 +126,18 @@ def adapter_folders(adapters: dict[str, str], seeds: Sequence[int], annotators: 
                     ) -> dict[tuple[str, int, str], str]:
     """(kind, seed, annotator) -> folder, for every adapter a report over `annotators` scores (their controls too).
 
-    `adapters` maps a kind ("sft", "capo") to a folder template with `{seed}`, `{task}` and `{annotator}`."""
+    `adapters` maps a kind ("sft", "capo") to a folder template with `{seed}`, `{task}` and `{annotator}`; a template
+    without `{annotator}` is a conditioned explainer (one folder for every annotator: `conditioned_kinds`)."""
     controls = {control_annotator(t, annotators) for t in annotators}
     return {(kind, seed, a): template.format(seed=seed, task=task, annotator=a)
             for kind, template in adapters.items() for seed in seeds for a in ANNOTATORS
             if a in annotators or a in controls}
+
+
+def conditioned_kinds(adapters: dict[str, str]) -> set[str]:
+    """Kinds whose template names one adapter for all annotators (trained with annotator 'all'); they are scored
+    with the target's id in the prompt."""
+    return {kind for kind, template in adapters.items() if "{annotator}" not in template}
 
 
 def adapter_names(folders: dict[tuple[str, int, str], str]) -> dict[str, str]:
@@ -149,8 +159,8 @@ def attribution_report(
 ) -> dict:
     """Win rates of base and adapted models for every target annotator, gains over base, and the control.
 
-    `adapters` maps a kind ("sft", "capo") to a folder template with `{seed}`, `{task}` and `{annotator}`. Items an
-    adapter trained on (its run manifest) are refused; items the base model was pre-trained on (a corpus LM) are
+    `adapters` maps a kind ("sft", "capo") to a folder template with `{seed}`, `{task}` and `{annotator}` (without
+    `{annotator}`: one conditioned explainer, prompted with each annotator's id). Items an adapter trained on (its run manifest) are refused; items the base model was pre-trained on (a corpus LM) are
     counted and, with `exclude_pretrained`, left out.
     """
     from pathlib import Path
@@ -172,10 +182,13 @@ def attribution_report(
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     controls = {t: control_annotator(t, annotators) for t in annotators}
     base_scores = score_annotations(_load(base_path, None), tokenizer, items)
+    conditioned = conditioned_kinds(adapters)
     scores = {}
-    for key in sorted(folders):
-        scores[key] = score_annotations(_load(base_path, folders[key]), tokenizer, items)
-        log(f"scored {folders[key]}")
+    for folder in dict.fromkeys(folders[key] for key in sorted(folders)):  # each adapter loaded once
+        model = _load(base_path, folder)
+        for key in sorted(k for k in folders if folders[k] == folder):
+            scores[key] = score_annotations(model, tokenizer, items, persona=key[2] if key[0] in conditioned else None)
+        log(f"scored {folder}")
     report = {"items": len(items), "seeds": list(seeds), "annotators": {}}
     for target in annotators:
         base = item_win_rates(base_scores, target)

@@ -38,6 +38,7 @@ class Unit:
     adapter: str | None  # adapter name registered with the backend; None = base model
     target: str | None = None  # prompting baselines: the annotator the base model is prompted to write as
     examples: tuple[tuple[Item, Annotation], ...] = ()  # few-shot worked examples from the target's training history
+    conditioned: bool = False  # a conditioned explainer (one adapter for all annotators): the target's id in the prompt
 
     @property
     def key(self) -> str:
@@ -46,10 +47,11 @@ class Unit:
 
 def plan_units(items: Sequence[Item], annotators: Mapping[str, str | None], *,
                examples: Callable[[Item, str], Sequence[tuple[Item, Annotation]]] | None = None,
-               targets: Sequence[str] = ()) -> list[Unit]:
+               targets: Sequence[str] = (), conditioned: bool = False) -> list[Unit]:
     """Every (item, annotator) in a fixed order; item ids must be unique (a record is keyed by id and annotator).
     A name in `targets` is a prompting baseline: the base model prompted as that annotator, with
-    `examples(item, target)` as its worked examples."""
+    `examples(item, target)` as its worked examples; with `conditioned`, a conditioned adapter prompted with the
+    target's id."""
     seen: set[str] = set()
     for item in items:
         if item.id in seen:
@@ -57,7 +59,8 @@ def plan_units(items: Sequence[Item], annotators: Mapping[str, str | None], *,
                             item=item.id, field="id")
         seen.add(item.id)
     return [Unit(item, name, adapter, target=name if name in targets else None,
-                 examples=tuple(examples(item, name)) if examples and name in targets else ())
+                 examples=tuple(examples(item, name)) if examples and name in targets else (),
+                 conditioned=conditioned and name in targets)
             for item in items for name, adapter in annotators.items()]
 
 
@@ -102,8 +105,8 @@ def record_key(record: dict) -> str:
 
 def render_unit_prompt(tokenizer, unit: Unit) -> str:
     """The explainer's prompt for a unit, as in SFT/CAPO training (`capo.data.prompts.prompt_messages`), with the
-    unit's worked examples (prompting baselines) or none."""
-    return render_chat(tokenizer, prompt_messages(unit.item, unit.examples))
+    unit's worked examples (prompting baselines) or none, and the target's id for a conditioned explainer."""
+    return render_chat(tokenizer, prompt_messages(unit.item, unit.examples, unit.target if unit.conditioned else None))
 
 
 def explain_units(
@@ -133,12 +136,14 @@ def explain_units(
                 "parsed": parsed is not None,
                 "raw": generation.text,
                 "model": backend.model_id,
-                "adapter": adapter_ids.get(unit.annotator),
+                "adapter": adapter_ids.get(unit.adapter) if unit.adapter else None,
                 "prompt_tokens": generation.prompt_tokens,
                 "generated_tokens": generation.generated_tokens,
             }
-            if unit.target is not None:  # a prompting baseline: what eval/imitation.py scores against
+            if unit.target is not None:  # a prompting baseline or a conditioned explainer: eval/imitation.py's target
                 records[position].update(target=unit.target, few_shot_ids=[i.id for i, _ in unit.examples])
+                if unit.conditioned:
+                    records[position]["conditioned"] = True
     return records  # type: ignore[return-value]
 
 
@@ -203,6 +208,8 @@ class GenerateArguments:
     adapters: list[str] | None = None  # annotator explainers as NAME=PATH (hub id or folder), on the one base model
     base: bool = False  # also generate with the base model (annotator "base"); implied when there is nothing else
     targets: list[str] | None = None  # prompting baselines: the base model prompted as each of these annotators
+    conditioned: bool = False  # with targets and one adapter trained with annotator 'all': that adapter writes as
+    # each target, the target's id in its prompt (records are named by target)
     few_shot: int = 0  # with targets: k worked examples from each target's training history (0 = zero-shot)
     few_shot_seed: int = 0
     max_prompt_tokens: int | None = None  # with few_shot: fewer examples where a prompt and its answer would not
@@ -230,12 +237,17 @@ class GenerateArguments:
         adapters = parse_adapters(self.adapters or [])
         annotators: dict[str, str | None] = {name: name for name in adapters}
         targets = list(dict.fromkeys(self.targets or []))
-        if targets and adapters:
+        if self.conditioned:
+            if len(adapters) != 1 or not targets:
+                raise DataError("conditioned needs exactly one adapter (trained with annotator 'all') and the targets "
+                                "it writes as", field="conditioned")
+            annotators = {}
+        elif targets and adapters:
             raise DataError("targets (prompting baselines on the base model) and adapters go in separate runs: "
                             "their records would share annotator names", field="targets")
         for target in targets:
             check_annotator(target)
-            annotators[target] = None
+            annotators[target] = next(iter(adapters)) if self.conditioned else None
         if self.few_shot and not targets:
             raise DataError("few_shot needs targets: whose training history the examples come from",
                             field="few_shot")
@@ -304,14 +316,16 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
 
         examples = few_shot_planner(load_splits(args.dataset, args.split_seed).items("train"), args.few_shot,
                                     args.few_shot_seed)
-    units = plan_units(items, annotators, examples=examples, targets=args.targets or ())
+    units = plan_units(items, annotators, examples=examples, targets=args.targets or (), conditioned=args.conditioned)
     signature = {key: getattr(args, key) for key in ("split", "split_seed", "limit", "backend", "dtype", "batch_size",
                                                         "max_new_tokens", "tensor_parallel_size", "targets",
                                                         "few_shot", "few_shot_seed", "max_prompt_tokens")}
+    if args.conditioned:  # a new key only where used: earlier runs' signatures stay valid
+        signature["conditioned"] = True
     # Content, not just names: a data file edited or a model / adapter replaced in place must not mix into a run.
     signature.update(model=fingerprint(args.model), dataset=fingerprint(args.dataset),
-                     annotators={name: fingerprint(adapters[name]) if name in adapters else None
-                                 for name in annotators})
+                     annotators={name: fingerprint(adapters[adapter]) if adapter else None
+                                 for name, adapter in annotators.items()})
     run = ShardedRun(args.output_dir, units, shard_size=args.shard_size, signature=signature, record_key=record_key)
     run.check()  # before loading a model: fail fast
     main = index == 0

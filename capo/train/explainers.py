@@ -19,7 +19,7 @@ from capo.data.validity import predicate
 from capo.errors import DataError
 from capo.io import read_json
 from capo.manifest import write_manifest
-from capo.train.pairs import DEFAULT_VALIDITY, REJECTED_FROM, capo_pairs, sft_rows
+from capo.train.pairs import DEFAULT_VALIDITY, REJECTED_FROM, capo_pairs, for_annotators, sft_rows
 
 INIT_FROM = ("sft", "base")
 
@@ -28,7 +28,8 @@ INIT_FROM = ("sft", "base")
 class CapoArguments:
     """Which annotator and task to model, and how its training data is built (see `capo.train.pairs`)."""
 
-    annotator: str = field(default="A1", metadata={"help": "target annotator: A1, A2, A3 or A4"})
+    annotator: str = field(default="A1", metadata={"help": "target annotator: A1, A2, A3 or A4; 'all': one adapter for "
+                                                           "every annotator, the annotator's id in the prompt"})
     task: str = field(default="nli", metadata={"help": "nli or paraphrase"})
     dataset: str | None = field(
         default=None, metadata={"help": "varierr | lewidi-ven (nli), lewidi-par (paraphrase), or a path to your own "
@@ -57,7 +58,7 @@ class CapoArguments:
 
     def check(self) -> None:
         """Unknown annotator / task / mode -> one-line DataError listing the valid values."""
-        check_annotator(self.annotator)
+        check_annotator(self.annotator, conditioned=True)
         label_space(self.task)
         if self.rejected_from not in REJECTED_FROM:
             raise DataError(f"unknown rejected_from {self.rejected_from!r} (valid: {', '.join(REJECTED_FROM)})")
@@ -101,8 +102,8 @@ def build_sft_datasets(args: CapoArguments):
     from datasets import Dataset
 
     data = load_task_data(args.task, args.dataset, args.split_seed)
-    make = lambda split: sft_rows(data.items(split), args.annotator, few_shot=args.few_shot,
-                                  few_shot_pool=data.items("train"), valid=args.sft_valid, seed=args.pair_seed)
+    make = lambda split: for_annotators(sft_rows, data.items(split), args.annotator, few_shot=args.few_shot,
+                                        few_shot_pool=data.items("train"), valid=args.sft_valid, seed=args.pair_seed)
     train = _limit(make("train"), args.max_train_rows)
     if not train:
         raise DataError(f"annotator {args.annotator} has no training rows in {data.dataset}")
@@ -115,8 +116,8 @@ def build_pair_datasets(args: CapoArguments):
     from datasets import Dataset
 
     data = load_task_data(args.task, args.dataset, args.split_seed)
-    make = lambda split: capo_pairs(
-        data.items(split), args.annotator, rejected_from=args.rejected_from, chosen_valid=args.chosen_valid,
+    make = lambda split: for_annotators(
+        capo_pairs, data.items(split), args.annotator, rejected_from=args.rejected_from, chosen_valid=args.chosen_valid,
         rejected_valid=args.rejected_valid, max_pairs_per_item=args.max_pairs_per_item, few_shot=args.few_shot,
         few_shot_pool=data.items("train"), seed=args.pair_seed,
     )

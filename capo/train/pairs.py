@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from capo.data.prompts import prompt_messages, render_chat, response_messages
-from capo.data.schema import Annotation, Item, check_annotator
+from capo.data.schema import ANNOTATORS, CONDITIONED, Annotation, Item, check_annotator
 from capo.data.splits import few_shot_examples, few_shot_rng, history
 from capo.data.validity import Predicate, predicate
 from capo.errors import DataError
@@ -45,12 +45,14 @@ def sft_rows(
     few_shot_pool: Sequence[Item] = (),
     valid: str | Predicate = DEFAULT_VALIDITY,
     seed: int = 0,
+    conditioned: bool = False,
 ) -> list[dict]:
     """One conversational prompt/completion row per (item, label) the annotator gave on `items` that passes `valid`
     (a `capo.data.validity` name or predicate; default the one CAPO's chosen side uses; "any" keeps every response).
 
     `few_shot_pool` should be the training items: few-shot examples come only from the target's training history,
-    and only from responses that pass `valid` too.
+    and only from responses that pass `valid` too. `conditioned` puts the annotator's id in the prompt (rows of the
+    one adapter trained for all annotators: `for_annotators`).
     """
     check_annotator(annotator)
     ok = predicate(valid) if isinstance(valid, str) else valid
@@ -63,7 +65,7 @@ def sft_rows(
             "id": item.id,
             "annotator": annotator,
             "label": annotation.label,
-            "prompt": prompt_messages(item, examples),
+            "prompt": prompt_messages(item, examples, annotator if conditioned else None),
             "completion": response_messages(annotation.label, annotation.explanation),
         }, examples, few_shot))
     return rows
@@ -80,6 +82,7 @@ def capo_pairs(
     few_shot: int = 0,
     few_shot_pool: Sequence[Item] = (),
     seed: int = 0,
+    conditioned: bool = False,
 ) -> list[dict]:
     """Cross-annotator preference pairs for `annotator` on `items` (pass the training split).
 
@@ -88,7 +91,7 @@ def capo_pairs(
     label only). Pairs whose two texts are identical after normalisation are dropped; at most `max_pairs_per_item`
     pairs per item are kept, sampled with `seed`. Few-shot examples (the target's `chosen_valid` responses on
     `few_shot_pool`) come from a separate generator, so they never change which pairs are kept. Same inputs and
-    seed -> the same rows in the same order.
+    seed -> the same rows in the same order. `conditioned` puts the target's id in the prompt (`for_annotators`).
     """
     check_annotator(annotator)
     if rejected_from not in REJECTED_FROM:
@@ -119,7 +122,7 @@ def capo_pairs(
             keep = sorted(rng.sample(range(len(candidates)), max_pairs_per_item))
             candidates = [candidates[k] for k in keep]
         examples = few_shot_examples(pool_history, item, few_shot, shot_rng)
-        prompt = prompt_messages(item, examples)
+        prompt = prompt_messages(item, examples, annotator if conditioned else None)
         for chosen, rejected in candidates:
             rows.append(_with_examples(
                 {
@@ -133,6 +136,17 @@ def capo_pairs(
                     "rejected": response_messages(rejected.label, rejected.explanation),
                 }, examples, few_shot))
     return rows
+
+
+def for_annotators(build: Callable[..., list[dict]], items: Sequence[Item], annotator: str, **options) -> list[dict]:
+    """`build(items, annotator, **options)` (`sft_rows` or `capo_pairs`) for one annotator; for CONDITIONED ("all"),
+    the rows of all four annotators with each one's id in the prompt (one adapter for every annotator; a CAPO pair
+    prefers the target's response under the target's id), ordered by item so that any prefix covers every annotator.
+    """
+    if annotator != CONDITIONED:
+        return build(items, annotator, **options)
+    rows = [row for a in ANNOTATORS for row in build(items, a, conditioned=True, **options)]
+    return sorted(rows, key=lambda row: row["id"])  # stable: annotators stay in order within an item
 
 
 def split_prompt_completion(tokenizer, prompt: list[dict], completion: list[dict]) -> tuple[list[int], list[int]]:
