@@ -228,3 +228,15 @@ def test_prompting_baseline_options_are_checked_while_parsing(changes, field):
     with pytest.raises(DataError) as err:
         GenerateArguments(**{"output_dir": "x", **changes})
     assert field in str(err.value)
+
+
+def test_generation_bench_batched_equals_one_at_a_time_in_fp32(corpus_lm, tmp_path):
+    """bench/generation_throughput.py: both variants answer every record, identically in fp32 (left padding)."""
+    adapters = [f"{name}={make_adapter(corpus_lm, tmp_path / name, seed)}" for name, seed in (("A1", 1), ("A2", 2))]
+    out = tmp_path / "bench.json"
+    results = load_script("bench/generation_throughput.py").main(
+        ["--model", str(corpus_lm), "--adapters", *adapters, "--limit", "3", "--batch_size", "6",
+         "--max_new_tokens", "12", "--dtype", "float32", "--json", str(out)])
+    assert results["batched"]["records"] == results["one_at_a_time"]["records"] == 6
+    assert results["records_differing"] == 0 and results["batched"]["batch_size"] == 6
+    assert json.loads(out.read_text())["setup"]["items"] == 3
