@@ -42,19 +42,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--json", help="write the results as JSON")
     args = parser.parse_args(argv)
+    import torch
 
-    results = {}
+    results, texts = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, batch_size in (("batched", args.batch_size), ("one_at_a_time", 1)):
             results[name], records = _run(args, batch_size, f"{tmp}/{name}")
             results[name]["batch_size"] = batch_size
-            texts = [record["raw"] for record in records]
-            if name == "batched":
-                reference = texts
-    results["records_differing"] = sum(a != b for a, b in zip(reference, texts, strict=True))
+            texts[name] = [record["raw"] for record in records]
+    results["records_differing"] = sum(a != b for a, b in zip(texts["batched"], texts["one_at_a_time"], strict=True))
     results["speedup_records"] = round(results["batched"]["records_per_s"] / results["one_at_a_time"]["records_per_s"], 2)
     results["setup"] = {"model": args.model, "adapters": args.adapters, "items": args.limit, "dtype": args.dtype,
-                        "max_new_tokens": args.max_new_tokens, "torch_threads": __import__("torch").get_num_threads()}
+                        "max_new_tokens": args.max_new_tokens, "torch_threads": torch.get_num_threads()}
     print(json.dumps(results, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

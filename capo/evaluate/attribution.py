@@ -160,8 +160,9 @@ def attribution_report(
     """Win rates of base and adapted models for every target annotator, gains over base, and the control.
 
     `adapters` maps a kind ("sft", "capo") to a folder template with `{seed}`, `{task}` and `{annotator}` (without
-    `{annotator}`: one conditioned explainer, prompted with each annotator's id). Items an adapter trained on (its run manifest) are refused; items the base model was pre-trained on (a corpus LM) are
-    counted and, with `exclude_pretrained`, left out.
+    `{annotator}`: one conditioned explainer, prompted with each annotator's id). Items an adapter trained on (its
+    run manifest) are refused; items the base model was pre-trained on (a corpus LM) are counted and, with
+    `exclude_pretrained`, left out.
     """
     from pathlib import Path
 
@@ -184,10 +185,14 @@ def attribution_report(
     base_scores = score_annotations(_load(base_path, None), tokenizer, items)
     conditioned = conditioned_kinds(adapters)
     scores = {}
-    for folder in dict.fromkeys(folders[key] for key in sorted(folders)):  # each adapter loaded once
+    keys_of: dict[str, list[tuple[str, int, str]]] = {}  # a conditioned adapter serves several keys: load it once
+    for key in sorted(folders):
+        keys_of.setdefault(folders[key], []).append(key)
+    for folder, keys in keys_of.items():
         model = _load(base_path, folder)
-        for key in sorted(k for k in folders if folders[k] == folder):
-            scores[key] = score_annotations(model, tokenizer, items, persona=key[2] if key[0] in conditioned else None)
+        for kind, seed, annotator in keys:
+            scores[(kind, seed, annotator)] = score_annotations(
+                model, tokenizer, items, persona=annotator if kind in conditioned else None)
         log(f"scored {folder}")
     report = {"items": len(items), "seeds": list(seeds), "annotators": {}}
     for target in annotators:

@@ -136,7 +136,7 @@ def explain_units(
                 "parsed": parsed is not None,
                 "raw": generation.text,
                 "model": backend.model_id,
-                "adapter": adapter_ids.get(unit.adapter) if unit.adapter else None,
+                "adapter": adapter_ids.get(unit.adapter),
                 "prompt_tokens": generation.prompt_tokens,
                 "generated_tokens": generation.generated_tokens,
             }
@@ -241,13 +241,14 @@ class GenerateArguments:
             if len(adapters) != 1 or not targets:
                 raise DataError("conditioned needs exactly one adapter (trained with annotator 'all') and the targets "
                                 "it writes as", field="conditioned")
-            annotators = {}
+            annotators = {}  # records are named by target
         elif targets and adapters:
             raise DataError("targets (prompting baselines on the base model) and adapters go in separate runs: "
                             "their records would share annotator names", field="targets")
+        target_adapter = next(iter(adapters)) if self.conditioned else None  # None: the base model
         for target in targets:
             check_annotator(target)
-            annotators[target] = next(iter(adapters)) if self.conditioned else None
+            annotators[target] = target_adapter
         if self.few_shot and not targets:
             raise DataError("few_shot needs targets: whose training history the examples come from",
                             field="few_shot")
