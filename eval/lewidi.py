@@ -1,28 +1,40 @@
-r"""LeWiDi 2025 on VariErrNLI (ven) and Paraphrase (par): baseline predictions, official scores, Codabench files.
+r"""LeWiDi 2025 on VariErrNLI (ven) and Paraphrase (par): predictions, official scores, Codabench files.
 
     python eval/lewidi.py predict --dataset ven --split test --baseline most_frequent --output runs/lw/ven_mf.jsonl
     python eval/lewidi.py predict --dataset par --split dev --baseline random --seed 0 --output runs/lw/par_rand.jsonl
+    python eval/lewidi.py predict --dataset ven --split test --decision_split dev --model models/smollm2-135m-instruct \
+        --explainers 'runs/sft/{task}/{annotator}' --output runs/lw/ven_sft_test.jsonl
     python eval/lewidi.py score --dataset ven --split test --predictions runs/lw/ven_mf.jsonl [--soft SOFT.jsonl]
     python eval/lewidi.py export --dataset ven --split VariErrNLI_test_clear.json --predictions P.jsonl \
         --output_dir runs/lw/submission [--naming short]
 
 predict  writes one row per (item, annotator) of the split ({"id", "annotator", "labels"} for ven, {"id",
-         "annotator", "label"} for par); labels in the split file may be absent. Trained on the LeWiDi train split.
+         "annotator", "label"} for par); labels in the split file may be absent. Baselines are fitted on the LeWiDi
+         train split. With --model, an LLM scores every label option for every (item, annotator): each annotator's
+         explainer (--explainers with {annotator}), one conditioned explainer (a template without {annotator}) or
+         the base model (no --explainers); the VEN threshold / Par rule is the one best on --decision_split (dev),
+         and soft labels (aggregated, and mean probabilities) and probabilities are written beside --output.
+         Adapters whose run manifest lists items of the split are refused: train them on LeWiDi train.
 score    prints {"perspectivist", "soft", ...} (lower is better) against a labelled split; a prediction file that
          misses an (item, annotator) of the split is refused, naming the first missing pair.
 export   writes <Dataset>_test_soft.tsv and <Dataset>_test_pe.tsv (one `key<TAB>[...]` line per item) and a flat
          res.zip of every submission file in --output_dir.
-File formats and sources: capo/evaluate/lewidi.py. Each command's flags follow.
+File formats and sources: capo/evaluate/lewidi.py, capo/evaluate/explainer_predictions.py. Each command's flags
+follow.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-from capo.cli import run_main
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
+
+from capo.cli import ArgumentParser, run_main
 from capo.data.lewidi import check_dataset, lewidi_split_path, read_lewidi
 from capo.errors import DataError
+from capo.evaluate.explainer_predictions import predict_lewidi
 from capo.evaluate.lewidi import (
     ExportArguments,
     PredictArguments,
@@ -43,9 +55,7 @@ COMMANDS = {"predict": PredictArguments, "score": ScoreArguments, "export": Expo
 
 
 def make_parser(command: str):
-    from trl import TrlParser
-
-    parser = TrlParser((COMMANDS[command],))
+    parser = ArgumentParser((COMMANDS[command],))  # TrlParser whose complaints are one-line errors
     parser.prog = f"eval/lewidi.py {command}"
     parser.description = COMMANDS[command].__doc__
     return parser
@@ -53,8 +63,18 @@ def make_parser(command: str):
 
 def predict(args: PredictArguments) -> dict:
     dataset = check_dataset(args.dataset)
+    if args.model:
+        if args.baseline:
+            raise DataError("--baseline and --model are two predictors: give one", field="baseline")
+        return predict_lewidi(dataset, args.split, args.output, model=args.model, explainers=args.explainers,
+                              decision=args.decision, decision_split=args.decision_split,
+                              soft_output=args.soft_output, soft_mean_output=args.soft_mean_output,
+                              probs_output=args.probs_output, dtype=args.dtype, batch_size=args.batch_size,
+                              min_shared_tokens=args.min_shared_tokens, log=lambda msg: print(msg, flush=True))
+    if args.explainers:
+        raise DataError("--explainers are adapters on a base model: give --model too", field="explainers")
     items = read_lewidi(lewidi_split_path(dataset, args.split), dataset)
-    if args.baseline == "most_frequent":
+    if (args.baseline or "most_frequent") == "most_frequent":
         train = read_lewidi(args.train_file or lewidi_split_path(dataset, "train"), dataset)
         predictions = most_frequent_predictions(train, items, args.vote)
     elif args.baseline == "random":

@@ -246,3 +246,227 @@ def test_help_documents_all_three_commands():
     for command, flag in (("predict", "--baseline"), ("score", "--predictions"), ("export", "--naming")):
         assert f"usage: eval/lewidi.py {command}" in proc.stdout and flag in proc.stdout
     assert run_script("eval/lewidi.py", "bogus").returncode == 2
+
+
+# --- explainers as annotators (`--model`): capo/evaluate/explainer_predictions.py --------------------------------
+
+
+def _subset(src, dst, keys) -> str:
+    """A LeWiDi split file holding only `keys` of `src` (real items, so VEN items keep their VariErr ids)."""
+    data = json.loads(src.read_text())
+    dst.write_text(json.dumps({k: data[k] for k in keys}))
+    return str(dst)
+
+
+def _manifest(folder, annotator: str, item_ids, dataset: str = "lewidi-ven", split_seed: int = 0) -> None:
+    from capo.data.datasets import load_task_data
+    from capo.data.heldout import training_record
+    from capo.io import write_json
+
+    data = load_task_data("nli", dataset, split_seed)
+    write_json(folder / "run_manifest.json", {"stage": "sft", "training_data": training_record(data, annotator, item_ids)})
+
+
+@pytest.fixture(scope="module")
+def explainers(corpus_lm, tmp_path_factory):
+    """Four different random LoRA adapters A1..A4 trained (by their manifests) on LeWiDi VEN train, a leaky one
+    trained on VariErr split seed 0, and tiny VEN dev/test and Par dev splits of real items."""
+    from conftest import make_adapter
+
+    from capo.data.datasets import load_task_data
+
+    root = tmp_path_factory.mktemp("lw-explainers")
+    train_ids = [i.id for i in load_task_data("nli", "lewidi-ven").items("train")]
+    for k, annotator in enumerate(("A1", "A2", "A3", "A4")):
+        make_adapter(corpus_lm, root / "ok" / annotator, seed=10 + k)
+        _manifest(root / "ok" / annotator, annotator, train_ids)
+    varierr_train = {i.id for i in load_task_data("nli", "varierr").items("train")}
+    for annotator in ("A1", "A2", "A3", "A4"):
+        make_adapter(corpus_lm, root / "leaky" / annotator, seed=1)
+        _manifest(root / "leaky" / annotator, annotator, sorted(varierr_train), dataset="varierr")
+    test = read_lewidi(VEN_TEST)
+    from capo.evaluate.explainer_predictions import capo_item
+
+    clean = [i.id for i in test if capo_item(i).id not in varierr_train][:2]
+    assert any({"Ann1", "Ann2"} <= set(i.annotators) for i in test if i.id in clean)
+    leaked = [i.id for i in test if capo_item(i).id in varierr_train][:1]
+    assert len(clean) == 2 and leaked, "VariErr split seed 0 trains on most, not all, VEN test items"
+    dev = read_lewidi(lewidi_split_path("ven", "dev"))[:4]
+    files = {
+        "ven_dev": _subset(lewidi_split_path("ven", "dev"), root / "ven_dev.json", [i.id for i in dev]),
+        "ven_test": _subset(VEN_TEST, root / "ven_test.json", clean),
+        "ven_test_leaky": _subset(VEN_TEST, root / "ven_test_leaky.json", clean + leaked),
+        "par_dev": _subset(PAR_DEV, root / "par_dev.json", [i.id for i in read_lewidi(PAR_DEV)[:4]]),
+        "n_leaked": 1 + sum(capo_item(i).id in varierr_train for i in dev),
+    }
+    return {"template": str(root / "ok" / "{annotator}"), "leaky": str(root / "leaky" / "{annotator}"),
+            "root": root, **files}
+
+
+def _predict(argv: list[str]) -> dict:
+    from conftest import load_script
+
+    return load_script("eval/lewidi.py").main(["predict", *map(str, argv)])
+
+
+def _probs(path) -> dict:
+    return {(r["id"], r["annotator"]): r["probs"] for r in map(json.loads, open(path))}
+
+
+def _direct(corpus_lm, adapter, item, persona=None) -> np.ndarray:
+    """P(label) in capo's [E, N, C] order under one adapter, straight from the engine (one adapter loaded)."""
+    from scipy.special import softmax
+
+    from capo.data.prompts import prompt_messages, render_chat
+    from capo.evaluate.explainer_predictions import capo_item
+    from capo.generate.backends.hf import HFBackend
+    from capo.generate.scoring import label_log_probs
+
+    backend = HFBackend(str(corpus_lm), {"x": adapter} if adapter else {}, dtype="float32")
+    task = "nli" if item.dataset == "ven" else "paraphrase"
+    labels = ["entailment", "neutral", "contradiction"] if task == "nli" else [str(v) for v in range(-5, 6)]
+    prompt = render_chat(backend.tokenizer, prompt_messages(capo_item(item), annotator=persona)) + "Label:"
+    logp = label_log_probs(backend.scorer, backend.tokenizer, [prompt], [" " + lab for lab in labels],
+                           "x" if adapter else None)
+    return softmax(logp[0])
+
+
+def test_scoring_prompt_ends_where_the_trained_label_starts(corpus_lm, smollm2):
+    """The scored tokens (prompt + ' ' + label) are exactly the start of an SFT row's prompt + completion tokens."""
+    from transformers import AutoTokenizer
+
+    from capo.data.datasets import load_task_data
+    from capo.data.prompts import prompt_messages, response_messages
+    from capo.evaluate.explainer_predictions import label_options, scoring_prompt
+    from capo.train.pairs import split_prompt_completion
+
+    for path in (corpus_lm, smollm2):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        for task in ("nli", "paraphrase"):
+            item = load_task_data(task).items("train")[0]
+            for label, option in zip(item.label_space.labels, label_options(task)):
+                prompt_ids, completion = split_prompt_completion(
+                    tokenizer, prompt_messages(item), response_messages(label, "Because."))
+                scored = tokenizer(scoring_prompt(tokenizer, item) + option, add_special_tokens=False)["input_ids"]
+                assert scored == (prompt_ids + completion)[: len(scored)]
+                assert tokenizer.decode(scored[len(prompt_ids):]) == "Label: " + label
+
+
+def test_explainers_predict_ven_test_with_the_threshold_fitted_on_dev(corpus_lm, explainers, tmp_path):
+    from capo.evaluate.explainer_predictions import LabelScorer, lewidi_probabilities, resolve_explainers
+    from capo.evaluate.lewidi import check_complete, read_soft_predictions
+    from capo.evaluate.perspectivist import choose_on_dev, decide, mean_soft
+
+    out = tmp_path / "ven_test.jsonl"
+    test_items = read_lewidi(explainers["ven_test"])
+    report = _predict(["--dataset", "ven", "--split", explainers["ven_test"], "--decision_split",
+                       explainers["ven_dev"], "--model", corpus_lm, "--explainers", explainers["template"],
+                       "--output", out])
+    predictions = read_annotator_predictions(out, "ven")
+    check_complete(test_items, predictions, out)
+    assert report["predictor"] == "explainer" and report["decision_source"] == "fitted"
+    assert report["scores"] == score(test_items, predictions)  # scoreable, and scored as written
+    probs = _probs(tmp_path / "ven_test_probs.jsonl")
+    assert set(probs) == set(predictions) and all(sum(p) == pytest.approx(1, abs=1e-5) for p in probs.values())
+    # The threshold is the dev-best one, and the test labels are that threshold applied to the test probabilities.
+    dev_items = read_lewidi(explainers["ven_dev"])
+    scorer = LabelScorer(str(corpus_lm), resolve_explainers(explainers["template"], "nli", ["A1", "A2", "A3", "A4"]))
+    dev_rows, dev_probs = lewidi_probabilities(scorer, dev_items)
+    assert report["decision"] == choose_on_dev(dev_items, dev_rows, dev_probs, "ven")[0]
+    rows = [{"id": k, "annotator": a} for k, a in probs]
+    assert decide(rows, np.array(list(probs.values())), "ven", report["decision"]) == predictions
+    soft_mean = read_soft_predictions(tmp_path / "ven_test_soft_mean.jsonl", "ven")
+    expected = mean_soft(test_items, rows, np.array(list(probs.values())))
+    assert all(soft_mean[k][lab] == pytest.approx(expected[k][lab], abs=1e-5) for k in expected for lab in expected[k])
+    assert read_soft_predictions(tmp_path / "ven_test_soft.jsonl", "ven") == aggregate_soft(test_items, predictions)
+    # Ann2 is scored under A2's adapter (VEN_LABELS order: contradiction, entailment, neutral), Ann1 under A1's.
+    item = next(i for i in test_items if {"Ann1", "Ann2"} <= set(i.annotators))
+    for name in ("Ann1", "Ann2"):
+        e, n, c = _direct(corpus_lm, explainers["template"].format(annotator="A" + name[3:]), item)
+        np.testing.assert_allclose(probs[(item.id, name)], [c, e, n], atol=1e-5)
+    assert np.abs(np.subtract(probs[(item.id, "Ann1")], probs[(item.id, "Ann2")])).max() > 1e-4
+
+
+def test_explainers_predict_par_with_the_rule_chosen_on_dev(corpus_lm, explainers, tmp_path):
+    from capo.evaluate.lewidi import check_complete
+    from capo.evaluate.perspectivist import PAR_DECISIONS, par_labels
+
+    items = read_lewidi(explainers["par_dev"])
+    out = tmp_path / "par.jsonl"
+    report = _predict(["--dataset", "par", "--split", explainers["par_dev"], "--decision_split",
+                       explainers["par_dev"], "--model", corpus_lm, "--explainers", explainers["template"],
+                       "--output", out])
+    predictions = read_annotator_predictions(out, "par")
+    check_complete(items, predictions, out)
+    assert report["decision"] in PAR_DECISIONS and set(report["dev_choices"]) == set(PAR_DECISIONS)
+    assert report["dev_choices"][report["decision"]] == min(report["dev_choices"].values())
+    assert report["scores"]["perspectivist"] == report["dev_choices"][report["decision"]]
+    probs = _probs(tmp_path / "par_probs.jsonl")
+    assert all(len(p) == 11 and sum(p) == pytest.approx(1, abs=1e-5) for p in probs.values())
+    item = items[1]
+    np.testing.assert_allclose(probs[(item.id, "Ann3")], _direct(corpus_lm, explainers["template"].format(
+        annotator="A3"), item), atol=1e-5)
+    # A fixed rule is applied as given.
+    fixed = _predict(["--dataset", "par", "--split", explainers["par_dev"], "--decision", "median", "--model",
+                      corpus_lm, "--explainers", explainers["template"], "--output", tmp_path / "median.jsonl"])
+    assert fixed["decision"] == "median" and fixed["decision_source"] == "fixed"
+    median = read_annotator_predictions(tmp_path / "median.jsonl", "par")
+    assert list(median.values()) == par_labels(np.array(list(probs.values())), "median")
+
+
+def test_base_and_conditioned_predictors(corpus_lm, explainers, tmp_path):
+    items = read_lewidi(explainers["ven_dev"])[:2]
+    split = _subset(lewidi_split_path("ven", "dev"), tmp_path / "dev2.json", [i.id for i in items])
+    base = _predict(["--dataset", "ven", "--split", split, "--decision_split", split, "--model", corpus_lm,
+                     "--output", tmp_path / "base.jsonl"])
+    assert base["predictor"] == "base"
+    probs = _probs(tmp_path / "base_probs.jsonl")
+    for item in items:  # the base model: one prompt, one answer for every annotator
+        assert all(probs[(item.id, a)] == probs[(item.id, item.annotators[0])] for a in item.annotators)
+    np.testing.assert_allclose(probs[(items[0].id, items[0].annotators[0])][1], _direct(corpus_lm, None, items[0])[0],
+                               atol=1e-5)
+    one = explainers["template"].format(annotator="A3")  # no {annotator}: one conditioned adapter for everyone
+    cond = _predict(["--dataset", "ven", "--split", split, "--decision_split", split, "--model", corpus_lm,
+                     "--explainers", one, "--output", tmp_path / "cond.jsonl"])
+    assert cond["predictor"] == "conditioned" and cond["explainers"] == {"all": one}
+    probs = _probs(tmp_path / "cond_probs.jsonl")
+    item = items[0]
+    e, n, c = _direct(corpus_lm, one, item, persona="A2")  # Ann2 is prompted as A2
+    np.testing.assert_allclose(probs[(item.id, "Ann2")], [c, e, n], atol=1e-5)
+    assert probs[(item.id, "Ann1")] != probs[(item.id, "Ann2")]
+
+
+def test_explainer_predictor_errors_are_one_line_and_write_nothing(corpus_lm, explainers, tmp_path, capsys):
+    from conftest import load_script
+
+    cli = load_script("eval/lewidi.py")
+    leaky_a1 = explainers["leaky"].format(annotator="A1")
+    out = tmp_path / "p.jsonl"
+    base = ["predict", "--dataset", "ven", "--split", explainers["ven_test_leaky"], "--decision_split",
+            explainers["ven_dev"], "--output", str(out)]
+    model = ["--model", str(corpus_lm)]
+    for argv, expected in (
+        (base + model + ["--explainers", explainers["leaky"]],
+         (f"error: {leaky_a1}/run_manifest.json: field 'training_data.item_ids': adapter explainer A1 ({leaky_a1}) "
+          f"trained on {explainers['n_leaked']} of these 7 items")),
+        (base + model + ["--explainers", f"{tmp_path}/none/{{annotator}}"],
+         f"error: {tmp_path}/none/A1: adapter folder not found"),
+        (base + model + ["--explainers", f"{tmp_path}/{{seed}}/{{annotator}}"], "error: field 'explainers': bad template"),
+        (base + model + ["--baseline", "random"], "error: field 'baseline': --baseline and --model"),
+        (base + ["--explainers", explainers["template"]], "error: field 'explainers': --explainers are adapters"),
+        (base + model + ["--decision", "1.5"], "error: field 'decision': expected dev or a threshold"),
+        (["predict", "--dataset", "ven", "--split", explainers["ven_dev"], "--decision_split", str(_clear(
+            VEN_TEST, tmp_path / "clear.json")), "--output", str(out)] + model, "error: " + str(tmp_path / "clear.json")),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and err.startswith(expected) and len(err.splitlines()) == 1, err
+        assert not list(tmp_path.glob("p*.jsonl"))
+    assert "LeWiDi's own train split" in _last_error(cli, base + model + ["--explainers", explainers["leaky"]], capsys)
+
+
+def _last_error(cli, argv, capsys) -> str:
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    return capsys.readouterr().err

@@ -375,18 +375,46 @@ def write_submission(
 
 @dataclass
 class PredictArguments:
-    """`eval/lewidi.py predict`: a baseline's predictions for every (item, annotator) of a split."""
+    """`eval/lewidi.py predict`: predictions for every (item, annotator) of a split, from a baseline (--baseline) or
+    an LLM (--model): each annotator's explainer (--explainers with {annotator}), one conditioned explainer
+    (--explainers without {annotator}), or the base model alone (no --explainers)."""
 
     dataset: str = field(metadata={"help": "ven (VariErrNLI) or par (Paraphrase)"})
     output: str = field(metadata={"help": "per-annotator prediction JSONL to write"})
     split: str = field(default="dev", metadata={"help": "train, dev, test, or a LeWiDi JSON file (labels may be absent)"})
-    baseline: str = field(default="most_frequent", metadata={"help": "most_frequent or random"})
+    baseline: str | None = field(default=None, metadata={"help": "most_frequent (the default without --model) or "
+                                                                 "random"})
     vote: str = field(default="value", metadata={"help": "most_frequent on VEN: value (reproduces the published "
                                                          "baseline), set, or label; see capo/evaluate/lewidi.py"})
     seed: int = field(default=0, metadata={"help": "random baseline seed"})
-    soft_output: str | None = field(default=None, metadata={"help": "also write the aggregated soft labels (JSONL)"})
+    soft_output: str | None = field(default=None, metadata={"help": "also write the aggregated soft labels (JSONL; "
+                                                                    "with --model default: beside --output, _soft)"})
     train_file: str | None = field(default=None, metadata={"help": "training split (default: the dataset's LeWiDi "
                                                                     "train file; nothing else is used)"})
+    model: str | None = field(default=None, metadata={
+        "help": "LLM predictor: base model (hub id or folder) that scores every label option after the explainer's "
+                "prompt and 'Label:' (capo/evaluate/explainer_predictions.py)"})
+    explainers: str | None = field(default=None, metadata={
+        "help": "with --model: adapter folder template, {task} = nli or paraphrase, {annotator} = A1..A4 (LeWiDi "
+                "Ann1..Ann4), e.g. runs/sft/{task}/{annotator}; without {annotator}: one conditioned adapter, "
+                "each annotator's id in the prompt; omitted: the base model alone. Adapters that trained on the "
+                "split's (or the decision split's) items are refused"})
+    decision: str = field(default="dev", metadata={
+        "help": "with --model: dev (fitted on --decision_split), a VEN threshold in (0, 1), or a Par rule: argmax, "
+                "expectation (rounded), median"})
+    decision_split: str = field(default="dev", metadata={
+        "help": "labelled split the decision is fitted on (dev, or a LeWiDi JSON file); applied to --split"})
+    soft_mean_output: str | None = field(default=None, metadata={
+        "help": "with --model: soft labels as the mean of the annotators' probabilities (default: beside --output, "
+                "_soft_mean)"})
+    probs_output: str | None = field(default=None, metadata={
+        "help": "with --model: per-(item, annotator) label probabilities, official label order (default: beside "
+                "--output, _probs)"})
+    dtype: str = field(default="float32", metadata={"help": "with --model: float32, bfloat16, float16 or auto"})
+    batch_size: int = field(default=16, metadata={"help": "with --model: prompts per forward pass"})
+    min_shared_tokens: int = field(default=16, metadata={
+        "help": "with --model: shortest prompt prefix the scorer's KV cache shares (capo/generate/scoring.py); "
+                "0: every prompt scored whole"})
 
 
 @dataclass

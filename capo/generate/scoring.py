@@ -19,6 +19,10 @@ leading explanations; all prompts share the instruction. `min_shared_tokens` pus
 their children (fewer, larger forward passes); None scores every distinct prompt whole in plain length-sorted
 batches (no prefix reuse, any model). With a PEFT model, `adapter` names the LoRA adapter to score under (None: the
 base model, adapters disabled).
+
+Scores are raw logits (what MJD normalisations and judges expect); `log_probs=True` gives full-vocabulary
+log-probabilities instead, which `label_log_probs` chains over a label's tokens (labels such as ` entailment` or
+` -5` are several tokens: one engine call per node of the labels' token trie).
 """
 
 from __future__ import annotations
@@ -206,8 +210,11 @@ class HFScorer:
         self.stats: dict[str, int] = {}  # of the last call
         self.totals: dict[str, int] = {}  # summed over all calls
 
-    def score_next_token(self, prompts: Sequence[str], options: Sequence[str], adapter: str | None = None) -> np.ndarray:
-        """Raw next-token logits of the options after each prompt, shape (prompts, options), float32."""
+    def score_next_token(self, prompts: Sequence[str], options: Sequence[str], adapter: str | None = None, *,
+                         log_probs: bool = False) -> np.ndarray:
+        """Raw next-token logits of the options after each prompt, shape (prompts, options), float32; with
+        `log_probs`, log-probabilities instead (log-softmax over the model's full vocabulary, as `generate` samples
+        from), which is what a chain of next-token scores (`label_log_probs`) needs."""
         import torch
 
         texts = list(dict.fromkeys(prompts))  # identical prompts: tokenized, checked and scored once
@@ -228,7 +235,7 @@ class HFScorer:
                       "attended_pairs": 0, "forward_passes": 0, "rows": 0}
         scores = np.full((len(sequences), len(options)), np.nan, dtype=np.float32)
         with torch.inference_mode(), active_adapter(self.model, adapter):
-            self._run(roots, None, scores)
+            self._run(roots, None, scores, log_probs)
         for key, value in self.stats.items():
             self.totals[key] = self.totals.get(key, 0) + value
         return scores[slot]
@@ -254,7 +261,8 @@ class HFScorer:
             yield pairs[start:stop]
             start = stop
 
-    def _run(self, nodes: list[tuple[_Node, int]] | list[_Node], parent, scores: np.ndarray) -> None:
+    def _run(self, nodes: list[tuple[_Node, int]] | list[_Node], parent, scores: np.ndarray,
+             log_probs: bool = False) -> None:
         """Encode `nodes` in length-sorted batches on top of `parent` = (cache, mask, lengths) or None; recurse."""
         import torch
 
@@ -280,7 +288,11 @@ class HFScorer:
             has_children = any(node.children for node, _ in chunk)
             out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                              past_key_values=cache, use_cache=has_children, logits_to_keep=1)
-            option_logits = out.logits[:, -1, self.option_ids].float().cpu().numpy()
+            last = out.logits[:, -1].float()
+            picked = last[:, self.option_ids]
+            if log_probs:  # normalised over the whole vocabulary, not over the options
+                picked = picked - torch.logsumexp(last, dim=-1, keepdim=True)
+            option_logits = picked.cpu().numpy()
             for r, (node, _) in enumerate(chunk):
                 for end in node.ends:
                     scores[end] = option_logits[r]
@@ -294,7 +306,92 @@ class HFScorer:
             self.stats["attended_pairs"] += int((new * keys - new * (new - 1) // 2).sum())
             if has_children:
                 children = [(child, r) for r, (node, _) in enumerate(chunk) for child in node.children]
-                self._run(children, (out.past_key_values, mask, base + seg_mask.sum(dim=1, keepdim=True)), scores)
+                self._run(children, (out.past_key_values, mask, base + seg_mask.sum(dim=1, keepdim=True)), scores,
+                          log_probs)
             del out, cache
 
 
+
+
+def label_log_probs(scorer, tokenizer, prompts: Sequence[str], labels: Sequence[str],
+                    adapter: str | None = None) -> np.ndarray:
+    """log P(label | prompt) for every prompt and label, shape (prompts, labels), float64, by the chain rule.
+
+    A label is scored as the tokens it has in context: prompt + label is tokenized as one text (as in training and
+    generation), and must give the prompt's own tokens followed by the label's (else the label merges with the
+    prompt's end, e.g. a prompt ending in a space before a label that starts with none: one-line DataError). The
+    labels' tokens after each prompt form a trie; each trie node is one `scorer.score_next_token(..., log_probs=True)`
+    call (every prompt that reaches a node with the same children shares it) whose options are the node's child
+    tokens, so the engine stays the only forward path and each step is the full-vocabulary log-probability of the
+    next token (raw option logits would not chain). The node prompts are prefixes of prompt + label cut at token
+    ends; each is checked to tokenize as exactly those tokens, so the engine scores the label's own token ids.
+    A label whose tokens are a prefix of another's scores only its own tokens (nothing about what follows them).
+    """
+    if not isinstance(scorer, HFScorer):
+        scorer = getattr(scorer, "scorer", scorer)  # the HF backend's own HFScorer
+    if not isinstance(scorer, HFScorer):
+        raise DataError("label scoring chains full-vocabulary log-probabilities, which only the HF scorer returns "
+                        f"(got {type(scorer).__name__}; the vLLM backend returns option logits)", field="scorer")
+    labels = list(labels)
+    if not labels:
+        raise DataError("no labels to score", field="labels")
+    if len(set(labels)) != len(labels):
+        raise DataError(f"labels {labels!r} repeat", field="labels")
+    texts = list(dict.fromkeys(prompts))
+    if not texts:
+        return np.zeros((0, len(labels)))
+    name = getattr(tokenizer, "name_or_path", None) or "?"
+    base = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    try:
+        full = tokenizer([t + lab for t in texts for lab in labels], add_special_tokens=False,
+                         return_offsets_mapping=True)
+    except NotImplementedError:
+        raise DataError(f"label scoring needs a fast tokenizer (character offsets); {name!r} has none",
+                        field="tokenizer") from None
+    # Per (text, label): the label's tokens and the text cut after each of them (a token's end offset is exact,
+    # also where offsets are trimmed of leading spaces).
+    paths: dict[tuple[int, int], tuple[tuple[int, ...], list[str]]] = {}
+    for r, text in enumerate(texts):
+        for j, label in enumerate(labels):
+            ids, offsets = full["input_ids"][r * len(labels) + j], full["offset_mapping"][r * len(labels) + j]
+            n = len(base[r])
+            if len(ids) <= n or ids[:n] != base[r]:
+                raise DataError(f"label {label!r} after prompt {r + 1} does not tokenize as the prompt's tokens "
+                                f"followed by its own for tokenizer {name!r} (it merges with the prompt's end: mind "
+                                "the space between them)", field="labels")
+            cuts = [text + label[: offsets[k][1] - len(text)] for k in range(n - 1, len(ids))]
+            cuts[0] = text
+            paths[(r, j)] = (tuple(ids[n:]), cuts)
+    # Every node prompt must tokenize as the prompt's tokens + the label tokens before it.
+    nodes: dict[tuple[int, tuple[int, ...]], str] = {}
+    children: dict[tuple[int, tuple[int, ...]], dict[int, str]] = {}
+    for (r, _), (cont, cuts) in paths.items():
+        for k in range(len(cont)):
+            key = (r, cont[:k])
+            nodes.setdefault(key, cuts[k])
+            children.setdefault(key, {}).setdefault(cont[k], cuts[k + 1][len(cuts[k]) :])
+    inner = [key for key in nodes if key[1]]
+    if inner:
+        encoded = tokenizer([nodes[key] for key in inner], add_special_tokens=False)["input_ids"]
+        for (r, prefix), ids in zip(inner, encoded):
+            if ids != base[r] + list(prefix):
+                raise DataError(f"a label's first {len(prefix)} token(s) after prompt {r + 1} tokenize differently "
+                                f"on their own than inside the label for tokenizer {name!r}", field="labels")
+    # One engine call per group of nodes with the same children (in practice one per trie node).
+    groups: dict[tuple[tuple[int, str], ...], list[tuple[int, tuple[int, ...]]]] = {}
+    for key, kids in children.items():
+        groups.setdefault(tuple(sorted(kids.items())), []).append(key)
+    step: dict[tuple[int, tuple[int, ...]], dict[int, float]] = {}
+    for kids, keys in groups.items():
+        ids, options = [k for k, _ in kids], [o for _, o in kids]
+        scores = scorer.score_next_token([nodes[key] for key in keys], options, adapter, log_probs=True)
+        if list(scorer.option_ids) != ids:
+            raise DataError(f"options {options!r} were scored as tokens {scorer.option_ids}, not the label tokens "
+                            f"{ids} for tokenizer {name!r}", field="labels")
+        for key, row in zip(keys, np.asarray(scores, dtype=np.float64)):
+            step[key] = dict(zip(ids, row.tolist()))
+    out = np.zeros((len(texts), len(labels)))
+    for (r, j), (cont, _) in paths.items():
+        out[r, j] = sum(step[(r, cont[:k])][cont[k]] for k in range(len(cont)))
+    row_of = {text: r for r, text in enumerate(texts)}
+    return out[[row_of[p] for p in prompts]]
