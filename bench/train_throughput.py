@@ -42,6 +42,17 @@ def _lora(init=True):
                       init_lora_weights=init)
 
 
+def _load_model(args):
+    """The base model in fp32, as TRL loads a model path (`create_model_from_path`: float32 unless
+    `model_init_kwargs` says otherwise). A bare `from_pretrained` takes the dtype stored in config.json since
+    Transformers v5: bf16 for SmolLM2, fp32 for the corpus LM (which hid it), so the packed side scored a bf16 model
+    against TRL's fp32 one (agreement 0.056 instead of ~3e-6 on SmolLM2, with identical tokens)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+
+
 def _tokens(rows, tokenizer) -> int:
     from capo.train.pairs import split_prompt_completion
 
@@ -95,9 +106,7 @@ def _trl_trainer(args, rows, out, init=True, model=None, gradient_checkpointing=
 
 
 def run_trl(args, rows, gradient_checkpointing: bool = True, shared_prefix: bool = False) -> dict:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(args.model)  # loading is outside the timing, as for ours
+    model = _load_model(args)  # loading is outside the timing, as for ours
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         trainer = _trl_trainer(args, rows, out, model=model, gradient_checkpointing=gradient_checkpointing,
@@ -112,13 +121,13 @@ def run_trl(args, rows, gradient_checkpointing: bool = True, shared_prefix: bool
 def run_packed(args, rows) -> dict:
     import torch
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoTokenizer, set_seed
 
     from capo.train.packed import batches, dpo_sigmoid_losses, group_pairs, pack, pair_logps
 
     set_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(args.model), _lora())
+    model = get_peft_model(_load_model(args), _lora())
     start = time.perf_counter()
     groups = group_pairs(rows, tokenizer)
     random.Random(args.seed).shuffle(groups)  # as the Trainer shuffles pairs; pairs of a group stay together
@@ -145,36 +154,46 @@ def run_packed(args, rows) -> dict:
 
 
 def run_agreement(args, rows) -> dict:
-    """Per-pair DPO loss of TRL's own code vs the packed code, same random LoRA policy, fp32, base as reference."""
+    """Per-pair DPO loss of TRL's own code vs the packed code, same random LoRA policy, fp32 without autocast, base
+    as reference. `token_mismatches` counts pairs whose prompt / chosen / rejected ids differ between TRL's tokenised
+    dataset and the packed groups (0: both score the same tokens); `dtypes` are both policies' parameter dtypes."""
     import torch
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from capo.train.packed import dpo_sigmoid_losses, group_pairs, pack, pair_logps
 
     rows = rows[: args.agreement_pairs]
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    groups = group_pairs(rows, tokenizer)
+    ours_ids = {row: (g.prompt, g.chosen, rejected) for g in groups for row, rejected in zip(g.pairs, g.rejected)}
     with tempfile.TemporaryDirectory() as out:
         torch.manual_seed(args.seed)
         trainer = _trl_trainer(args, rows, out, init=False)  # non-zero LoRA: policy differs from reference
         trainer.model.eval()
+        assert len(trainer.train_dataset) == len(rows)  # TRL dropped no pair (a prompt over max_length)
+        trl_ids = [(x["prompt_ids"], x["chosen_ids"], x["rejected_ids"]) for x in trainer.train_dataset]
         trl_losses = []
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):
             for k in range(len(rows)):
                 trl_losses.append(trainer.compute_loss(trainer.model, trainer.data_collator([trainer.train_dataset[k]])).item())
         lora_state = {k: v for k, v in trainer.model.state_dict().items() if "lora_" in k}
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(args.model), _lora(False))
+        trl_dtype = trainer.model.get_base_model().dtype
+    model = get_peft_model(_load_model(args), _lora(False))
     missing = model.load_state_dict(lora_state, strict=False)
     assert not missing.unexpected_keys
     model.eval()
-    packed = pack(group_pairs(rows, AutoTokenizer.from_pretrained(args.model)))
-    with torch.no_grad():
+    packed = pack(groups)
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
         with model.disable_adapter():
             reference = pair_logps(model, packed)
         ours = dpo_sigmoid_losses(pair_logps(model, packed), reference, args.beta)
     by_row = dict(zip(packed["pair_rows"], ours.tolist(), strict=True))
     diffs = [abs(by_row[k] - trl_losses[k]) for k in range(len(rows))]
     return {"pairs": len(rows), "max_abs_diff": max(diffs), "mean_trl_loss": sum(trl_losses) / len(rows),
-            "mean_packed_loss": sum(by_row.values()) / len(rows)}
+            "mean_packed_loss": sum(by_row.values()) / len(rows),
+            "token_mismatches": sum(trl_ids[k] != ours_ids[k] for k in range(len(rows))),
+            "dtypes": [str(trl_dtype), str(model.get_base_model().dtype)]}
 
 
 VARIANTS = {"trl": run_trl, "trl_no_checkpointing": lambda args, rows: run_trl(args, rows, False),

@@ -178,3 +178,18 @@ def test_one_sft_and_one_capo_step_with_lora(smollm2, tmp_path):
     # the reference is the SFT policy itself, so before the first update the DPO margin is exactly zero
     first = _first_log(capo)
     assert abs(first["rewards/margins"]) < 1e-3 and np.isfinite(first["loss"])
+
+
+def test_bench_agreement_packed_equals_trl_in_fp32(smollm2):
+    """bench/train_throughput.py's agreement on a real chat model (ChatML, eos <|im_end|>, weights stored in bf16):
+    TRL's tokenised prompt / chosen / rejected ids are the packed segments' ids, both policies are fp32, and per-pair
+    DPO losses agree. The corpus LM, stored in fp32, hid a bare `from_pretrained` loading SmolLM2 in bf16 on the
+    packed side (0.056 apart) while TRL loads fp32."""
+    import argparse
+
+    bench = load_script("bench/train_throughput.py")
+    args = argparse.Namespace(model=str(smollm2), annotator="A2", pairs=2, agreement_pairs=2, beta=0.1, seed=0,
+                              learning_rate=5e-4)
+    result = bench.run_agreement(args, bench._pairs(args))  # the bench's own first 2 pairs
+    assert result["pairs"] == 2 and result["token_mismatches"] == 0, result
+    assert result["max_abs_diff"] < 1e-4 and result["dtypes"] == ["torch.float32", "torch.float32"], result
