@@ -1,10 +1,10 @@
-# The two commands a user needs: `make demo` and `make test`. Both install first.
+# The two commands a user needs: `make demo` and `make test` (and `make study` for the whole study). All install first.
 PY      := .venv/bin/python
 PIP     := $(PY) -m pip
 STAMP   := .venv/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo attribution test lint clean
+.PHONY: setup demo study attribution test lint clean
 
 setup: $(STAMP)
 
@@ -38,25 +38,19 @@ explainers = for a in $(2); do \
 	    --output_dir '$(1)/capo/{task}/{annotator}' --resume_from_checkpoint true $(6) || exit 1; \
 	done
 
-# The main job, end to end on CPU with SmolLM2-135M-Instruct (about 10 minutes on 2 cores, install included):
-# baselines -> per-annotator SFT + CAPO explainers for A1 and A2 (a few steps each: a demo, not the study) -> their
-# explanations for held-out items -> likelihood attribution -> MJDs for the 341 items without explanations -> MJD vs
-# ChaosNLI, calibrated. Every step skips what a previous run finished.
-DEMO := runs/demo
-DEMO_SFT  := --max_steps 6 --warmup_steps 1 --logging_steps 2 --eval_steps 6 --save_steps 3
-DEMO_CAPO := --max_steps 3 --warmup_steps 0 --logging_steps 1 --eval_steps 3 --save_steps 3 --per_device_train_batch_size 4
+# The main job, end to end on CPU with SmolLM2-135M-Instruct (about 10 minutes on 2 cores, install included): the
+# pipeline's demo config (recipes/configs/pipeline_tiny.yaml) -> runs/demo/report/report.md. Data -> per-annotator SFT +
+# CAPO explainers for A1 and A2 (a few steps each: a demo, not the study) -> their explanations for held-out items ->
+# likelihood attribution -> judges and imitation -> variability -> MJDs for the 341 items without explanations
+# (calibrated) vs ChaosNLI and the baselines -> LeWiDi constants -> the report. Each stage is cached by signature: a
+# second run skips every finished stage, a killed one resumes.
 demo: setup models/smollm2-135m-instruct/config.json
-	$(PY) eval/distributions.py --baselines --plot results/baselines_ternary.png --csv results/baselines.csv
-	$(call explainers,$(DEMO),A1 A2,0,tiny,$(DEMO_SFT),$(DEMO_CAPO))
-	$(PY) recipes/generate.py --config recipes/configs/generate_tiny.yaml --output_dir $(DEMO)/generate \
-	  --adapters A1=$(DEMO)/capo/nli/A1 A2=$(DEMO)/capo/nli/A2 --base true --limit 4 --max_new_tokens 64
-	$(PY) eval/attribution.py --model models/smollm2-135m-instruct --annotators A1 A2 --seeds 0 \
-	  --adapter 'sft=$(DEMO)/sft/{task}/{annotator}' --adapter 'capo=$(DEMO)/capo/{task}/{annotator}' \
-	  --output $(DEMO)/attribution.json
-	$(PY) recipes/mjd.py --config recipes/configs/mjd_tiny_none.yaml --save_raw_scores true --output_dir $(DEMO)/mjd
-	$(PY) eval/distributions.py --human $(DEMO)/mjd/human_chaosnli.jsonl --model $(DEMO)/mjd/mjd.jsonl
-	$(PY) eval/calibrate.py --raw $(DEMO)/mjd/raw_scores.jsonl --human $(DEMO)/mjd/human_chaosnli.jsonl \
-	  --output $(DEMO)/mjd/mjd_calibrated.jsonl
+	$(PY) recipes/pipeline.py --config recipes/configs/pipeline_tiny.yaml
+
+# The full study (recipes/configs/pipeline_study.yaml: all four annotators, NLI and paraphrase, seeds 0 and 1) ->
+# runs/study/report/report.md. Hours on 2 CPU cores; stop it and start it again at will.
+study: setup models/smollm2-135m-instruct/config.json
+	$(PY) recipes/pipeline.py --config recipes/configs/pipeline_study.yaml
 
 models/corpus-lm/config.json: | setup
 	$(PY) recipes/build_corpus_lm.py --output_dir models/corpus-lm

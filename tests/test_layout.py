@@ -1,5 +1,5 @@
-"""The layout rule: data -> train -> generate -> mjd -> evaluate; a module never imports a later stage, the shared
-top-level modules import no stage, and docs/architecture.md names every module."""
+"""The layout rule: data -> train -> generate -> mjd -> evaluate -> pipeline; a module never imports a later stage,
+the shared top-level modules import no stage, and docs/architecture.md names every module."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 from conftest import ROOT
 
-STAGES = {"data": 1, "train": 2, "generate": 3, "mjd": 4, "evaluate": 5}
+STAGES = {"data": 1, "train": 2, "generate": 3, "mjd": 4, "evaluate": 5, "pipeline": 6}
 IMPORT = re.compile(r"^\s*(?:from|import) capo\.(\w+)", re.MULTILINE)
 
 

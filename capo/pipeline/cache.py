@@ -1,0 +1,164 @@
+"""Stages cached by signature: each stage works in `<output_dir>/<stage>/` and, last, writes `stage.json` with its
+signature (a hash of its config keys, its input files' content fingerprints and its upstream stages' signatures)
+and wall time.
+
+A run computes every signature first (no stage's outputs are read for it), then:
+- a stage whose `stage.json` holds the same signature is skipped (and so is everything with an unchanged signature:
+  a changed config key re-runs the stages that declare it and, through their signatures, everything downstream);
+- `from_stage` re-runs that stage and every later one;
+- a stage that runs first loses its `stage.json` (all of them before the first one starts, so a kill never leaves a
+  finished-looking stage behind a re-run one) and records `stage.pending.json`. A killed stage found with a pending
+  record of the same signature resumes in its folder (the trainers' checkpoints, the run engine's shards); any other
+  folder of a stage about to run is emptied first, so a stage never mixes outputs of two signatures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from capo.errors import DataError
+from capo.io import read_json, write_json
+from capo.runner import fingerprint
+
+STAGE_FILE = "stage.json"
+PENDING_FILE = "stage.pending.json"
+
+
+@dataclass
+class Context:
+    """What a stage function gets: the arguments, the run folder, and a logger."""
+
+    args: Any
+    root: Path
+    log: Callable[[str], None] = print
+    enabled: tuple[str, ...] = ()
+
+    def dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def record(self, stage: str) -> dict | None:
+        """A finished stage's `stage.json` (None when it has none)."""
+        path = self.dir(stage) / STAGE_FILE
+        return read_json(path) if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline. `run(ctx)` writes into `ctx.dir(name)` and returns a JSON summary whose `line` is
+    the one-line summary printed when it finishes; `plan(ctx)` checks its inputs before any stage starts."""
+
+    name: str
+    run: Callable[[Context], dict]
+    keys: tuple[str, ...] = ()  # argument names that shape the outputs
+    inputs: tuple[str, ...] = ()  # upstream stages it reads (all needed, unless `optional_inputs`)
+    files: Callable[[Any], list[str]] = field(default=lambda args: [])  # input files / model folders / hub ids
+    plan: Callable[[Context], None] | None = None
+    enabled: Callable[[Any], bool] = field(default=lambda args: True)
+    optional_inputs: bool = False
+    version: int = 1  # bump when the stage's code changes what it writes
+
+
+def material(stage: Stage, args: Any, signatures: dict[str, str | None], fingerprints: dict[str, str]) -> dict:
+    """Everything the stage's signature is a hash of (`fingerprints`: this run's cache of file fingerprints)."""
+    for path in map(str, stage.files(args)):
+        if path not in fingerprints:
+            fingerprints[path] = fingerprint(path)
+    return {"stage": stage.name, "version": stage.version,
+            "config": {key: getattr(args, key) for key in stage.keys},
+            "files": {str(path): fingerprints[str(path)] for path in stage.files(args)},
+            "inputs": {name: signatures.get(name) for name in stage.inputs}}
+
+
+def signature_of(material_: dict) -> str:
+    return hashlib.sha256(json.dumps(material_, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def enabled_stages(stages: Sequence[Stage], args: Any, skip: Sequence[str] = ()) -> list[Stage]:
+    """The stages that run: not skipped, switched on by the arguments, and (unless optional) with every input."""
+    names = {s.name for s in stages}
+    for name in skip:
+        if name not in names:
+            raise DataError(f"unknown stage {name!r} (stages: {', '.join(s.name for s in stages)})", field="skip")
+    kept: list[Stage] = []
+    for stage in stages:
+        have = {s.name for s in kept}
+        if stage.name in skip or not stage.enabled(args):
+            continue
+        if not stage.optional_inputs and not set(stage.inputs) <= have:
+            continue
+        kept.append(stage)
+    return kept
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return read_json(path) if path.is_file() else None
+    except DataError:
+        return None  # a record that does not parse is no record: the stage runs again
+
+
+def run_stages(stages: Sequence[Stage], args: Any, root: str | Path, *, from_stage: str | None = None,
+               skip: Sequence[str] = (), log: Callable[[str], None] = print) -> list[dict]:
+    """Run `stages` in order with caching; returns one row per enabled stage: name, status (ran / resumed /
+    cached), signature, wall_seconds, summary."""
+    root = Path(root)
+    stages = enabled_stages(stages, args, skip)
+    names = [s.name for s in stages]
+    if from_stage is not None and from_stage not in names:
+        raise DataError(f"unknown or disabled stage {from_stage!r} (this run's stages: {', '.join(names)})",
+                        field="from")
+    ctx = Context(args, root, log, tuple(names))
+    signatures: dict[str, str | None] = {}
+    materials, fingerprints = {}, {}
+    for stage in stages:
+        materials[stage.name] = material(stage, args, signatures, fingerprints)
+        signatures[stage.name] = signature_of(materials[stage.name])
+    forced = set(names[names.index(from_stage):]) if from_stage else set()
+    records = {s.name: _read(root / s.name / STAGE_FILE) for s in stages}
+    todo = [s for s in stages
+            if s.name in forced or (records[s.name] or {}).get("signature") != signatures[s.name]]
+    for stage in todo:  # every check before the first stage starts: bad input leaves nothing behind
+        if stage.plan is not None:
+            stage.plan(ctx)
+    for stage in todo:
+        (root / stage.name / STAGE_FILE).unlink(missing_ok=True)
+    rows = []
+    for stage in stages:
+        signature = signatures[stage.name]
+        folder = root / stage.name
+        if stage not in todo:
+            record = records[stage.name]
+            rows.append({"stage": stage.name, "status": "cached", "signature": signature,
+                         "wall_seconds": record.get("wall_seconds"), "summary": record.get("summary", {})})
+            log(f"[pipeline] {stage.name}: cached ({record.get('wall_seconds', 0):.1f} s when it ran) - "
+                f"{record.get('summary', {}).get('line', '')}")
+            continue
+        pending = _read(folder / PENDING_FILE)
+        resume = stage.name not in forced and (pending or {}).get("signature") == signature
+        if not resume and folder.exists():
+            shutil.rmtree(folder)
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        write_json(folder / PENDING_FILE, {"stage": stage.name, "signature": signature, "started": started})
+        if resume:
+            log(f"[pipeline] {stage.name}: resuming an interrupted run")
+        start = time.perf_counter()
+        summary = stage.run(ctx)
+        wall = round(time.perf_counter() - start, 2)
+        write_json(folder / STAGE_FILE, {"stage": stage.name, "signature": signature, "wall_seconds": wall,
+                                         "started": started,
+                                         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                                         "resumed": resume, "material": materials[stage.name], "summary": summary})
+        (folder / PENDING_FILE).unlink(missing_ok=True)
+        rows.append({"stage": stage.name, "status": "resumed" if resume else "ran", "signature": signature,
+                     "wall_seconds": wall, "summary": summary})
+        log(f"[pipeline] {stage.name}: {'resumed and finished' if resume else 'done'} in {wall:.1f} s - "
+            f"{summary.get('line', '')}")
+    return rows

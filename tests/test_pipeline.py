@@ -1,0 +1,252 @@
+"""recipes/pipeline.py on the tiny corpus LM: a real end-to-end run and its report; stage caching (a second run skips
+every stage and leaves the report as it was); --from; a changed key re-running only the stages it shapes; a real
+SIGKILL mid-training and another mid-generation, then a resume that ends where an uninterrupted run does; bad input
+as one located line that leaves no stage.json behind.
+
+Every run uses the relative output folder `run` inside its own working folder, so a copied run folder (and a fresh
+run with the same config) holds byte-identical paths and can be compared with the first run file for file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, load_script, run_script
+
+from capo.pipeline.cache import PENDING_FILE, STAGE_FILE
+from capo.runner import KILL_AFTER_ENV
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["data", "sft", "capo", "generation", "attribution", "imitation", "variability", "mjd", "distributions",
+          "lewidi", "report"]
+EVALUATION = ["attribution", "imitation", "variability", "mjd", "distributions", "lewidi"]
+
+
+def _write_config(folder: Path, corpus_lm: Path) -> Path:
+    """A tiny study on the corpus LM: A1 and A2, 2 SFT steps and 1 CAPO step, 3 held-out items, 20 MJD items."""
+    configs = ROOT / "recipes" / "configs"
+    lines = [
+        "output_dir: run",
+        f"model: {corpus_lm}",
+        "dtype: float32",
+        "tasks: [nli]",
+        "annotators: [A1, A2]",
+        "seeds: [0]",
+        f"sft_config: {configs / 'sft_corpus_lm.yaml'}",
+        ("sft_args: [max_steps=2, warmup_steps=0, logging_steps=1, save_steps=1, eval_strategy=no, max_train_rows=16,"
+         " max_eval_rows=8, max_length=256, per_device_train_batch_size=4, lora_r=8, lora_alpha=16]"),
+        f"capo_config: {configs / 'capo_tiny.yaml'}",
+        ("capo_args: [max_steps=1, warmup_steps=0, logging_steps=1, save_steps=1, eval_strategy=no, eval_split=none,"
+         " max_train_rows=8, max_length=256, per_device_train_batch_size=4, bf16=false, lora_r=8, lora_alpha=16]"),
+        "generate_limit: 3",
+        "generate_max_new_tokens: 16",
+        "generate_shard_size: 2",
+        "attribution_splits: [dev]",
+        "imitation_ks: [1, 2]",
+        "embeddings: false",
+        f"mjd_runs: [none={configs / 'mjd_tiny_none.yaml'}]",
+        "mjd_args: [limit=20, dtype=float32, items_per_chunk=10, batch_size=16]",
+        "lewidi_datasets: [ven, par]",
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pipeline.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@contextmanager
+def _inside(folder: Path):
+    old = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def _run(folder: Path, *argv: str) -> dict[str, str]:
+    """Run the pipeline in this process from `folder`; stage -> status (ran / resumed / cached)."""
+    with _inside(folder):
+        rows = load_script("recipes/pipeline.py").main(["--config", "pipeline.yaml", *argv])
+    return {row["stage"]: row["status"] for row in rows}
+
+
+def _fails(folder: Path, capsys, *argv: str) -> str:
+    capsys.readouterr()
+    with _inside(folder), pytest.raises(SystemExit) as exit_info:
+        load_script("recipes/pipeline.py").main(["--config", "pipeline.yaml", *argv])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    return last
+
+
+def _copy(first: Path, to: Path) -> Path:
+    shutil.copytree(first / "run", to / "run")
+    shutil.copy(first / "pipeline.yaml", to / "pipeline.yaml")
+    return to
+
+
+def _results(folder: Path) -> dict:
+    return json.loads((folder / "run" / "report" / "results.json").read_text())
+
+
+def _stage_files(folder: Path) -> dict[str, bytes]:
+    return {p.parent.name: p.read_bytes() for p in (folder / "run").glob(f"*/{STAGE_FILE}")}
+
+
+@pytest.fixture(scope="module")
+def first(corpus_lm, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("first")
+    _write_config(folder, corpus_lm)
+    statuses = _run(folder)
+    assert statuses == dict.fromkeys(STAGES, "ran")
+    return folder
+
+
+def test_end_to_end_writes_every_stage_and_a_report_with_tables_and_plots(first):
+    run = first / "run"
+    for stage in STAGES:
+        record = json.loads((run / stage / STAGE_FILE).read_text())
+        assert record["stage"] == stage and len(record["signature"]) == 16 and record["wall_seconds"] > 0
+        assert not (run / stage / PENDING_FILE).exists()
+    report = (run / "report" / "report.md").read_text()
+    for heading in ("## Data", "## Explainers", "## Generation", "## Likelihood attribution", "## Judges",
+                    "## Explanation variability", "## Model judgment distributions", "**Calibration**",
+                    "## LeWiDi 2025", "## Manifests"):
+        assert heading in report, heading
+    captions = [line for line in report.splitlines() if line.startswith("_Stage `")]
+    assert len(captions) >= 9
+    assert all(all(part in c for part in ("command: `python ", "model ", "seed(s) ", "wall time ")) for c in captions)
+    images = [line[line.index("](") + 2 : -1] for line in report.splitlines() if line.startswith("![")]
+    assert len(images) >= 4 and {"training_loss.png", "ternary.png", "lewidi.png"} <= set(images)
+    assert any(i.startswith("confusion_") for i in images) and any(i.startswith("imitation_k_") for i in images)
+    for image in images:
+        assert (run / "report" / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for manifest in ("sft__stage.json", "sft__seed0__nli__A1__run_manifest.json", "mjd__none__run_manifest.json"):
+        assert (run / "report" / "manifests" / manifest).is_file()
+    results = _results(first)
+    assert [(a["annotator"], a["steps"]) for a in results["sft"]["adapters"]] == [("A1", 2), ("A2", 2)]
+    assert [(r["run"], r["records"]) for r in results["generation"]] == [("capo_s0", 6), ("base", 3)]
+    assert set(results["attribution"]["nli"]["annotators"]) == {"A1", "A2"}
+    assert results["imitation"]["nli_trained"]["human_heldout"]["n"] > 100
+    assert {"human", "capo_s0", "base"} <= set(results["variability"]["nli"])
+    assert {"uniform", "mjd none", "mjd none calibrated"} <= set(results["distributions"])
+    assert results["distributions"]["mjd none"]["items"] == 20
+    # The published most-frequent-label VEN test score: the LeWiDi stage runs the shared task's scorer.
+    ven_test = next(r for r in results["lewidi"] if (r["dataset"], r["split"], r["predictor"]) ==
+                    ("ven", "test", "most_frequent"))
+    assert round(ven_test["perspectivist"], 3) == 0.345
+
+
+def test_second_run_skips_every_stage_and_keeps_the_report(first):
+    before = {p: p.read_bytes() for p in (first / "run").rglob("*") if p.is_file()}
+    assert _run(first) == dict.fromkeys(STAGES, "cached")
+    after = {p: p.read_bytes() for p in (first / "run").rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_from_reruns_that_stage_and_every_later_one(first, tmp_path):
+    copy = _copy(first, tmp_path)
+    statuses = _run(copy, "--from", "distributions")
+    assert statuses == {**dict.fromkeys(STAGES[:8], "cached"), **dict.fromkeys(STAGES[8:], "ran")}
+    assert _results(copy) == _results(first)
+
+
+def test_a_changed_key_reruns_only_the_stages_whose_signature_it_changes(first, tmp_path):
+    copy = _copy(first, tmp_path)
+    statuses = _run(copy, "--mjd_args", "limit=12", "dtype=float32", "items_per_chunk=10", "batch_size=16")
+    assert [s for s, status in statuses.items() if status == "ran"] == ["mjd", "distributions", "report"]
+    unchanged = [s for s in STAGES if s not in ("mjd", "distributions", "report")]
+    assert {s: _stage_files(copy)[s] for s in unchanged} == {s: _stage_files(first)[s] for s in unchanged}
+    results = _results(copy)
+    assert results["distributions"]["mjd none"]["items"] == 12
+    assert {k: v for k, v in results.items() if k not in ("mjd", "distributions")} == \
+        {k: v for k, v in _results(first).items() if k not in ("mjd", "distributions")}
+
+
+# A child that runs the pipeline like `python recipes/pipeline.py` but SIGKILLs itself right after the second SFT
+# adapter saved its first checkpoint: one adapter finished, one half-trained, a real kill the process cannot catch.
+KILL_IN_SECOND_SFT = """
+import os, runpy, signal, sys
+from transformers import Trainer
+real, seen = Trainer._save_checkpoint, []
+def save(self, *args, **kwargs):
+    out = real(self, *args, **kwargs)
+    seen.append(self.args.output_dir)
+    if len(set(seen)) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+Trainer._save_checkpoint = save
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_killed_runs_resume_and_end_as_an_uninterrupted_run(first, tmp_path):
+    folder = tmp_path
+    shutil.copy(first / "pipeline.yaml", folder / "pipeline.yaml")
+    skip = ["--skip", *EVALUATION]  # what is killed and resumed here is training and generation
+    run = folder / "run"
+
+    child = subprocess.run([sys.executable, "-c", KILL_IN_SECOND_SFT, str(ROOT / "recipes" / "pipeline.py"),
+                            "--config", "pipeline.yaml", *skip], cwd=folder, capture_output=True, text=True,
+                           timeout=600, check=False)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    assert (run / "data" / STAGE_FILE).is_file() and not (run / "sft" / STAGE_FILE).exists()
+    assert (run / "sft" / PENDING_FILE).is_file()
+    assert (run / "sft" / "seed0" / "nli" / "A1" / "run_manifest.json").is_file()
+    half = run / "sft" / "seed0" / "nli" / "A2"
+    assert (half / "checkpoint-1").is_dir() and not (half / "run_manifest.json").exists()
+
+    killed = run_script("recipes/pipeline.py", "--config", "pipeline.yaml", *skip, cwd=folder,
+                        env={KILL_AFTER_ENV: "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert json.loads((run / "sft" / STAGE_FILE).read_text())["resumed"] is True
+    assert (run / "capo" / STAGE_FILE).is_file()
+    assert not (run / "generation" / STAGE_FILE).exists() and not (run / "report" / STAGE_FILE).exists()
+    shards = sorted((run / "generation" / "nli" / "capo_s0" / "shards").glob("shard-*.jsonl"))
+    assert len(shards) == 1
+    kept = shards[0].stat().st_mtime_ns
+
+    statuses = _run(folder, *skip)
+    assert statuses == {"data": "cached", "sft": "cached", "capo": "cached", "generation": "resumed",
+                        "report": "ran"}
+    assert shards[0].stat().st_mtime_ns == kept  # the finished shard was kept, not redone
+    resumed, uninterrupted = _results(folder), _results(first)
+    for key in ("data", "sft", "capo", "generation"):
+        assert resumed[key] == uninterrupted[key], key
+    assert not list(run.rglob(PENDING_FILE))
+
+
+def test_bad_input_is_one_located_line_and_leaves_no_stage_json(first, tmp_path, capsys, corpus_lm):
+    fresh = tmp_path / "fresh"
+    config = _write_config(fresh, corpus_lm)
+    config.write_text(config.read_text() + "generate_limt: 3\n")
+    line = _fails(fresh, capsys)
+    assert "pipeline.yaml:" in line and "field 'generate_limt'" in line and "unknown key" in line
+
+    _write_config(fresh, corpus_lm)
+    line = _fails(fresh, capsys, "--sft_args", "max_stepz=2")
+    assert "sft_args" in line and "max_stepz" in line
+    assert not (fresh / "run").exists() or not list((fresh / "run").rglob(STAGE_FILE))
+
+    # A finished run, then a config whose MJD stage fails halfway (too few items to calibrate): the stages it
+    # re-runs lose their stage.json, the others keep theirs, and the original config then finishes cleanly.
+    copy = _copy(first, tmp_path / "copy")
+    line = _fails(copy, capsys, "--mjd_args", "limit=3", "dtype=float32", "items_per_chunk=10", "batch_size=16")
+    assert "field 'calibrate'" in line and "at least 5 items" in line
+    stage_files = _stage_files(copy)
+    assert set(stage_files) == set(STAGES) - {"mjd", "distributions", "report"}
+    assert (copy / "run" / "mjd" / PENDING_FILE).is_file()
+    statuses = _run(copy)
+    assert [s for s, status in statuses.items() if status == "ran"] == ["mjd", "distributions", "report"]
+    assert _results(copy) == _results(first)
