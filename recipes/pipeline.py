@@ -1,5 +1,6 @@
 """The whole study from one config: data -> SFT and CAPO explainers -> generation -> attribution -> judges and
-imitation -> variability -> MJDs (calibrated) -> distributions vs ChaosNLI -> LeWiDi -> a report folder.
+imitation -> variability -> MJDs (calibrated) -> distributions vs ChaosNLI -> explainer jury -> LeWiDi (constants and
+explainers as annotators) -> a report folder.
 
     python recipes/pipeline.py --config recipes/configs/pipeline_tiny.yaml            # the demo (make demo)
     python recipes/pipeline.py --config recipes/configs/pipeline_study.yaml           # make study

@@ -1,4 +1,5 @@
-"""recipes/pipeline.py on the tiny corpus LM: a real end-to-end run and its report; stage caching (a second run skips
+"""recipes/pipeline.py on the tiny corpus LM: a real end-to-end run and its report (the explainer jury and the
+LeWiDi explainer predictors included); the LeWiDi explainers' run and skip paths; stage caching (a second run skips
 every stage and leaves the report as it was); --from; a changed key re-running only the stages it shapes; a real
 SIGKILL mid-training and another mid-generation, then a resume that ends where an uninterrupted run does; bad input
 as one located line that leaves no stage.json behind.
@@ -26,12 +27,14 @@ from capo.runner import KILL_AFTER_ENV
 pytestmark = pytest.mark.slow
 
 STAGES = ["data", "sft", "capo", "generation", "attribution", "imitation", "variability", "mjd", "distributions",
-          "lewidi", "report"]
-EVALUATION = ["attribution", "imitation", "variability", "mjd", "distributions", "lewidi"]
+          "jury", "lewidi_explainers", "lewidi", "report"]
+EVALUATION = ["attribution", "imitation", "variability", "mjd", "distributions", "jury", "lewidi_explainers",
+              "lewidi"]
 
 
 def _write_config(folder: Path, corpus_lm: Path) -> Path:
-    """A tiny study on the corpus LM: A1 and A2, 2 SFT steps and 1 CAPO step, 3 held-out items, 20 MJD items."""
+    """A tiny study on the corpus LM: A1 and A2, 2 SFT steps and 1 CAPO step, 3 held-out items, 20 MJD items, the
+    jury, and LeWiDi explainers (the base model only: nli trains on VariErr, no paraphrase explainers)."""
     configs = ROOT / "recipes" / "configs"
     lines = [
         "output_dir: run",
@@ -55,6 +58,8 @@ def _write_config(folder: Path, corpus_lm: Path) -> Path:
         f"mjd_runs: [none={configs / 'mjd_tiny_none.yaml'}]",
         "mjd_args: [limit=20, dtype=float32, items_per_chunk=10, batch_size=16]",
         "lewidi_datasets: [ven, par]",
+        "jury: true",
+        "lewidi_explainers: true",
     ]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "pipeline.yaml"
@@ -145,6 +150,68 @@ def test_end_to_end_writes_every_stage_and_a_report_with_tables_and_plots(first)
     ven_test = next(r for r in results["lewidi"] if (r["dataset"], r["split"], r["predictor"]) ==
                     ("ven", "test", "most_frequent"))
     assert round(ven_test["perspectivist"], 3) == 0.345
+    # The jury: the base model and each explainer kind, with the items its explainers trained on counted and left
+    # out of a held-out-only row.
+    jury = results["jury"]
+    assert {"jury base", "jury sft s0", "jury capo s0"} <= set(jury)
+    assert jury["jury base"]["items"] == 341 and jury["jury base"]["in_training"] == 0
+    trained = jury["jury capo s0"]["in_training"]
+    assert 0 < trained < 341 and jury["jury capo s0 held-out only"]["items"] == 341 - trained
+    assert all(0 <= row["kl"] and 0 <= row["jsd"] <= 1 for row in jury.values())
+    assert "| jury capo s0 held-out only | " + str(341 - trained) + " | 0 |" in report
+    # LeWiDi: the base model beside the constants; the explainers skipped, each data set with its reason.
+    lewidi = results["lewidi_explainers"]
+    assert [(r["dataset"], r["split"], r["predictor"]) for r in lewidi["rows"]] == \
+        [("ven", "dev", "base"), ("ven", "test", "base"), ("par", "dev", "base")]
+    assert "holds 78 of the 100 VEN dev/test items" in lewidi["skipped"]["ven"]
+    assert "no paraphrase explainers" in lewidi["skipped"]["par"]
+    assert "**VEN: explainers not scored**" in report and "| ven | test | base | 50 |" in report
+
+
+def test_lewidi_explainers_score_explainers_trained_on_lewidi_and_say_why_not_otherwise(corpus_lm, tmp_path,
+                                                                                      monkeypatch):
+    """The explainers' run path, which the tiny study cannot reach (its nli explainers train on VariErr, for A1 and
+    A2): SFT and CAPO adapters of all four annotators (random LoRA, their manifests: LeWiDi VEN train) in the
+    pipeline's layout, scored on VEN beside the base model with nli_dataset lewidi-ven; the skip reasons else."""
+    from conftest import make_adapter
+
+    from capo.data.datasets import load_task_data
+    from capo.data.heldout import training_record
+    from capo.io import write_json
+    from capo.pipeline.arguments import parse
+    from capo.pipeline.cache import Context
+    from capo.pipeline.stages import explainers_skipped, run_lewidi_explainers
+
+    monkeypatch.chdir(ROOT)
+
+    def arguments(nli_dataset: str, annotators=("A1", "A2", "A3", "A4")):
+        return parse(["--model", str(corpus_lm), "--dtype", "float32", "--annotators", *annotators,
+                      "--conditioned", "true", "--nli_dataset", nli_dataset, "--lewidi_datasets", "ven",
+                      "--lewidi_explainers", "true"])
+
+    args = arguments("lewidi-ven")
+    ven = load_task_data("nli", "lewidi-ven")
+    train = [item.id for item in ven.items("train")]
+    for k, (kind, annotator) in enumerate([*((kind, a) for kind in ("sft", "capo") for a in args.annotators),
+                                           ("capo", "all")]):
+        folder = make_adapter(corpus_lm, tmp_path / kind / "seed0" / "nli" / annotator, seed=k)
+        write_json(folder / "run_manifest.json", {"training_data": training_record(ven, annotator, train)})
+    summary = run_lewidi_explainers(Context(args, tmp_path, log=lambda *_: None))
+    assert summary["skipped"] == {}
+    rows = {(r["split"], r["predictor"]): r for r in summary["rows"]}
+    assert set(rows) == {(split, p) for split in ("dev", "test") for p in ("base", "sft s0", "capo s0", "cond s0")}
+    assert all(r["items"] == 50 and 0 <= r["perspectivist"] <= 1 and r["decision_in_sample"] == (r["split"] == "dev")
+               for r in rows.values())
+    assert len({rows["test", p]["soft_mean"] for p in ("base", "sft s0", "capo s0", "cond s0")}) == 4
+    assert "--explainers '" + str(tmp_path / "capo" / "seed0" / "{task}" / "{annotator}") + "'" in \
+        summary["commands"][-2]
+    assert "--explainers '" + str(tmp_path / "capo" / "seed0" / "{task}" / "all") + "'" in summary["commands"][-1]
+    probs = tmp_path / "lewidi_explainers" / "ven_test_capo_s0_probs.jsonl"
+    assert len(probs.read_text().splitlines()) == 192
+
+    assert "holds 78 of the 100 VEN dev/test items" in explainers_skipped(arguments("varierr"), "ven")
+    assert "A3 A4 annotate VEN but have no explainer" in explainers_skipped(arguments("lewidi-ven", ("A1", "A2")),
+                                                                           "ven")
 
 
 def test_second_run_skips_every_stage_and_keeps_the_report(first):
@@ -156,8 +223,9 @@ def test_second_run_skips_every_stage_and_keeps_the_report(first):
 
 def test_from_reruns_that_stage_and_every_later_one(first, tmp_path):
     copy = _copy(first, tmp_path)
-    statuses = _run(copy, "--from", "distributions")
-    assert statuses == {**dict.fromkeys(STAGES[:8], "cached"), **dict.fromkeys(STAGES[8:], "ran")}
+    statuses = _run(copy, "--from", "lewidi_explainers")  # the LeWiDi explainers' scores are reproducible too
+    later = STAGES.index("lewidi_explainers")
+    assert statuses == {**dict.fromkeys(STAGES[:later], "cached"), **dict.fromkeys(STAGES[later:], "ran")}
     assert _results(copy) == _results(first)
 
 

@@ -14,6 +14,7 @@ LAUNCHERS = ("python", "accelerate")
 GENERATE_KINDS = ("sft", "capo")
 JUDGES = ("trained", "llm")
 LEWIDI_DATASETS = ("ven", "par")
+NLI_DATASETS = ("varierr", "lewidi-ven")
 # Keys the pipeline sets itself in every explainer / MJD / encoder run: an override of one would break the layout
 # that later stages read.
 OWNED_KEYS = {"model_name_or_path", "output_dir", "task", "annotator", "seed", "split_seed", "sft_adapter",
@@ -35,6 +36,9 @@ class PipelineArguments:
     annotators: list[str] = field(default_factory=lambda: list(ANNOTATORS))
     seeds: list[int] = field(default_factory=lambda: [0])
     split_seed: int = field(default=0, metadata={"help": "VariErr item split (the corpus LM is built on 0)"})
+    nli_dataset: str = field(default="varierr", metadata={
+        "help": "what the nli explainers train and are evaluated on: varierr (split by split_seed) or lewidi-ven "
+                "(LeWiDi VEN's own train/dev/test files: the explainers can then predict VEN in lewidi_explainers)"})
     launcher: str = field(default="python", metadata={"help": "python: trainers, generation and MJDs in this "
                                                                "process; accelerate: each one under accelerate launch"})
     launcher_args: list[str] = field(default_factory=list, metadata={
@@ -52,7 +56,8 @@ class PipelineArguments:
         "help": "prompting baselines on the base model: 0 = zero-shot, K = K examples of the target's history"})
     generate_limit: int | None = None
     generate_max_new_tokens: int = 96
-    generate_batch_size: int = 16
+    generate_batch_size: int = field(default=16, metadata={"help": "generation batch size; also the jury's and "
+                                                                    "the LeWiDi explainers' scoring batch size"})
     generate_shard_size: int = 16
     # Evaluation.
     attribution_splits: list[str] = field(default_factory=lambda: ["dev", "test"])
@@ -81,9 +86,14 @@ class PipelineArguments:
     perspectivist_config: str = "recipes/configs/perspectivist_cpu.yaml"
     perspectivist_args: list[str] = field(default_factory=list, metadata={"help": "recipes/perspectivist.py "
                                                                                   "options as KEY=VALUE"})
-    # Places for issue 11's explainer jury and LeWiDi explainer predictors (not built yet: off).
-    jury: bool = False
-    lewidi_explainers: bool = False
+    # The explainers' label probabilities (capo.evaluate.explainer_predictions): the jury on the 341 items vs
+    # ChaosNLI, and LeWiDi per-annotator predictions (base model, SFT and CAPO explainers per seed).
+    jury: bool = field(default=False, metadata={"help": "the explainer jury (eval/jury.py) on the 341 ChaosNLI "
+                                                        "items, beside the MJDs (needs task nli)"})
+    lewidi_explainers: bool = field(default=False, metadata={
+        "help": "the base model and the explainers as LeWiDi annotators (eval/lewidi.py predict --model); "
+                "explainers only where they trained on that LeWiDi data set's own train split (Par: always; VEN: "
+                "nli_dataset lewidi-ven), else the report says why"})
 
     def __post_init__(self) -> None:
         self.check()
@@ -110,6 +120,7 @@ class PipelineArguments:
             raise DataError("needs at least two annotators (attribution compares each with another one's model)",
                             field="annotators")
         _choice(self.launcher, LAUNCHERS, "launcher")
+        _choice(self.nli_dataset, NLI_DATASETS, "nli_dataset")
         from capo.generate.backends.base import DTYPES
 
         _choice(self.dtype, DTYPES, "dtype")
@@ -145,11 +156,11 @@ class PipelineArguments:
         for key in ("mjd_runs", "model_explanations"):
             for path in named_paths(getattr(self, key), key).values():
                 check_file(path, key)
-        if self.jury:
-            raise DataError("the explainer jury is not built yet (issue 11, eval/jury.py): leave it false",
-                            field="jury")
-        if self.lewidi_explainers:
-            raise DataError("the LeWiDi explainer predictors are not built yet (issue 11): leave it false",
+        if self.jury and "nli" not in self.tasks:
+            raise DataError("the jury scores the 341 NLI items with the nli explainers: add nli to tasks or set it "
+                            "false", field="jury")
+        if self.lewidi_explainers and not self.lewidi_datasets:
+            raise DataError("no LeWiDi data set to predict (lewidi_datasets is empty): name one or set it false",
                             field="lewidi_explainers")
 
 

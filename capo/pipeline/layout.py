@@ -38,21 +38,33 @@ def adapter_dir(root: Path, kind: str, unit: Unit) -> Path:
     return Path(adapter_template(root, kind).format(seed=unit.seed, task=unit.task, annotator=unit.annotator))
 
 
-def heldout_split(task: str, split_seed: int) -> str:
+def explainer_template(root: Path, kind: str, seed: int) -> str:
+    """`eval/jury.py` / `eval/lewidi.py predict --explainers` template of one kind and seed ({task}, {annotator})."""
+    return str(root / kind / f"seed{seed}" / "{task}" / "{annotator}")
+
+
+def task_dataset(args, task: str) -> str:
+    """The data set a task's explainers train on, and every stage reads for it: `nli_dataset` for nli (VariErr or
+    LeWiDi VEN), LeWiDi Par for paraphrase."""
+    from capo.data.datasets import DEFAULT_DATASET
+
+    return args.nli_dataset if task == "nli" else DEFAULT_DATASET[task]
+
+
+def heldout_split(task: str, split_seed: int, dataset: str | None = None) -> str:
     """The held-out split that generation and the judges share: test, or dev where test is not shipped
     (Paraphrase), as `capo.evaluate.judges.histories_and_heldout` picks it."""
     from capo.data.datasets import load_task_data
 
-    return "test" if load_task_data(task, None, split_seed).items("test") else "dev"
+    return "test" if load_task_data(task, dataset, split_seed).items("test") else "dev"
 
 
 def generation_runs(args, root: Path, task: str) -> dict[str, list[str]]:
     """Run name -> the run's own `recipes/generate.py` options (explainers per kind and seed, the conditioned
     adapter, the base model, prompting baselines), each into its own folder."""
-    from capo.data.datasets import DEFAULT_DATASET
-
-    common = ["--model", args.model, "--dataset", DEFAULT_DATASET[task], "--split",
-              heldout_split(task, args.split_seed), "--split_seed", str(args.split_seed), "--dtype", args.dtype,
+    dataset = task_dataset(args, task)
+    common = ["--model", args.model, "--dataset", dataset, "--split",
+              heldout_split(task, args.split_seed, dataset), "--split_seed", str(args.split_seed), "--dtype", args.dtype,
               "--batch_size", str(args.generate_batch_size), "--max_new_tokens", str(args.generate_max_new_tokens),
               "--shard_size", str(args.generate_shard_size),
               *(["--limit", str(args.generate_limit)] if args.generate_limit else [])]

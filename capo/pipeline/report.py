@@ -98,8 +98,7 @@ def _stages(report: Report) -> None:
     off = [name for name in STAGE_NAMES if name not in report.ctx.enabled]
     report.add("## Stages", _table(["stage", "signature", "wall time (s)", "finished", "resumed after a kill"], rows))
     if off:
-        report.add("Not run in this configuration: " + ", ".join(f"`{n}`" for n in off)
-                   + " (`jury` and `lewidi_explainers` are issue 11's, not built yet).")
+        report.add("Not run in this configuration: " + ", ".join(f"`{n}`" for n in off) + ".")
 
 
 def _data(report: Report) -> None:
@@ -247,15 +246,26 @@ def _distributions(report: Report) -> None:
     from capo.data.loaders import read_distributions
     from capo.evaluate.distributions import ternary_plot
 
-    record = report.record("distributions")
+    record, jury = report.record("distributions"), report.record("jury")
+    if record is None and jury is None:
+        return
+    table = read_json(report.ctx.root / record["summary"]["table"]) if record else {}
+    juries = read_json(report.ctx.root / jury["summary"]["table"]) if jury else {}
+    report.add("## Model judgment distributions vs ChaosNLI (341 items)",
+               _table(["source", "items", "in explainers' training", "KL", "JS distance", "TVD", "distance corr."],
+                      [[name, row["items"], row.get("in_training", "–"), row["kl"], row["jsd"], row["tvd"],
+                        row["dcorr"]] for name, row in {**table, **juries}.items()]),
+               *([report.caption("distributions", seeds="–")] if record else []))
+    if jury:
+        report.add("`jury X`: per item, the annotators' (" + " ".join(report.args.annotators) + ") label "
+                   "probabilities under their X explainers, averaged (`jury base`: the base model alone; `jury cond "
+                   "sN`: the conditioned adapter prompted with each id); `held-out only`: the items none of its "
+                   "explainers trained on. MJD rows cover the MJD runs' items."
+                   + "".join(f" {note}." for note in jury["summary"].get("notes", [])),
+                   report.caption("jury"))
+        report.results["jury"] = juries
     if record is None:
         return
-    table = read_json(report.ctx.root / record["summary"]["table"])
-    report.add("## Model judgment distributions vs ChaosNLI (341 items)",
-               _table(["source", "items", "KL", "JS distance", "TVD", "distance corr."],
-                      [[name, row["items"], row["kl"], row["jsd"], row["tvd"], row["dcorr"]]
-                       for name, row in table.items()]),
-               report.caption("distributions", seeds="–"))
     mjd = report.record("mjd")
     named, rows = {}, []
     for name, entry in mjd["summary"]["runs"].items():
@@ -302,21 +312,40 @@ def _finetune(report: Report) -> None:
 
 
 def _lewidi(report: Report) -> None:
-    record = report.record("lewidi")
-    if record is None:
+    record, explainers = report.record("lewidi"), report.record("lewidi_explainers")
+    if record is None and explainers is None:
         return
-    rows = record["summary"]["rows"]
+    rows = record["summary"]["rows"] if record else []
+    llm = explainers["summary"]["rows"] if explainers else []
+    groups = list(dict.fromkeys((r["dataset"], r["split"]) for r in [*rows, *llm]))
+    ordered = [r for g in groups for r in [*rows, *llm] if (r["dataset"], r["split"]) == g]
     report.add("## LeWiDi 2025 (lower is better)",
-               _table(["dataset", "split", "predictor", "items", "perspectivist", "soft"],
-                      [[r["dataset"], r["split"], r["predictor"], r["items"], r["perspectivist"], r["soft"]]
-                       for r in rows]),
-               report.caption("lewidi", model="constants" + (", MiniLM perspectivist encoder"
-                                                             if report.args.perspectivist else ""),
-                              seeds="0 (random)" + (f"; encoder {' '.join(map(str, report.args.seeds))}"
-                                                    if report.args.perspectivist else "")))
-    plots.lewidi_bars(rows, report.out / "lewidi.png")
+               _table(["dataset", "split", "predictor", "items", "perspectivist", "soft", "soft (mean probs)",
+                       "decision (fitted on dev)"],
+                      [[r["dataset"], r["split"], r["predictor"], r["items"], r["perspectivist"], r["soft"],
+                        r.get("soft_mean"), _decision(r)] for r in ordered]))
+    if record:
+        report.add(report.caption("lewidi", model="constants" + (", MiniLM perspectivist encoder"
+                                                                 if report.args.perspectivist else ""),
+                                  seeds="0 (random)" + (f"; encoder {' '.join(map(str, report.args.seeds))}"
+                                                        if report.args.perspectivist else "")))
+        report.results["lewidi"] = rows
+    if explainers:
+        skipped = explainers["summary"]["skipped"]
+        report.add("`base`: the base model answers for every annotator; `sft sN` / `capo sN`: each annotator's "
+                   "explainer of seed N; `cond sN`: the conditioned adapter prompted with each id. The label probabilities follow the explainer's prompt and `Label:`; the VEN "
+                   "threshold / Par rule is the one best on dev (on dev rows: in-sample)."
+                   + "".join(f" **{d.upper()}: explainers not scored** – {reason}." for d, reason in skipped.items()),
+                   report.caption("lewidi_explainers"))
+        report.results["lewidi_explainers"] = {"rows": llm, "skipped": skipped}
+    plots.lewidi_bars(ordered, report.out / "lewidi.png")
     report.plot("lewidi.png", "LeWiDi scores")
-    report.results["lewidi"] = rows
+
+
+def _decision(row: dict) -> str:
+    if "decision" not in row:
+        return "–"
+    return (f"threshold {row['decision']:g}" if isinstance(row["decision"], float) else f"{row['decision']}")
 
 
 def _manifests(report: Report) -> None:

@@ -1,6 +1,6 @@
 """The study's stages, in order: data -> sft -> capo -> generation -> attribution -> imitation -> variability -> mjd ->
-distributions -> finetune (off by default) -> jury (issue 11, off) -> lewidi_explainers (issue 11, off) -> lewidi ->
-report.
+distributions -> finetune -> jury -> lewidi_explainers -> lewidi -> report (finetune, jury and lewidi_explainers off
+by default).
 
 Each stage is a small function of the run context that calls what its entry point calls (the recipes' argument
 dataclasses and library functions, `capo.pipeline.launch`), writes into `<output_dir>/<stage>/`, and declares what
@@ -44,15 +44,16 @@ def run_data(ctx: Context) -> dict:
     args, out = ctx.args, ctx.dir("data")
     tasks, commands = {}, []
     for task in args.tasks:
-        data = load_task_data(task, None, args.split_seed)
+        dataset = layout.task_dataset(args, task)
+        data = load_task_data(task, dataset, args.split_seed)
         heldout = "test" if data.items("test") else "dev"
         per = {}
         for annotator in args.annotators:
             rows = sft_rows(data.items("train"), annotator, valid=DEFAULT_VALIDITY)
             path = out / task / f"history_{annotator}.jsonl"
             write_jsonl(path, rows)
-            commands.append(f"python data_prep/build_sft.py --annotator {annotator} --task {task} --split_seed "
-                            f"{args.split_seed} --output {path}")
+            commands.append(f"python data_prep/build_sft.py --annotator {annotator} --task {task} --dataset {dataset} "
+                            f"--split_seed {args.split_seed} --output {path}")
             per[annotator] = {"train_responses": len(responses(data.items("train"), [annotator])),
                               "valid_history": len(rows),
                               "heldout_responses": len(responses(data.items(heldout), [annotator]))}
@@ -82,8 +83,8 @@ def explainer_argv(ctx: Context, kind: str, unit: layout.Unit) -> list[str]:
     args = ctx.args
     config, extra = (args.sft_config, args.sft_args) if kind == "sft" else (args.capo_config, args.capo_args)
     argv = ["--config", config, *overrides(extra, f"{kind}_args"), "--model_name_or_path", args.model,
-            "--task", unit.task, "--annotator", unit.annotator, "--seed", str(unit.seed),
-            "--split_seed", str(args.split_seed), "--use_cpu", _use_cpu(), "--resume_from_checkpoint", "true",
+            "--task", unit.task, "--dataset", layout.task_dataset(args, unit.task), "--annotator", unit.annotator,
+            "--seed", str(unit.seed), "--split_seed", str(args.split_seed), "--use_cpu", _use_cpu(), "--resume_from_checkpoint", "true",
             "--output_dir", str(layout.adapter_dir(ctx.root, kind, unit))]
     if kind == "capo":
         argv += ["--init_from", "sft", "--sft_adapter", str(layout.adapter_dir(ctx.root, "sft", unit))]
@@ -222,7 +223,7 @@ def run_attribution(ctx: Context) -> dict:
     tasks, commands = {}, []
     for task in args.tasks:
         folders = adapter_names(adapter_folders(adapters, args.seeds, args.annotators, task))
-        data = load_task_data(task, None, args.split_seed)
+        data = load_task_data(task, layout.task_dataset(args, task), args.split_seed)
         items = [item for split in args.attribution_splits for item in select_heldout(data, split, folders)]
         progress = bar(len(set(folders.values())), f"attribution {task}", "model")
         report = attribution_report(args.model, adapters, items, seeds=args.seeds, annotators=args.annotators,
@@ -236,7 +237,7 @@ def run_attribution(ctx: Context) -> dict:
         commands.append(" ".join(["python eval/attribution.py --model", args.model,
                                   *(f"--adapter '{k}={v}'" for k, v in adapters.items()),
                                   "--seeds", *map(str, args.seeds), "--annotators", *args.annotators, "--task", task,
-                                  "--split_seed", str(args.split_seed), "--splits", *args.attribution_splits,
+                                  "--dataset", data.dataset, "--split_seed", str(args.split_seed), "--splits", *args.attribution_splits,
                                   "--exclude_pretrained", str(args.exclude_pretrained).lower(),
                                   "--output", str(out / f"{task}.json")]))
         gains = {t: row["capo"]["gain"]["gain"] for t, row in report["annotators"].items()}
@@ -261,7 +262,8 @@ def run_imitation(ctx: Context) -> dict:
     result, commands, lines = {}, [], []
     for task in args.tasks:
         space = label_space(task)
-        history, heldout, heldout_items = histories_and_heldout(task, None, args.split_seed)
+        history, heldout, heldout_items = histories_and_heldout(task, layout.task_dataset(args, task),
+                                                                args.split_seed)
         items = {item.id: item for item in heldout_items}
         sources = _generations(ctx, task)
         for judge_name in args.judges:
@@ -304,7 +306,8 @@ def run_imitation(ctx: Context) -> dict:
             write_json(out / f"{task}_{judge_name}.json", entry)
             generated = " ".join(f"--generated {name}={layout.generation_dir(ctx.root, task, name)}/generations.jsonl"
                                  for name in sources)
-            commands.append(f"python eval/imitation.py --task {task} --split_seed {args.split_seed} --judge "
+            commands.append(f"python eval/imitation.py --task {task} --dataset {layout.task_dataset(args, task)} "
+                            f"--split_seed {args.split_seed} --judge "
                             f"{judge_name} --features {args.judge_features} "
                             + (f"--judge_model {args.model} --judge_dtype {args.dtype} " if judge_name == "llm" else "")
                             + (f"--limit {args.judge_limit} " if args.judge_limit else "")
@@ -334,7 +337,7 @@ def run_variability(ctx: Context) -> dict:
     args, out = ctx.args, ctx.dir("variability")
     tables, commands = {}, []
     for task in args.tasks:
-        data = load_task_data(task, None, args.split_seed)
+        data = load_task_data(task, layout.task_dataset(args, task), args.split_seed)
         sources = _generations(ctx, task)
         ids = {str(r["id"]) for rows in sources.values() for r in rows}
         items = [dataclasses.replace(item, annotations=[a for a in item.annotations if a.annotator in args.annotators])
@@ -545,16 +548,158 @@ def run_finetune(ctx: Context) -> dict:
     return {"line": line, "rows": rows, "commands": commands}
 
 
-# --- places for issue 11 (off: arguments refuse to switch them on until they are built) -------------------------
+# --- the explainer jury ----------------------------------------------------------------------------------------
 
 
-def not_built(what: str) -> Callable[[Context], dict]:
-    """The stage function of a place kept for work not built yet (its argument refuses to switch it on)."""
+def _explainer_predictors(ctx: Context) -> dict[str, str | None]:
+    """Predictor name -> `--explainers` template: the base model alone (None), SFT and CAPO per seed, and the
+    conditioned CAPO adapter per seed when there is one (a template without {annotator}: prompted with each id)."""
+    from capo.data.schema import CONDITIONED
 
-    def run(ctx: Context) -> dict:
-        raise DataError(f"{what} is not built yet (issue 11)")
+    seeds = ctx.args.seeds
+    return {"base": None, **{f"{kind} s{seed}": layout.explainer_template(ctx.root, kind, seed)
+                             for kind in layout.KINDS for seed in seeds},
+            **{f"cond s{seed}": layout.explainer_template(ctx.root, "capo", seed).replace("{annotator}", CONDITIONED)
+               for seed in (seeds if ctx.args.conditioned else ())}}
 
-    return run
+
+def _slug(name: str) -> str:
+    return name.replace(" ", "_")
+
+
+def run_jury_stage(ctx: Context) -> dict:
+    """The explainer jury (`eval/jury.py`): per item of the 341, the annotators' label probabilities under their
+    explainers averaged into one distribution, scored against ChaosNLI as the distributions stage scores the MJDs
+    (`eval/distributions.py`); the base model alone, then SFT and CAPO per seed. Each explainer jury also has a
+    held-out-only row: its distributions on the items none of its explainers trained on (their run manifests, as
+    `run_jury` counts them), which is what `eval/jury.py --heldout_only true` writes (the same per-item scores, to
+    float rounding, from one scoring pass instead of two)."""
+    from capo.data.loaders import load_dataset, read_distributions, write_distributions
+    from capo.evaluate.distributions import join
+    from capo.evaluate.explainer_predictions import resolve_explainers, run_jury, training_overlap
+    from capo.evaluate.metrics import distribution_report
+    from capo.train.corpus_lm import pretraining_item_ids
+
+    args, out = ctx.args, ctx.dir("jury")
+    predictors = _explainer_predictors(ctx)
+    items = load_dataset("nli341")
+    pretrained = pretraining_item_ids(args.model)  # a corpus LM's pre-training items (none for any other model)
+    table, notes, commands = {}, [], []
+
+    def files(label: str) -> tuple[Path, Path]:
+        return out / f"{_slug(label)}.jsonl", out / f"{_slug(label)}_human.jsonl"
+
+    def score(label: str, jury: dict, human: dict, **extra) -> None:
+        ids, h, m = join(human, jury)
+        table[label] = {**distribution_report(h, m), "items": len(ids), **extra,
+                        "in_base_pretraining": len(set(ids) & pretrained),
+                        "file": str(files(label)[0].relative_to(ctx.root))}
+
+    progress = bar(len(predictors), "jury", "jury")
+    for name, template in predictors.items():
+        label, heldout = f"jury {name}", f"jury {name} held-out only"
+        output, human_file = files(label)
+        report = run_jury(args.model, str(output), explainers=template, annotators=args.annotators,
+                          human_output=str(human_file), dtype=args.dtype, batch_size=args.generate_batch_size,
+                          log=progress.write)
+        jury, human = read_distributions(output), read_distributions(human_file)
+        score(label, jury, human, in_training=report["in_training"])
+        command = (f"python eval/jury.py --model {args.model} " + (f"--explainers '{template}' " if template else "")
+                   + f"--annotators {' '.join(args.annotators)} --dtype {args.dtype} --batch_size "
+                   f"{args.generate_batch_size}")
+        commands.append(f"{command} --output {output} --human_output {human_file} && python eval/distributions.py "
+                        f"--human {human_file} --model {output}")
+        if template:
+            trained = set(training_overlap(items, resolve_explainers(template, "nli", args.annotators))["ids"])
+            if trained and len(trained) < len(jury):
+                kept = {i: d for i, d in jury.items() if i not in trained}
+                kept_human = {i: d for i, d in human.items() if i not in trained}
+                o, hf = files(heldout)
+                write_distributions(o, kept)
+                write_distributions(hf, kept_human)
+                score(heldout, kept, kept_human, in_training=0, left_out=len(trained))
+                commands.append(f"{command} --heldout_only true --output {o} --human_output {hf} && python "
+                                f"eval/distributions.py --human {hf} --model {o}")
+            else:
+                notes.append(f"no `{heldout}` row: {len(trained)} of the {len(jury)} items are in its explainers' "
+                             "training data" + (" (the full row is held out)" if not trained else ""))
+        progress.update(1)
+    progress.close()
+    write_json(out / "table.json", table)
+    best = min((k for k in table if k != "jury base" and not k.endswith("held-out only")),
+               key=lambda k: table[k]["kl"], default=None)
+    line = (f"{len(table)} rows; base KL {table['jury base']['kl']:.4f}"
+            + (f", lowest-KL explainer jury: {best} (KL {table[best]['kl']:.4f}, {table[best]['in_training']} of "
+               f"{table[best]['items']} items in its training data)" if best else ""))
+    return {"line": line, "table": str((out / "table.json").relative_to(ctx.root)), "notes": notes,
+            "commands": commands}
+
+
+# --- LeWiDi: the explainers as annotators ----------------------------------------------------------------------
+
+
+def explainers_skipped(args, dataset: str) -> str | None:
+    """Why the pipeline's SFT and CAPO explainers cannot predict LeWiDi `dataset` (None: they can). Adapters that
+    trained on any item of the scored or the decision split are refused (`predict_lewidi`): the explainers must have
+    trained on that data set's own train split (Par: the paraphrase explainers always do; VEN: with nli_dataset
+    lewidi-ven), and every annotator of the data set needs one."""
+    from capo.data.datasets import load_task_data
+    from capo.data.lewidi import lewidi_split_path, read_lewidi
+    from capo.evaluate.explainer_predictions import LEWIDI_TASK, capo_annotator, capo_item
+
+    task, name = LEWIDI_TASK[dataset], dataset.upper()
+    if task not in args.tasks:
+        return f"no {task} explainers are trained (tasks: {', '.join(args.tasks)})"
+    items = [item for split in _lewidi_splits(dataset) for item in read_lewidi(lewidi_split_path(dataset, split),
+                                                                               dataset)]
+    trained_on = layout.task_dataset(args, task)
+    if trained_on != f"lewidi-{dataset}":
+        train = {item.id for item in load_task_data(task, trained_on, args.split_seed).items("train")}
+        ids = {capo_item(item).id for item in items}
+        return (f"the {task} explainers trained on {trained_on} (split seed {args.split_seed}), whose train split "
+                f"holds {len(ids & train)} of the {len(ids)} {name} {'/'.join(_lewidi_splits(dataset))} items "
+                f"(scoring them would be scoring training data); nli_dataset: lewidi-{dataset} trains them on "
+                f"LeWiDi's own train split")
+    missing = sorted({capo_annotator(a) for item in items for a in item.annotators} - set(args.annotators))
+    if missing:
+        return f"{' '.join(missing)} annotate {name} but have no explainer (annotators: {' '.join(args.annotators)})"
+    return None
+
+
+def run_lewidi_explainers(ctx: Context) -> dict:
+    """The base model and the SFT / CAPO explainers per seed as LeWiDi annotators (`eval/lewidi.py predict
+    --model`): per (item, annotator) the label probabilities under the annotator's explainer, the VEN threshold /
+    Par rule chosen on dev, scored as the `lewidi` stage scores its constants (on dev that choice is in-sample).
+    Explainers that cannot be scored honestly on a data set (`explainers_skipped`) are left out, with the reason."""
+    from capo.evaluate.explainer_predictions import predict_lewidi
+
+    args, out = ctx.args, ctx.dir("lewidi_explainers")
+    predictors = _explainer_predictors(ctx)
+    skipped = {d: reason for d in args.lewidi_datasets if (reason := explainers_skipped(args, d))}
+    plan = [(dataset, split, name) for dataset in args.lewidi_datasets for split in _lewidi_splits(dataset)
+            for name in predictors if name == "base" or dataset not in skipped]
+    rows, commands = [], []
+    progress = bar(len(plan), "lewidi explainers", "run")
+    for dataset, split, name in plan:
+        output = out / f"{dataset}_{split}_{_slug(name)}.jsonl"
+        template = predictors[name]
+        report = predict_lewidi(dataset, split, str(output), model=args.model, explainers=template,
+                                decision="dev", decision_split="dev", dtype=args.dtype,
+                                batch_size=args.generate_batch_size, log=progress.write)
+        write_json(out / f"{dataset}_{split}_{_slug(name)}_report.json", report)
+        rows.append({"dataset": dataset, "split": split, "predictor": name, **_scores(report["scores"]),
+                     "soft_mean": report["soft_mean"], "decision": report["decision"],
+                     "decision_in_sample": split == "dev", "in_base_pretraining": report["in_base_pretraining"]})
+        commands.append(f"python eval/lewidi.py predict --dataset {dataset} --split {split} --decision_split dev "
+                        f"--model {args.model} " + (f"--explainers '{template}' " if template else "")
+                        + f"--dtype {args.dtype} --batch_size {args.generate_batch_size} --output {output}")
+        progress.update(1)
+    progress.close()
+    write_json(out / "scores.json", {"rows": rows, "skipped": skipped})
+    line = ", ".join(f"{r['dataset']} {r['split']} {r['predictor']} {r['perspectivist']:.3f}" for r in rows)
+    line = "perspectivist score: " + line + "".join(f"; {d.upper()} explainers skipped: {reason}"
+                                                   for d, reason in skipped.items())
+    return {"line": line, "rows": rows, "skipped": skipped, "commands": commands}
 
 
 # --- LeWiDi ----------------------------------------------------------------------------------------------------
@@ -627,10 +772,14 @@ def _scores(report: dict) -> dict:
 # --- the list --------------------------------------------------------------------------------------------------
 
 
-TRAIN_KEYS = ("model", "tasks", "annotators", "seeds", "split_seed", "conditioned", "launcher", "launcher_args")
+TRAIN_KEYS = ("model", "tasks", "annotators", "seeds", "split_seed", "nli_dataset", "conditioned", "launcher",
+              "launcher_args")
+# The jury and the LeWiDi explainers: the explainers of these keys (through sft/capo), scored with these.
+SCORING_KEYS = ("model", "tasks", "annotators", "seeds", "split_seed", "nli_dataset", "conditioned", "dtype",
+                "generate_batch_size")
 
 STAGES: tuple[Stage, ...] = (
-    Stage("data", run_data, keys=("tasks", "annotators", "split_seed"), files=data_files),
+    Stage("data", run_data, keys=("tasks", "annotators", "split_seed", "nli_dataset"), files=data_files),
     Stage("sft", train_explainers("sft"), keys=(*TRAIN_KEYS, "sft_args"), inputs=("data",),
           files=lambda a: [a.model, a.sft_config], plan=plan_explainers("sft")),
     Stage("capo", train_explainers("capo"), keys=(*TRAIN_KEYS, "capo_args"), inputs=("data", "sft"),
@@ -641,15 +790,15 @@ STAGES: tuple[Stage, ...] = (
           inputs=("data", "sft", "capo"), files=lambda a: [a.model], plan=plan_generation,
           enabled=lambda a: bool(a.generate_kinds or a.generate_base or a.prompting_shots or a.conditioned)),
     Stage("attribution", run_attribution,
-          keys=("model", "tasks", "annotators", "seeds", "split_seed", "conditioned", "attribution_splits",
-                "exclude_pretrained"),
+          keys=("model", "tasks", "annotators", "seeds", "split_seed", "nli_dataset", "conditioned",
+                "attribution_splits", "exclude_pretrained"),
           inputs=("data", "sft", "capo"), files=lambda a: [a.model]),
     Stage("imitation", run_imitation,
-          keys=("tasks", "split_seed", "judges", "judge_features", "judge_limit", "imitation_ks", "embeddings",
-                "dtype"),
+          keys=("tasks", "split_seed", "nli_dataset", "judges", "judge_features", "judge_limit", "imitation_ks",
+                "embeddings", "dtype"),
           inputs=("data", "generation"), files=lambda a: [a.model] if "llm" in a.judges else []),
     Stage("variability", run_variability,
-          keys=("tasks", "annotators", "split_seed", "embeddings", "model_explanations"),
+          keys=("tasks", "annotators", "split_seed", "nli_dataset", "embeddings", "model_explanations"),
           inputs=("data", "generation"),
           files=lambda a: list(named_paths(a.model_explanations, "model_explanations").values())),
     Stage("mjd", run_mjd_stage, keys=("mjd_runs", "mjd_args", "calibrate", "launcher", "launcher_args"),
@@ -657,12 +806,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("distributions", run_distributions, inputs=("data", "mjd")),
     Stage("finetune", run_finetune, keys=("finetune", "finetune_args", "seeds"), inputs=("mjd", "distributions"),
           files=lambda a: [a.finetune_config], plan=plan_finetune, enabled=lambda a: a.finetune),
-    # Issue 11 is building the explainer jury (eval/jury.py; jury vs MJD on the 341 items) and the explainers as
-    # LeWiDi per-annotator predictors: their stages go here, fed by sft/capo (and mjd for the comparison).
-    Stage("jury", not_built("the explainer jury"), keys=("jury",), inputs=("sft", "capo", "mjd"),
+    # The explainers' label probabilities: the jury (its table joins the MJDs' in the report; it does not read
+    # them, so a changed MJD run leaves it cached) and the LeWiDi predictors (beside the lewidi stage's constants).
+    Stage("jury", run_jury_stage, keys=SCORING_KEYS, inputs=("data", "sft", "capo"), files=lambda a: [a.model],
           enabled=lambda a: a.jury),
-    Stage("lewidi_explainers", not_built("the LeWiDi explainer predictors"), keys=("lewidi_explainers",),
-          inputs=("sft", "capo"), enabled=lambda a: a.lewidi_explainers),
+    Stage("lewidi_explainers", run_lewidi_explainers, keys=(*SCORING_KEYS, "lewidi_datasets"),
+          inputs=("data", "sft", "capo"), files=lambda a: [a.model], enabled=lambda a: a.lewidi_explainers),
     Stage("lewidi", run_lewidi, keys=("lewidi_datasets", "perspectivist", "perspectivist_args", "seeds"),
           inputs=("data",), files=lambda a: [a.perspectivist_config] if a.perspectivist else [], plan=plan_lewidi,
           enabled=lambda a: bool(a.lewidi_datasets)),
