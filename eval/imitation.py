@@ -16,12 +16,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from capo.cli import run_main
 from capo.data.schema import label_space
 from capo.errors import DataError
-from capo.evaluate.imitation import generated_responses, imitation_report, target_of
+from capo.evaluate.imitation import source_report
 from capo.evaluate.judges import TrainedJudge, confusion_plot, histories_and_heldout, judge_report, llm_judge
 from capo.evaluate.patterns import FEATURES
 from capo.io import atomic_write_text, check_model_path, iter_jsonl
@@ -85,29 +83,19 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.judge} judge on {len(history)} history responses; human held-out accuracy {human['accuracy']:.3f} "
           f"[{human['ci_low']:.3f}, {human['ci_high']:.3f}] (chance {human['chance']:.2f})")
     for name, rows in records.items():
-        by_target: dict[str | None, list[dict]] = {}
-        for row in rows:
-            by_target.setdefault(target_of(row), []).append(row)
-        entry, targeted = {}, []
-        for target, group in by_target.items():
-            responses, unparsed = generated_responses(group, items, space)
-            if not responses:
-                entry[str(target)] = {"generated": 0, "unparsed": unparsed}
+        entry, targeted = source_report(rows, items, space, judge, heldout, ks=args.ks, seed=args.seed,
+                                        embeddings=not args.no_embeddings)
+        for target, row in entry.items():
+            if "attributed" not in row:
                 continue
-            log_proba = judge.log_proba(responses)
-            attributed = np.bincount(log_proba.argmax(axis=1), minlength=len(judge.classes)) / len(responses)
-            row = {"unparsed": unparsed, "attributed": dict(zip(judge.classes, attributed.round(4).tolist()))}
-            if target is not None:
-                targeted.extend(responses)
-                row.update(imitation_report(target, responses, heldout, judge, space, ks=args.ks, seed=args.seed,
-                                            embeddings=not args.no_embeddings))
+            unparsed = row["unparsed"]
+            if "target" in row:
                 single = row["attribution"][0]
                 print(f"{name} {target}: recognised {single['recognised']:.3f} (k={single['k']}), "
                       f"label JS {row['label_js_target']:.3f}, item agreement {row['item_label_agreement']:.3f}, "
                       f"unparsed {unparsed}")
             else:
                 print(f"{name} (no target): attributed {row['attributed']}, unparsed {unparsed}")
-            entry[str(target)] = row
         report["sources"][name] = entry
         if args.plots and targeted:
             rep = judge_report(judge.log_proba(targeted), [x.annotator for x in targeted], seed=args.seed)

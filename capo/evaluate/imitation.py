@@ -124,3 +124,33 @@ def imitation_report(target: str, generated: Sequence[Response], real: Sequence[
         report["centroid_cosine"] = cosines
         report["nearest_annotator"] = max(cosines, key=cosines.get)
     return report
+
+
+def source_report(records: Sequence[Mapping], items: Mapping[str, Item], label_space: LabelSpace, judge,
+                  real: Sequence[Response], *, ks: Sequence[int] = (1, 2, 4, 8, 16), seed: int = 0,
+                  embeddings: bool = True) -> tuple[dict[str, dict], list[Response]]:
+    """One generated source's records, grouped by target (`target_of`): (per-target rows, targeted responses).
+
+    Each row, keyed by `str(target)` ("None" for the base model), has `generated` and `unparsed` counts and, when
+    any record parsed, the judge's attribution shares (`attributed`) and, for a target, its `imitation_report`
+    against `real`. The targeted responses (every parsed response with a target) feed a confusion matrix."""
+    by_target: dict[str | None, list[Mapping]] = {}
+    for record in records:
+        by_target.setdefault(target_of(record), []).append(record)
+    per: dict[str, dict] = {}
+    targeted: list[Response] = []
+    for target, group in by_target.items():
+        responses, unparsed = generated_responses(group, items, label_space)
+        if not responses:
+            per[str(target)] = {"generated": 0, "unparsed": unparsed}
+            continue
+        attributed = np.bincount(judge.log_proba(responses).argmax(axis=1),
+                                 minlength=len(judge.classes)) / len(responses)
+        row = {"generated": len(responses), "unparsed": unparsed,
+               "attributed": dict(zip(judge.classes, attributed.round(4).tolist(), strict=True))}
+        if target is not None:
+            targeted.extend(responses)
+            row.update(imitation_report(target, responses, real, judge, label_space, ks=ks, seed=seed,
+                                        embeddings=embeddings))
+        per[str(target)] = row
+    return per, targeted

@@ -252,10 +252,8 @@ def run_attribution(ctx: Context) -> dict:
 
 def run_imitation(ctx: Context) -> dict:
     """Judge attribution and aggregation-aware imitation per task and judge (`eval/imitation.py`)."""
-    import numpy as np
-
     from capo.data.schema import label_space
-    from capo.evaluate.imitation import generated_responses, imitation_report, target_of
+    from capo.evaluate.imitation import source_report
     from capo.evaluate.judges import TrainedJudge, histories_and_heldout, judge_report, llm_judge
 
     args, out = ctx.args, ctx.dir("imitation")
@@ -279,24 +277,8 @@ def run_imitation(ctx: Context) -> dict:
                      "human_heldout": human, "sources": {}, "confusion": {}}
             for name, rows in sources.items():
                 rows = rows[: args.judge_limit] if args.judge_limit else rows
-                by_target: dict[str | None, list[dict]] = {}
-                for row in rows:
-                    by_target.setdefault(target_of(row), []).append(row)
-                per, targeted = {}, []
-                for target, group in by_target.items():
-                    responses, unparsed = generated_responses(group, items, space)
-                    if not responses:
-                        per[str(target)] = {"generated": 0, "unparsed": unparsed}
-                        continue
-                    attributed = np.bincount(judge.log_proba(responses).argmax(axis=1),
-                                             minlength=len(judge.classes)) / len(responses)
-                    row = {"generated": len(responses), "unparsed": unparsed,
-                           "attributed": dict(zip(judge.classes, attributed.round(4).tolist(), strict=True))}
-                    if target is not None:
-                        targeted.extend(responses)
-                        row.update(imitation_report(target, responses, real, judge, space, ks=args.imitation_ks,
-                                                    seed=0, embeddings=args.embeddings))
-                    per[str(target)] = row
+                per, targeted = source_report(rows, items, space, judge, real, ks=args.imitation_ks, seed=0,
+                                              embeddings=args.embeddings)
                 entry["sources"][name] = per
                 if targeted:
                     entry["confusion"][name] = judge_report(judge.log_proba(targeted),
