@@ -126,7 +126,7 @@ def test_a_conditioned_explainer_is_scored_with_each_targets_id(corpus_lm, tmp_p
     template = _adapters(corpus_lm, tmp_path / "cond", zero=True, annotators=("all",)).replace("{annotator}", "all")
     out = tmp_path / "report.json"
     result = run_script("eval/attribution.py", "--model", corpus_lm, "--adapter", f"cond={template}",
-                        "--annotators", "A1", "A2", "--splits", "dev", "--output", out)
+                        "--annotators", "A1", "A2", "--splits", "dev", "test", "--output", out)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     # a zero adapter is the base model, but prompted as the target: the win rates move, and differ by target

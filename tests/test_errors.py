@@ -323,7 +323,7 @@ def test_script_rejects_bad_values_in_one_located_line(tmp_path, script, args, p
 
 
 CONFIG_PARSERS = {"capo": C, "finetune": F, "generate": G, "mjd": M, "model_explanations": E, "sft": S,
-                  "perspectivist": "recipes/perspectivist.py"}
+                  "perspectivist": "recipes/perspectivist.py", "pipeline": "recipes/pipeline.py"}
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "recipes" / "configs").glob("*.yaml")))
@@ -337,6 +337,7 @@ def test_shipped_configs_pass_the_config_checks(config):
     if prefix == "perspectivist":
         cpu += ["--dataset", "ven"]  # which LeWiDi set is a per-run choice, not in the config  # GPU configs, parsed here on CPU
     parsed = parse(["--config", str(ROOT / "recipes" / "configs" / config), "--output_dir", "unused", *cpu])
+    parsed = parsed if isinstance(parsed, tuple) else (parsed,)  # the pipeline parses one dataclass
     assert parsed and all(hasattr(p, "__dataclass_fields__") for p in parsed)
 
 
