@@ -311,8 +311,6 @@ class HFScorer:
             del out, cache
 
 
-
-
 def label_log_probs(scorer, tokenizer, prompts: Sequence[str], labels: Sequence[str],
                     adapter: str | None = None) -> np.ndarray:
     """log P(label | prompt) for every prompt and label, shape (prompts, labels), float64, by the chain rule.
