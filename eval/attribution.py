@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--splits", nargs="+", default=["dev", "test"], help="held-out splits to score")
     parser.add_argument("--exclude_pretrained", default="true",
                         help="true: leave out items the base corpus LM was pre-trained on (their count is reported)")
+    parser.add_argument("--limit", type=int, help="score at most the first N held-out items of each split")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="model weights (bfloat16: ~2x faster on CPUs with bf16 kernels)")
     parser.add_argument("--output", help="write the full report as JSON")
     args = parser.parse_args(argv)
     for annotator in args.annotators:
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
         adapters[kind] = template
     if "train" in args.splits:
         raise DataError("attribution is measured on held-out items: use dev and/or test, not train")
+    if args.limit is not None and args.limit < 1:
+        raise DataError(f"--limit must be at least 1, got {args.limit}", field="--limit")
     if args.output:
         check_output(args.output)
     check_model_path(args.model)
@@ -73,11 +78,12 @@ def main(argv: list[str] | None = None) -> dict:
         check_model_path(path, kind="adapter")
     exclude = _flag(args.exclude_pretrained)
     data = load_task_data(args.task, args.dataset, args.split_seed)
-    items = [item for split in args.splits for item in select_heldout(data, split, folders)]
+    items = [item for split in args.splits for item in select_heldout(data, split, folders)[: args.limit]]
     report = attribution_report(args.model, adapters, items, seeds=args.seeds, annotators=args.annotators,
-                                task=args.task, exclude_pretrained=exclude, log=lambda msg: print(msg, flush=True))
+                                task=args.task, exclude_pretrained=exclude, dtype=args.dtype,
+                                log=lambda msg: print(msg, flush=True))
     report.update(model=args.model, adapters=adapters, splits=args.splits, task=args.task,
-                  dataset=data.dataset, exclude_pretrained=exclude)
+                  dataset=data.dataset, exclude_pretrained=exclude, limit=args.limit, dtype=args.dtype)
     print(format_report(report, list(adapters)))
     if args.output:
         write_json(args.output, report)

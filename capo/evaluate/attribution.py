@@ -61,10 +61,14 @@ def score_annotations(model, tokenizer, items: Sequence[Item], batch_size: int =
         ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch], device=device)
         attention = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch], device=device)
         mask = torch.tensor([m + [False] * (width - len(m)) for _, m in batch], device=device)
-        with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=attention).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        # Position t predicts token t+1; only positions that predict an explanation token in some row need the
+        # vocabulary projection (the prompt is most of each row: 3-6x less work than all logits).
         target_mask = mask[:, 1:]
+        keep = target_mask.any(0).nonzero()[:, 0]
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=keep).logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, keep + 1, None])[..., 0]
+        target_mask = target_mask[:, keep]
         per_row = (logprobs * target_mask).sum(1) / target_mask.sum(1).clamp(min=1)
         scores.extend(per_row.tolist())
     return [Scored(item.id, a.annotator, a.label, s) for (item, a), s in zip(jobs, scores, strict=True)]
@@ -111,10 +115,10 @@ def control_annotator(annotator: str, among: Sequence[str] = ANNOTATORS) -> str:
     return pool[(pool.index(annotator) + 1) % len(pool)]
 
 
-def _load(base_path: str, adapter: str | None):
+def _load(base_path: str, adapter: str | None, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype="float32")
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
     if adapter is None:
         return model
     from peft import PeftModel
@@ -155,12 +159,14 @@ def attribution_report(
     task: str = "nli",
     bootstrap_seed: int = 0,
     exclude_pretrained: bool = True,
+    dtype: str = "float32",
     log=print,
 ) -> dict:
     """Win rates of base and adapted models for every target annotator, gains over base, and the control.
 
     `adapters` maps a kind ("sft", "capo") to a folder template with `{seed}`, `{task}` and `{annotator}` (without
-    `{annotator}`: one conditioned explainer, prompted with each annotator's id). Items an adapter trained on (its
+    `{annotator}`: one conditioned explainer, prompted with each annotator's id); `dtype` is the models' weights
+    (bfloat16: ~2x faster on CPUs with bf16 kernels, scores within ~0.05 nats/token). Items an adapter trained on (its
     run manifest) are refused; items the base model was pre-trained on (a corpus LM) are counted and, with
     `exclude_pretrained`, left out.
     """
@@ -182,14 +188,14 @@ def attribution_report(
     items = leave_out_pretrained(items, pretraining_item_ids(base_path), exclude_pretrained, log=log)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     controls = {t: control_annotator(t, annotators) for t in annotators}
-    base_scores = score_annotations(_load(base_path, None), tokenizer, items)
+    base_scores = score_annotations(_load(base_path, None, dtype), tokenizer, items)
     conditioned = conditioned_kinds(adapters)
     scores = {}
     keys_of: dict[str, list[tuple[str, int, str]]] = {}  # a conditioned adapter serves several keys: load it once
     for key in sorted(folders):
         keys_of.setdefault(folders[key], []).append(key)
     for folder, keys in keys_of.items():
-        model = _load(base_path, folder)
+        model = _load(base_path, folder, dtype)
         for kind, seed, annotator in keys:
             scores[(kind, seed, annotator)] = score_annotations(
                 model, tokenizer, items, persona=annotator if kind in conditioned else None)

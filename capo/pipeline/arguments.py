@@ -61,6 +61,8 @@ class PipelineArguments:
     generate_shard_size: int = 16
     # Evaluation.
     attribution_splits: list[str] = field(default_factory=lambda: ["dev", "test"])
+    attribution_limit: int | None = field(default=None, metadata={"help": "attribution: score at most the first N "
+                                                                           "held-out items of each split"})
     exclude_pretrained: bool = field(default=True, metadata={"help": "attribution: leave out the corpus LM's "
                                                                       "pre-training items"})
     judges: list[str] = field(default_factory=lambda: ["trained"])
@@ -135,7 +137,7 @@ class PipelineArguments:
             _choice(dataset, LEWIDI_DATASETS, "lewidi_datasets")
         for split in self.attribution_splits:
             _choice(split, ("dev", "test"), "attribution_splits")
-        for name in ("generate_limit", "judge_limit"):
+        for name in ("generate_limit", "judge_limit", "attribution_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise DataError(f"must be at least 1, got {value}", field=name)

@@ -224,14 +224,16 @@ def run_attribution(ctx: Context) -> dict:
     for task in args.tasks:
         folders = adapter_names(adapter_folders(adapters, args.seeds, args.annotators, task))
         data = load_task_data(task, layout.task_dataset(args, task), args.split_seed)
-        items = [item for split in args.attribution_splits for item in select_heldout(data, split, folders)]
+        items = [item for split in args.attribution_splits
+                 for item in select_heldout(data, split, folders)[: args.attribution_limit]]
         progress = bar(len(set(folders.values())), f"attribution {task}", "model")
         report = attribution_report(args.model, adapters, items, seeds=args.seeds, annotators=args.annotators,
-                                    task=task, exclude_pretrained=args.exclude_pretrained,
+                                    task=task, exclude_pretrained=args.exclude_pretrained, dtype=args.dtype,
                                     log=counting_log(progress, lambda m: m.startswith("scored ")))
         progress.close()
         report.update(model=args.model, adapters=adapters, splits=args.attribution_splits, task=task,
-                      dataset=data.dataset, exclude_pretrained=args.exclude_pretrained)
+                      dataset=data.dataset, exclude_pretrained=args.exclude_pretrained, limit=args.attribution_limit,
+                      dtype=args.dtype)
         write_json(out / f"{task}.json", report)
         atomic_write_text(out / f"{task}.md", format_report(report, list(adapters)) + "\n")
         commands.append(" ".join(["python eval/attribution.py --model", args.model,
@@ -239,7 +241,8 @@ def run_attribution(ctx: Context) -> dict:
                                   "--seeds", *map(str, args.seeds), "--annotators", *args.annotators, "--task", task,
                                   "--dataset", data.dataset, "--split_seed", str(args.split_seed), "--splits", *args.attribution_splits,
                                   "--exclude_pretrained", str(args.exclude_pretrained).lower(),
-                                  "--output", str(out / f"{task}.json")]))
+                                  *(["--limit", str(args.attribution_limit)] if args.attribution_limit else []),
+                                  "--dtype", args.dtype, "--output", str(out / f"{task}.json")]))
         gains = {t: row["capo"]["gain"]["gain"] for t, row in report["annotators"].items()}
         tasks[task] = {"items": report["items"], "capo_gain": gains}
     line = "; ".join(f"{t}: {d['items']} items, CAPO gain over base "
@@ -773,7 +776,7 @@ STAGES: tuple[Stage, ...] = (
           enabled=lambda a: bool(a.generate_kinds or a.generate_base or a.prompting_shots or a.conditioned)),
     Stage("attribution", run_attribution,
           keys=("model", "tasks", "annotators", "seeds", "split_seed", "nli_dataset", "conditioned",
-                "attribution_splits", "exclude_pretrained"),
+                "attribution_splits", "attribution_limit", "exclude_pretrained", "dtype"),
           inputs=("data", "sft", "capo"), files=lambda a: [a.model]),
     Stage("imitation", run_imitation,
           keys=("tasks", "split_seed", "nli_dataset", "judges", "judge_features", "judge_limit", "imitation_ks",

@@ -185,9 +185,12 @@ def _finish(trainer, training_args, config: dict, extra: dict) -> dict:
     """Adapter, tokenizer, metrics and manifest into output_dir (the manifest last: its presence marks a done run)."""
     from capo.data.loaders import DATA_DIR
 
-    metrics = dict(trainer.state.log_history[-1]) if trainer.state.log_history else {}
+    history = trainer.state.log_history
+    metrics = dict(history[-1]) if history else {}
     if trainer.eval_dataset is not None:
-        metrics.update(trainer.evaluate())
+        # An evaluation logged at the final step already holds the held-out metrics: no second pass over eval rows.
+        final = [r for r in history if "eval_loss" in r and r.get("step") == trainer.state.global_step]
+        metrics.update(final[-1] if final else trainer.evaluate())
     model = trainer.accelerator.unwrap_model(trainer.model)
     if "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")  # DPOTrainer's frozen copy of the SFT adapter is not part of the result
