@@ -38,7 +38,7 @@ explainers = for a in $(2); do \
 	    --output_dir '$(1)/capo/{task}/{annotator}' --resume_from_checkpoint true $(6) || exit 1; \
 	done
 
-# The main job, end to end on CPU with SmolLM2-135M-Instruct (about 10 minutes on 2 cores, install included): the
+# The main job, end to end on CPU with SmolLM2-135M-Instruct (566 s on 2 cores from a clean clone, install included): the
 # pipeline's demo config (recipes/configs/pipeline_tiny.yaml) -> runs/demo/report/report.md. Data -> per-annotator SFT +
 # CAPO explainers for A1 and A2 (a few steps each: a demo, not the study) -> their explanations for held-out items ->
 # likelihood attribution -> judges and imitation -> variability -> MJDs for the 341 items without explanations
