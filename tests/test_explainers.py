@@ -140,6 +140,7 @@ def test_capo_trains_missing_sft_adapter_first(corpus_lm, tmp_path, capsys):
     assert len(_losses(tmp_path / "capo")) == 2
 
 
+@pytest.mark.heavy
 def test_one_conditioned_adapter_for_all_annotators_sft_then_capo(corpus_lm, tmp_path):
     """--annotator all: one adapter trained on every annotator's rows (ids in the prompts), CAPO from it."""
     from capo.data.prompts import persona_line
@@ -195,6 +196,7 @@ def test_resume_after_kill_paraphrase(corpus_lm, tmp_path):
     _check_adapter(out, corpus_lm)
 
 
+@pytest.mark.heavy
 def test_ddp_two_processes_on_cpu(corpus_lm, tmp_path):
     out = tmp_path / "ddp"
     result = accelerate_launch_two_cpu_processes("recipes/sft.py", *_sft_args(corpus_lm, out, "--max_steps", "4"))

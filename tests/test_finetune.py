@@ -364,6 +364,7 @@ def _losses(out):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path, tiny_encoder):
     hard = write_jsonl(tmp_path / "nli.jsonl", [
         {"pairID": str(k), "sentence1": f"premise {k}", "sentence2": f"hypothesis {k}", "gold_label": label}

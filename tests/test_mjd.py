@@ -283,6 +283,7 @@ def test_recipe_bad_input_is_one_line(tmp_path, capsys, corpus_lm):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_two_processes_under_accelerate_launch_merge_to_the_one_process_result(corpus_lm, tmp_path):
     common = ["--config", "recipes/configs/mjd_tiny_parallel.yaml", "--model_name_or_path", str(corpus_lm),
               "--limit", "6", "--items_per_chunk", "2"]

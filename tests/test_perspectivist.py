@@ -138,6 +138,7 @@ def test_annotator_token_lets_the_encoder_learn_each_annotators_habit(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_par_predictions_follow_each_annotator_and_resume_after_a_stop(tmp_path):
     out, dev, metrics = _run(tmp_path, "par", "par", par_decision="argmax")
     predictions = read_annotator_predictions(out / f"predictions_{dev.stem}.jsonl", "par")

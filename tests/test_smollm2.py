@@ -154,6 +154,7 @@ def _first_log(folder: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_one_sft_and_one_capo_step_with_lora(smollm2, tmp_path):
     from safetensors.torch import load_file
 
@@ -180,6 +181,7 @@ def test_one_sft_and_one_capo_step_with_lora(smollm2, tmp_path):
     assert abs(first["rewards/margins"]) < 1e-3 and np.isfinite(first["loss"])
 
 
+@pytest.mark.heavy
 def test_bench_agreement_packed_equals_trl_in_fp32(smollm2):
     """bench/train_throughput.py's agreement on a real chat model (ChatML, eos <|im_end|>, weights stored in bf16):
     TRL's tokenised prompt / chosen / rejected ids are the packed segments' ids, both policies are fp32, and per-pair
