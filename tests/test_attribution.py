@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import load_script, run_script
+from conftest import call_script, load_script
 
 from capo.data.datasets import load_task_data
 from capo.data.heldout import training_record
@@ -92,7 +92,7 @@ def test_cli_identity_adapters_gain_nothing_and_random_ones_differ(corpus_lm, tm
     zero = _adapters(corpus_lm, tmp_path / "zero", zero=True)
     noisy = _adapters(corpus_lm, tmp_path / "noisy", zero=False)
     out = tmp_path / "report.json"
-    result = run_script("eval/attribution.py", "--model", corpus_lm, "--adapter", f"same={zero}",
+    result = call_script("eval/attribution.py", "--model", corpus_lm, "--adapter", f"same={zero}",
                         "--adapter", f"noisy={noisy}", "--splits", "dev", "--output", out)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -125,7 +125,7 @@ def test_a_conditioned_explainer_is_scored_with_each_targets_id(corpus_lm, tmp_p
 
     template = _adapters(corpus_lm, tmp_path / "cond", zero=True, annotators=("all",)).replace("{annotator}", "all")
     out = tmp_path / "report.json"
-    result = run_script("eval/attribution.py", "--model", corpus_lm, "--adapter", f"cond={template}",
+    result = call_script("eval/attribution.py", "--model", corpus_lm, "--adapter", f"cond={template}",
                         "--annotators", "A1", "A2", "--splits", "dev", "test", "--output", out)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import run_script
+from conftest import call_script
 
 from capo.evaluate.patterns import (
     Response,
@@ -83,13 +83,13 @@ def test_pattern_table_finds_weak_writer_signatures_and_the_control_does_not():
 
 def test_cli_bad_group_size_is_one_line(tmp_path):
     out = tmp_path / "p.json"
-    result = run_script("eval/patterns.py", "--dataset", "varierr", "--ks", "0", "--output", out)
+    result = call_script("eval/patterns.py", "--dataset", "varierr", "--ks", "0", "--output", out)
     assert result.returncode == 2 and "--ks" in result.stderr and not out.exists()
 
 
 def test_cli_unknown_dataset_is_one_line(tmp_path):
     out = tmp_path / "p.json"
-    result = run_script("eval/patterns.py", "--dataset", str(tmp_path / "nope.jsonl"), "--output", out)
+    result = call_script("eval/patterns.py", "--dataset", str(tmp_path / "nope.jsonl"), "--output", out)
     assert result.returncode == 2 and result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
 
@@ -250,7 +250,7 @@ def test_imitation_cli_a_copy_of_the_target_matches_the_human_ceiling(tmp_path):
                                              "explanation": r.explanation, "parsed": True}) + "\n"
                                  for r in heldout if r.annotator == "A2"))
     out = tmp_path / "report.json"
-    result = run_script("eval/imitation.py", "--task", "nli", "--generated", f"copy={generated}", "--ks", "1", "4",
+    result = call_script("eval/imitation.py", "--task", "nli", "--generated", f"copy={generated}", "--ks", "1", "4",
                         "--no_embeddings", "--output", out, "--plots", tmp_path / "plots")
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
@@ -263,7 +263,7 @@ def test_imitation_cli_a_copy_of_the_target_matches_the_human_ceiling(tmp_path):
 
 def test_imitation_cli_bad_generated_spec_writes_nothing(tmp_path):
     out = tmp_path / "report.json"
-    result = run_script("eval/imitation.py", "--generated", "no-equals-sign", "--output", out)
+    result = call_script("eval/imitation.py", "--generated", "no-equals-sign", "--output", out)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--generated" in result.stderr
     assert not out.exists()
 
@@ -272,7 +272,7 @@ def test_imitation_cli_llm_judge_runs_through_the_shared_scorer(tmp_path, corpus
     import json
 
     out = tmp_path / "report.json"
-    result = run_script("eval/imitation.py", "--task", "nli", "--judge", "llm", "--judge_model", corpus_lm,
+    result = call_script("eval/imitation.py", "--task", "nli", "--judge", "llm", "--judge_model", corpus_lm,
                         "--judge_examples", "1", "--limit", "6", "--output", out, "--plots", tmp_path / "plots")
     assert result.returncode == 0, result.stderr
     human = json.loads(out.read_text())["human_heldout"]
@@ -282,5 +282,5 @@ def test_imitation_cli_llm_judge_runs_through_the_shared_scorer(tmp_path, corpus
 
 
 def test_imitation_cli_llm_judge_without_a_model_is_one_line(tmp_path):
-    result = run_script("eval/imitation.py", "--judge", "llm", "--output", tmp_path / "r.json")
+    result = call_script("eval/imitation.py", "--judge", "llm", "--output", tmp_path / "r.json")
     assert result.returncode == 2 and "--judge_model" in result.stderr and result.stderr.count("\n") == 1

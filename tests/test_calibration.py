@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_script, write_jsonl
+from conftest import call_script, write_jsonl
 
 from capo.evaluate.calibration import crossfit, fit_temperature, label_scores, mjd_at, top_letter_shares
 
@@ -46,7 +46,7 @@ def test_cli_reports_and_writes_calibrated_mjds(tmp_path):
         raw.append({"id": f"i{k}", "prompts": [{"options": "ENC", "letter_scores": row.tolist()} for row in s]})
         human.append({"id": f"i{k}", "distribution": mjd_at(s, 3.0).tolist()})
     out = tmp_path / "cal.jsonl"
-    result = run_script("eval/calibrate.py", "--raw", write_jsonl(tmp_path / "raw.jsonl", raw),
+    result = call_script("eval/calibrate.py", "--raw", write_jsonl(tmp_path / "raw.jsonl", raw),
                         "--human", write_jsonl(tmp_path / "h.jsonl", human), "--output", out, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -57,7 +57,7 @@ def test_cli_reports_and_writes_calibrated_mjds(tmp_path):
 
 def test_cli_raw_file_without_prompt_scores_is_one_line(tmp_path):
     out = tmp_path / "cal.jsonl"
-    result = run_script("eval/calibrate.py", "--raw", write_jsonl(tmp_path / "raw.jsonl", [{"id": "a"}]),
+    result = call_script("eval/calibrate.py", "--raw", write_jsonl(tmp_path / "raw.jsonl", [{"id": "a"}]),
                         "--human", write_jsonl(tmp_path / "h.jsonl", [{"id": "a", "distribution": [1, 0, 0]}]),
                         "--output", out)
     assert result.returncode == 2 and "save_raw_scores" in result.stderr and result.stderr.count("\n") == 1

@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_script
+from conftest import call_script
 
 from capo.data.loaders import read_distributions, write_distributions
 from capo.evaluate.distributions import baseline_distributions, join
@@ -11,7 +11,7 @@ from capo.evaluate.metrics import kl_per_item
 
 @pytest.fixture(scope="module")
 def baselines_json():
-    proc = run_script("eval/distributions.py", "--baselines", "--json")
+    proc = call_script("eval/distributions.py", "--baselines", "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -42,7 +42,7 @@ def test_human_vs_model_files_and_plot(tmp_path):
     dists = baseline_distributions()
     write_distributions(tmp_path / "h.jsonl", dists["human"])
     write_distributions(tmp_path / "m.jsonl", dict(reversed(list(dists["mnli_dist"].items()))))  # order must not matter
-    proc = run_script("eval/distributions.py", "--human", tmp_path / "h.jsonl", "--model", tmp_path / "m.jsonl",
+    proc = call_script("eval/distributions.py", "--human", tmp_path / "h.jsonl", "--model", tmp_path / "m.jsonl",
                       "--json", "--plot", tmp_path / "p.png")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)["m"]
@@ -52,7 +52,7 @@ def test_human_vs_model_files_and_plot(tmp_path):
 
 
 def test_readable_table(tmp_path):
-    proc = run_script("eval/distributions.py", "--baselines", "--csv", tmp_path / "t.csv")
+    proc = call_script("eval/distributions.py", "--baselines", "--csv", tmp_path / "t.csv")
     assert proc.returncode == 0
     assert proc.stdout.splitlines()[0] == "| source | kl | jsd | tvd | dcorr |"
     assert (tmp_path / "t.csv").read_text().splitlines()[0] == "source,kl,jsd,tvd,dcorr"

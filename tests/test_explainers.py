@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, accelerate_launch_two_cpu_processes, load_script, run_script
+from conftest import ROOT, accelerate_launch_two_cpu_processes, call_script, load_script
 from test_explainers_packed import independent_rewards
 
 from capo.train.explainers import CapoArguments, build_pair_datasets
@@ -59,7 +59,7 @@ def _check_adapter(folder: Path, corpus_lm: Path) -> None:
 @pytest.fixture(scope="module")
 def sft_run(corpus_lm, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sft") / "{task}" / "{annotator}"
-    result = run_script("recipes/sft.py", *_sft_args(corpus_lm, out))
+    result = call_script("recipes/sft.py", *_sft_args(corpus_lm, out))
     assert result.returncode == 0, result.stderr[-3000:]
     return Path(str(out).format(task="nli", annotator="A2"))
 
@@ -80,7 +80,7 @@ def test_sft_learns_and_writes_adapter_manifest_and_eval_nll(sft_run, corpus_lm)
 def test_capo_from_sft_adapter(sft_run, corpus_lm, tmp_path, capsys):
     out = tmp_path / "capo" / "{task}" / "{annotator}"
     sft_template = str(sft_run).replace("/nli/A2", "/{task}/{annotator}")
-    result = run_script(
+    result = call_script(
         "recipes/capo.py", "--model_name_or_path", corpus_lm, "--output_dir", out, "--annotator", "A2", *FAST,
         "--sft_adapter", sft_template, "--max_train_rows", "4", "--max_eval_rows", "8",
         "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--max_steps", "6",
@@ -150,14 +150,14 @@ def test_one_conditioned_adapter_for_all_annotators_sft_then_capo(corpus_lm, tmp
     assert {row["annotator"] for row in train} == {"A1", "A2", "A3", "A4"}  # an item-major prefix covers everyone
     assert all(row["prompt"][0]["content"].startswith(persona_line(row["annotator"])) for row in train)
     sft = tmp_path / "sft" / "{task}" / "{annotator}"
-    result = run_script("recipes/sft.py", "--model_name_or_path", corpus_lm, "--output_dir", sft, "--annotator", "all",
+    result = call_script("recipes/sft.py", "--model_name_or_path", corpus_lm, "--output_dir", sft, "--annotator", "all",
                         *FAST, "--max_train_rows", "8", "--per_device_train_batch_size", "4", "--max_steps", "2",
                         "--save_strategy", "no")
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((tmp_path / "sft" / "nli" / "all" / "run_manifest.json").read_text())
     assert manifest["annotator"] == "all" and manifest["training_data"]["annotator"] == "all"
     assert set(manifest["training_data"]["item_ids"]) == {row["id"] for row in train}
-    result = run_script("recipes/capo.py", "--model_name_or_path", corpus_lm, "--output_dir",
+    result = call_script("recipes/capo.py", "--model_name_or_path", corpus_lm, "--output_dir",
                         tmp_path / "capo" / "{task}" / "{annotator}", "--annotator", "all", *FAST, "--sft_adapter", sft,
                         "--max_train_rows", "4", "--per_device_train_batch_size", "2", "--max_steps", "2",
                         "--save_strategy", "no", "--shared_prefix", "true")

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_script, write_jsonl
+from conftest import ROOT, call_script, write_jsonl
 
 from capo.data.loaders import load_nli341, read_distributions
 from capo.errors import DataError
@@ -126,7 +126,7 @@ def test_cli_rejects_a_distribution_file_whose_ids_do_not_match(tmp_path):
     ]
     path = write_jsonl(tmp_path / "mjd.jsonl", rows)
     out = tmp_path / "out"
-    done = run_script("recipes/finetune.py", "--source", path, "--output_dir", out, "--use_cpu", "true")
+    done = call_script("recipes/finetune.py", "--source", path, "--output_dir", out, "--use_cpu", "true")
     assert done.returncode == 2
     error_lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1, done.stderr
@@ -304,7 +304,7 @@ def test_comparison_table_says_when_no_source_beats_the_constants():
 
 
 def test_compare_rejects_an_unknown_source_in_one_line(tmp_path):
-    done = run_script("eval/finetune_compare.py", "--sources", "chaosnli,no_such_source", "--output_dir", tmp_path)
+    done = call_script("eval/finetune_compare.py", "--sources", "chaosnli,no_such_source", "--output_dir", tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no_such_source" in done.stderr
     assert "not a file and not a known source" in done.stderr
@@ -414,13 +414,13 @@ def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path, t
     assert (killed_dir / "metrics.json").read_bytes() == before
 
     # eval/finetune_compare.py reuses the finished run whose signature matches (no new run: no log.txt) ...
-    done = run_script("eval/finetune_compare.py", "--sources", "varierr_dist", "--seeds", "1", "--config", config,
+    done = call_script("eval/finetune_compare.py", "--sources", "varierr_dist", "--seeds", "1", "--config", config,
                       "--output_dir", compare_dir)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((compare_dir / "runs.json").read_text()) == [json.loads((whole_dir / "metrics.json").read_text())]
     assert not (whole_dir / "log.txt").exists()
     # ... and refuses it, in one line and before any run starts, when a setting passed to the runs differs.
-    done = run_script("eval/finetune_compare.py", "--sources", "varierr_dist", "--seeds", "1", "--config", config,
+    done = call_script("eval/finetune_compare.py", "--sources", "varierr_dist", "--seeds", "1", "--config", config,
                       "--output_dir", compare_dir, "--max_steps", "6")
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
     assert "field 'max_steps'" in done.stderr and str(whole_dir) in done.stderr
@@ -435,7 +435,7 @@ def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path, t
 def test_checkpoints_without_a_signature_are_not_resumed(tmp_path):
     out = tmp_path / "run"
     (out / "checkpoint-20").mkdir(parents=True)
-    done = run_script("recipes/finetune.py", "--source", "chaosnli", "--output_dir", out, "--use_cpu", "true")
+    done = call_script("recipes/finetune.py", "--source", "chaosnli", "--output_dir", out, "--use_cpu", "true")
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
     assert "holds run output (checkpoint-20) but no run_signature.json" in done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-20"] and not (out / SIGNATURE_FILE).exists()

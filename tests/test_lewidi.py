@@ -3,7 +3,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import run_script
+from conftest import call_script
 
 from capo.data.lewidi import lewidi_split_path, read_lewidi
 from capo.errors import DataError
@@ -81,7 +81,7 @@ def test_ven_scores_by_hand(tiny_ven, tmp_path):
     assert report["soft"] == pytest.approx(7 / 18)
     # A soft file overrides the aggregation: predicting the gold presence exactly scores 0.
     write_soft_predictions(tmp_path / "soft.jsonl", {i.id: i.soft_label for i in items})
-    proc = run_script("eval/lewidi.py", "score", "--dataset", "ven", "--split", tiny_ven, "--soft", tmp_path / "soft.jsonl")
+    proc = call_script("eval/lewidi.py", "score", "--dataset", "ven", "--split", tiny_ven, "--soft", tmp_path / "soft.jsonl")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["soft"] == 0 and "perspectivist" not in json.loads(proc.stdout)
 
@@ -108,11 +108,11 @@ def test_label_less_files_read_and_predict_but_do_not_score(tmp_path):
         assert not any(item.labelled or item.soft_label for item in clear)
         assert [(i.id, i.annotators) for i in clear] == [(i.id, i.annotators) for i in gold]
     out = tmp_path / "p.jsonl"
-    proc = run_script("eval/lewidi.py", "predict", "--dataset", "ven", "--split", tmp_path / "ven_blank.json",
+    proc = call_script("eval/lewidi.py", "predict", "--dataset", "ven", "--split", tmp_path / "ven_blank.json",
                       "--output", out)
     assert proc.returncode == 0, proc.stderr
     assert len(read_annotator_predictions(out, "ven")) == sum(len(i.annotators) for i in gold)
-    proc = run_script("eval/lewidi.py", "score", "--dataset", "ven", "--split", tmp_path / "ven_blank.json",
+    proc = call_script("eval/lewidi.py", "score", "--dataset", "ven", "--split", tmp_path / "ven_blank.json",
                       "--predictions", out)
     assert proc.returncode == 2 and "no labels" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     par = read_lewidi(_clear(PAR_DEV, tmp_path / "par_clear.json"))
@@ -136,7 +136,7 @@ def test_missing_item_annotator_is_one_line_naming_the_first_gap(tmp_path):
     del preds[(third.id, third.annotators[-1])]
     del preds[(items[7].id, items[7].annotators[0])]
     write_annotator_predictions(tmp_path / "p.jsonl", preds, "ven")
-    proc = run_script("eval/lewidi.py", "score", "--dataset", "ven", "--split", "test", "--predictions", tmp_path / "p.jsonl")
+    proc = call_script("eval/lewidi.py", "score", "--dataset", "ven", "--split", "test", "--predictions", tmp_path / "p.jsonl")
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"error: {tmp_path / 'p.jsonl'}: item {third.id}: no prediction for annotator "
@@ -144,7 +144,7 @@ def test_missing_item_annotator_is_one_line_naming_the_first_gap(tmp_path):
     assert "2 of 192 missing" in line
     # A label outside the space is located by file line.
     (tmp_path / "bad.jsonl").write_text('{"id": "1", "annotator": "Ann1", "label": 7}\n')
-    proc = run_script("eval/lewidi.py", "score", "--dataset", "par", "--predictions", tmp_path / "bad.jsonl")
+    proc = call_script("eval/lewidi.py", "score", "--dataset", "par", "--predictions", tmp_path / "bad.jsonl")
     assert proc.returncode == 2 and f"{tmp_path / 'bad.jsonl'}:1: item 1: field 'label'" in proc.stderr
 
 
@@ -154,7 +154,7 @@ def test_export_writes_the_official_rows(tmp_path):
     gold = read_lewidi(VEN_TEST)
     preds = random_predictions(ven, seed=3)
     write_annotator_predictions(tmp_path / "ven.jsonl", preds, "ven")
-    proc = run_script("eval/lewidi.py", "export", "--dataset", "ven", "--split", tmp_path / "VariErrNLI_test_clear.json",
+    proc = call_script("eval/lewidi.py", "export", "--dataset", "ven", "--split", tmp_path / "VariErrNLI_test_clear.json",
                       "--predictions", tmp_path / "ven.jsonl", "--output_dir", out)
     assert proc.returncode == 0, proc.stderr
     soft_lines = (out / "VariErrNLI_test_soft.tsv").read_text().splitlines()
@@ -175,7 +175,7 @@ def test_export_writes_the_official_rows(tmp_path):
     par = read_lewidi(_clear(PAR_DEV, tmp_path / "par_clear.json"))
     par_preds = random_predictions(par, seed=0)
     write_annotator_predictions(tmp_path / "par.jsonl", par_preds, "par")
-    proc = run_script("eval/lewidi.py", "export", "--dataset", "par", "--split", tmp_path / "par_clear.json",
+    proc = call_script("eval/lewidi.py", "export", "--dataset", "par", "--split", tmp_path / "par_clear.json",
                       "--predictions", tmp_path / "par.jsonl", "--output_dir", out)
     assert proc.returncode == 0, proc.stderr
     par_soft = [json.loads(line.split("\t")[1]) for line in (out / "Paraphrase_test_soft.tsv").read_text().splitlines()]
@@ -241,11 +241,11 @@ def test_random_baseline_is_seeded_and_uniform():
 
 
 def test_help_documents_all_three_commands():
-    proc = run_script("eval/lewidi.py", "--help")
+    proc = call_script("eval/lewidi.py", "--help")
     assert proc.returncode == 0
     for command, flag in (("predict", "--baseline"), ("score", "--predictions"), ("export", "--naming")):
         assert f"usage: eval/lewidi.py {command}" in proc.stdout and flag in proc.stdout
-    assert run_script("eval/lewidi.py", "bogus").returncode == 2
+    assert call_script("eval/lewidi.py", "bogus").returncode == 2
 
 
 # --- explainers as annotators (`--model`): capo/evaluate/explainer_predictions.py --------------------------------

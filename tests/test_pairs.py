@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_script
+from conftest import call_script
 
 from capo.data.datasets import load_task_data
 from capo.data.loaders import item_to_json
@@ -156,13 +156,13 @@ def test_own_jsonl_as_the_dataset(tmp_path):
     train_ids = set(split_items(items, seed=4).train)
     for script in ("data_prep/build_pairs.py", "data_prep/build_sft.py"):
         out = tmp_path / f"{script[10:-3]}.jsonl"
-        result = run_script(script, "--annotator", "A2", "--dataset", path, "--split_seed", "4", "--output", out)
+        result = call_script(script, "--annotator", "A2", "--dataset", path, "--split_seed", "4", "--output", out)
         assert result.returncode == 0, result.stderr
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert rows and {r["id"] for r in rows} == train_ids
-    bad = run_script("data_prep/build_sft.py", "--annotator", "A2", "--dataset", path, "--task", "paraphrase")
+    bad = call_script("data_prep/build_sft.py", "--annotator", "A2", "--dataset", path, "--task", "paraphrase")
     assert bad.returncode == 2 and bad.stderr.strip() == f"error: dataset {str(path)!r} holds nli items, not paraphrase"
-    bad = run_script("data_prep/build_sft.py", "--annotator", "A2", "--dataset", tmp_path / "none.jsonl")
+    bad = call_script("data_prep/build_sft.py", "--annotator", "A2", "--dataset", tmp_path / "none.jsonl")
     assert bad.returncode == 2 and "unknown dataset" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
@@ -191,16 +191,16 @@ def test_split_isolation_and_few_shot_from_training_history():
 def test_cli_byte_identical_and_errors(tmp_path):
     out_a, out_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     for out in (out_a, out_b):
-        result = run_script("data_prep/build_pairs.py", "--annotator", "A3", "--max_pairs_per_item", "2", "--seed", "5",
+        result = call_script("data_prep/build_pairs.py", "--annotator", "A3", "--max_pairs_per_item", "2", "--seed", "5",
                             "--output", out)
         assert result.returncode == 0, result.stderr
     assert out_a.read_bytes() == out_b.read_bytes()
     rows = [json.loads(line) for line in out_a.read_text().splitlines()]
     assert rows and all(r["annotator"] == "A3" != r["rejected_annotator"] for r in rows)
-    bad = run_script("data_prep/build_pairs.py", "--annotator", "A9", "--output", tmp_path / "c.jsonl")
+    bad = call_script("data_prep/build_pairs.py", "--annotator", "A9", "--output", tmp_path / "c.jsonl")
     assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown annotator 'A9' (valid: A1, A2, A3, A4)"
     assert not (tmp_path / "c.jsonl").exists()
-    bad = run_script("data_prep/build_sft.py", "--annotator", "A1", "--task", "ner")
+    bad = call_script("data_prep/build_sft.py", "--annotator", "A1", "--task", "ner")
     assert bad.returncode == 2 and "valid: nli, paraphrase" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
@@ -220,7 +220,7 @@ def test_preview_shows_loss_mask_and_rejects_prompt_mismatch(corpus_lm, tmp_path
                                + tokenizer.chat_template)
     with pytest.raises(DataError, match="item i1"):
         preview(rows, tokenizer, 1)
-    result = run_script("data_prep/build_sft.py", "--annotator", "A4", "--preview", "2", "--model", corpus_lm)
+    result = call_script("data_prep/build_sft.py", "--annotator", "A4", "--preview", "2", "--model", corpus_lm)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("--- row") == 2 and "[[Label]]" in result.stdout
 

@@ -3,7 +3,7 @@ import random
 
 import numpy as np
 import pytest
-from conftest import load_script, run_script
+from conftest import call_script, load_script
 
 from capo.data.lewidi import PAR_LABELS, VEN_LABELS, read_lewidi
 from capo.errors import DataError
@@ -117,7 +117,7 @@ def test_annotator_token_lets_the_encoder_learn_each_annotators_habit(tmp_path):
     assert metrics["splits"][str(dev)]["most_frequent"]["perspectivist"] == pytest.approx(4 / 12)
     # (most frequent 0/1 value: the empty set for Ann1-3, all three labels for Ann4: one wrong cell in three each)
     # The files score the same with the project's scorer, from the command line.
-    done = run_script("eval/lewidi.py", "score", "--dataset", "ven", "--split", dev,
+    done = call_script("eval/lewidi.py", "score", "--dataset", "ven", "--split", dev,
                       "--predictions", out / f"predictions_{dev.stem}.jsonl", "--soft", out / f"soft_{dev.stem}.jsonl")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["perspectivist"] == pytest.approx(scores["perspectivist"])
