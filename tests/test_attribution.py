@@ -93,13 +93,14 @@ def test_cli_identity_adapters_gain_nothing_and_random_ones_differ(corpus_lm, tm
     noisy = _adapters(corpus_lm, tmp_path / "noisy", zero=False)
     out = tmp_path / "report.json"
     result = call_script("eval/attribution.py", "--model", corpus_lm, "--adapter", f"same={zero}",
-                        "--adapter", f"noisy={noisy}", "--splits", "dev", "--output", out)
+                        "--adapter", f"noisy={noisy}", "--splits", "dev", "--limit", "20", "--output", out)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
+    assert report["limit"] == 20 and report["dtype"] == "float32"
     assert set(report["annotators"]) == {"A1", "A2", "A3", "A4"} and "| A1 |" in result.stdout
     rates = []
     for target, row in report["annotators"].items():
-        assert 0 < row["items"] <= 50
+        assert 0 < row["items"] <= 20  # --limit: the first 20 dev items
         assert row["same"]["gain"]["gain"] == pytest.approx(0, abs=1e-9)
         assert row["same"]["win_rate_mean"] == pytest.approx(row["base"])
         assert row["same"]["control"]["model_of"] == control_annotator(target)
@@ -162,6 +163,7 @@ def test_cli_errors_are_one_line(corpus_lm, tmp_path, capsys):
         (["--adapter", "sft"], "error: --adapter expects KIND=TEMPLATE"),
         (["--annotators", "A0"], "error: unknown annotator 'A0'"),
         (["--exclude_pretrained", "maybe"], "error: field 'exclude_pretrained': expected true or false"),
+        (["--limit", "0"], "error: field '--limit': --limit must be at least 1"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(["--model", str(corpus_lm), *argv])
