@@ -86,11 +86,15 @@ def test_capo_from_sft_adapter(sft_run, corpus_lm, tmp_path, capsys):
         "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--max_steps", "6",
         "--lr_scheduler_type", "constant",
         "--loss_type", "sigmoid", "sft", "--loss_weights", "1.0", "0.2", "--save_strategy", "no",
+        "--eval_strategy", "steps", "--eval_steps", "6",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / "capo" / "nli" / "A2"
     losses = _losses(folder)
     assert len(losses) == 6 and losses[-1] < losses[0] - 0.05, losses
+    # the evaluation logged at the final step is the run's held-out result: no second pass over the eval rows
+    evals = [r for r in json.loads((folder / "trainer_state.json").read_text())["log_history"] if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [6]
     _check_adapter(folder, corpus_lm)
     manifest = json.loads((folder / "run_manifest.json").read_text())
     assert manifest["init_from"] == "sft" and manifest["sft_adapter"] == str(sft_run)
