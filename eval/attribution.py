@@ -24,6 +24,7 @@ from capo.data.heldout import select_heldout
 from capo.data.schema import ANNOTATORS, check_annotator
 from capo.errors import DataError
 from capo.evaluate.attribution import adapter_folders, adapter_names, attribution_report, format_report
+from capo.generate.backends.base import DTYPES
 from capo.io import check_model_path, check_output, write_json
 
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--exclude_pretrained", default="true",
                         help="true: leave out items the base corpus LM was pre-trained on (their count is reported)")
     parser.add_argument("--limit", type=int, help="score at most the first N held-out items of each split")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
                         help="model weights (bfloat16: ~2x faster on CPUs with bf16 kernels)")
     parser.add_argument("--output", help="write the full report as JSON")
     args = parser.parse_args(argv)

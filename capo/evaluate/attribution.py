@@ -176,8 +176,10 @@ def attribution_report(
 
     from capo.data.heldout import check_heldout, leave_out_pretrained
     from capo.errors import DataError
+    from capo.generate.backends.base import check_dtype
     from capo.train.corpus_lm import pretraining_item_ids
 
+    check_dtype(dtype)  # before any model loads
     folders = adapter_folders(adapters, seeds, annotators, task)
     missing = [folder for _, folder in sorted(folders.items()) if not (Path(folder) / "adapter_config.json").exists()]
     if missing:
