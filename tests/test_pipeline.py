@@ -278,7 +278,8 @@ def test_killed_runs_resume_and_end_as_an_uninterrupted_run(first, tmp_path):
     killed = run_script("recipes/pipeline.py", "--config", "pipeline.yaml", *skip, cwd=folder,
                         env={KILL_AFTER_ENV: "1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert json.loads((run / "sft" / STAGE_FILE).read_text())["resumed"] is True
+    sft_record = json.loads((run / "sft" / STAGE_FILE).read_text())
+    assert sft_record["resumed"] is True and len(sft_record["attempts"]) == 2  # the killed attempt counts too
     assert (run / "capo" / STAGE_FILE).is_file()
     assert not (run / "generation" / STAGE_FILE).exists() and not (run / "report" / STAGE_FILE).exists()
     shards = sorted((run / "generation" / "nli" / "capo_s0" / "shards").glob("shard-*.jsonl"))

@@ -10,6 +10,10 @@ A run computes every signature first (no stage's outputs are read for it), then:
   finished-looking stage behind a re-run one) and records `stage.pending.json`. A killed stage found with a pending
   record of the same signature resumes in its folder (the trainers' checkpoints, the run engine's shards); any other
   folder of a stage about to run is emptied first, so a stage never mixes outputs of two signatures.
+
+A stage's wall time counts every attempt: while a stage runs, its pending record is rewritten every
+`HEARTBEAT_SECONDS` with the attempt's elapsed time, so a killed attempt still counts (less at most one interval)
+once the stage resumes and finishes; `stage.json` lists the attempts.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from capo.errors import DataError
 from capo.io import read_json, write_json
@@ -30,6 +35,7 @@ from capo.runner import fingerprint
 
 STAGE_FILE = "stage.json"
 PENDING_FILE = "stage.pending.json"
+HEARTBEAT_SECONDS = 30.0
 
 
 @dataclass
@@ -105,6 +111,37 @@ def _read(path: Path) -> dict | None:
         return None  # a record that does not parse is no record: the stage runs again
 
 
+class _Attempt:
+    """One attempt at a stage: writes the pending record (`base` plus the attempts so far, this one with its elapsed
+    seconds) on entry and then every HEARTBEAT_SECONDS from a daemon thread, until the block exits."""
+
+    def __init__(self, path: Path, base: dict, earlier: list[dict]):
+        self.path, self.base, self.earlier = path, base, earlier
+        self.started = datetime.now(UTC).isoformat(timespec="seconds")
+        self._start = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def attempts(self) -> list[dict]:
+        return [*self.earlier, {"started": self.started, "seconds": round(time.perf_counter() - self._start, 2)}]
+
+    def _write(self) -> None:
+        write_json(self.path, {**self.base, "attempts": self.attempts()})
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            self._write()
+
+    def __enter__(self) -> Self:
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def run_stages(stages: Sequence[Stage], args: Any, root: str | Path, *, from_stage: str | None = None,
                skip: Sequence[str] = (), log: Callable[[str], None] = print) -> list[dict]:
     """Run `stages` in order with caching; returns one row per enabled stage: name, status (ran / resumed /
@@ -145,17 +182,19 @@ def run_stages(stages: Sequence[Stage], args: Any, root: str | Path, *, from_sta
         resume = stage.name not in forced and (pending or {}).get("signature") == signature
         if not resume and folder.exists():
             shutil.rmtree(folder)
-        started = datetime.now(UTC).isoformat(timespec="seconds")
-        write_json(folder / PENDING_FILE, {"stage": stage.name, "signature": signature, "started": started})
+        earlier = list((pending or {}).get("attempts", [])) if resume else []
+        attempt = _Attempt(folder / PENDING_FILE, {"stage": stage.name, "signature": signature}, earlier)
         if resume:
             log(f"[pipeline] {stage.name}: resuming an interrupted run")
-        start = time.perf_counter()
-        summary = stage.run(ctx)
-        wall = round(time.perf_counter() - start, 2)
+        with attempt:
+            summary = stage.run(ctx)
+        attempts = attempt.attempts()
+        wall = round(sum(a["seconds"] for a in attempts), 2)
         write_json(folder / STAGE_FILE, {"stage": stage.name, "signature": signature, "wall_seconds": wall,
-                                         "started": started,
+                                         "started": attempts[0]["started"],
                                          "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-                                         "resumed": resume, "material": materials[stage.name], "summary": summary})
+                                         "resumed": resume, "attempts": attempts,
+                                         "material": materials[stage.name], "summary": summary})
         (folder / PENDING_FILE).unlink(missing_ok=True)
         rows.append({"stage": stage.name, "status": "resumed" if resume else "ran", "signature": signature,
                      "wall_seconds": wall, "summary": summary})

@@ -92,11 +92,11 @@ def _stages(report: Report) -> None:
             rows.append([name, "this report", "–", "–", "–"])
         else:
             rows.append([name, record["signature"], f"{record['wall_seconds']:.1f}", record["finished"],
-                         "yes" if record.get("resumed") else "no"])
+                         str(len(record.get("attempts", [None])))])
     from capo.pipeline.stages import STAGE_NAMES
 
     off = [name for name in STAGE_NAMES if name not in report.ctx.enabled]
-    report.add("## Stages", _table(["stage", "signature", "wall time (s)", "finished", "resumed after a kill"], rows))
+    report.add("## Stages", _table(["stage", "signature", "wall time (s)", "finished", "attempts"], rows))
     if off:
         report.add("Not run in this configuration: " + ", ".join(f"`{n}`" for n in off) + ".")
 

@@ -1,0 +1,55 @@
+"""capo.pipeline.cache on hand-made stages: an interrupted stage's time counts in its wall time once it resumes, and
+a stage that runs from scratch forgets earlier attempts."""
+
+from __future__ import annotations
+
+import json
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from capo.pipeline import cache
+from capo.pipeline.cache import PENDING_FILE, STAGE_FILE, Stage, run_stages
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _stage(seconds: float, fail: bool) -> Stage:
+    def run(ctx):
+        time.sleep(seconds)
+        if fail:
+            raise Interrupted
+        return {"line": "ok"}
+
+    return Stage(name="work", run=run, keys=("value",))
+
+
+def test_a_resumed_stage_counts_the_interrupted_attempt(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "HEARTBEAT_SECONDS", 0.05)
+    args = SimpleNamespace(value=1)
+    with pytest.raises(Interrupted):
+        run_stages([_stage(0.4, fail=True)], args, tmp_path, log=lambda line: None)
+    pending = json.loads((tmp_path / "work" / PENDING_FILE).read_text())
+    assert len(pending["attempts"]) == 1 and pending["attempts"][0]["seconds"] >= 0.25  # written by the heartbeat
+
+    rows = run_stages([_stage(0.1, fail=False)], args, tmp_path, log=lambda line: None)
+    record = json.loads((tmp_path / "work" / STAGE_FILE).read_text())
+    assert rows[0]["status"] == "resumed" and record["resumed"] is True
+    assert len(record["attempts"]) == 2 and record["attempts"][0] == pending["attempts"][0]
+    assert record["attempts"][1]["seconds"] >= 0.1
+    assert record["wall_seconds"] == pytest.approx(sum(a["seconds"] for a in record["attempts"]), abs=0.01)
+    assert record["wall_seconds"] >= 0.35 and record["started"] == pending["attempts"][0]["started"]
+    assert not (tmp_path / "work" / PENDING_FILE).exists()
+
+
+def test_a_changed_signature_starts_over_without_the_old_attempts(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "HEARTBEAT_SECONDS", 0.05)
+    with pytest.raises(Interrupted):
+        run_stages([_stage(0.2, fail=True)], SimpleNamespace(value=1), tmp_path, log=lambda line: None)
+    rows = run_stages([_stage(0.0, fail=False)], SimpleNamespace(value=2), tmp_path, log=lambda line: None)
+    record = json.loads((tmp_path / "work" / STAGE_FILE).read_text())
+    assert rows[0]["status"] == "ran" and record["resumed"] is False
+    assert len(record["attempts"]) == 1 and record["wall_seconds"] < 0.15
