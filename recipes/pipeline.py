@@ -7,6 +7,7 @@ explainers as annotators) -> a report folder.
     python recipes/pipeline.py --config recipes/configs/pipeline_gpu.yaml             # GPUs: accelerate launch per job
     python recipes/pipeline.py --config ... --from generation                         # re-run generation and after
     python recipes/pipeline.py --config ... --generate_limit 8                        # any key, on the command line
+    python recipes/pipeline.py --config ... --status                                  # where a run stands; runs nothing
 
 Every stage works in <output_dir>/<stage>/ and ends with stage.json (its signature: config keys, input files,
 upstream stages). Running again skips every stage whose signature is unchanged; a changed key re-runs the stages it
@@ -22,12 +23,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads s
 
 from capo.cli import run_main
 from capo.pipeline.arguments import parse
-from capo.pipeline.run import run_pipeline
+from capo.pipeline.run import pipeline_status, run_pipeline
 
 
 @run_main
 def main(argv: list[str] | None = None) -> list[dict]:
-    return run_pipeline(parse(argv))
+    args = parse(argv)
+    return pipeline_status(args) if args.status else run_pipeline(args)
 
 
 if __name__ == "__main__":

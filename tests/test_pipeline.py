@@ -2,7 +2,7 @@
 LeWiDi explainer predictors included); the LeWiDi explainers' run and skip paths; stage caching (a second run skips
 every stage and leaves the report as it was); --from; a changed key re-running only the stages it shapes; a real
 SIGKILL mid-training and another mid-generation, then a resume that ends where an uninterrupted run does; bad input
-as one located line that leaves no stage.json behind.
+as one located line that leaves no stage.json behind; `--status` reads where a run stands and runs nothing.
 
 Every run uses the relative output folder `run` inside its own working folder, so a copied run folder (and a fresh
 run with the same config) holds byte-identical paths and can be compared with the first run file for file."""
@@ -219,6 +219,17 @@ def test_second_run_skips_every_stage_and_keeps_the_report(first):
     assert _run(first) == dict.fromkeys(STAGES, "cached")
     after = {p: p.read_bytes() for p in (first / "run").rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_status_says_every_stage_finished_and_runs_nothing(first, capsys):
+    before = {p: p.read_bytes() for p in (first / "run").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    with _inside(first):
+        rows = load_script("recipes/pipeline.py").main(["--config", "pipeline.yaml", "--status"])
+    assert {r["stage"]: r["state"] for r in rows} == dict.fromkeys(STAGES, "finished")
+    assert all(r["attempts"] == 1 and r["wall_seconds"] >= 0 for r in rows)
+    assert f"{len(STAGES)} of {len(STAGES)} stages finished" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in (first / "run").rglob("*") if p.is_file()} == before
 
 
 def test_from_reruns_that_stage_and_every_later_one(first, tmp_path):

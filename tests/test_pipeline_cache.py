@@ -53,3 +53,35 @@ def test_a_changed_signature_starts_over_without_the_old_attempts(tmp_path, monk
     record = json.loads((tmp_path / "work" / STAGE_FILE).read_text())
     assert rows[0]["status"] == "ran" and record["resumed"] is False
     assert len(record["attempts"]) == 1 and record["wall_seconds"] < 0.15
+
+
+def test_stage_states_say_where_a_run_stands_without_running_anything(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "HEARTBEAT_SECONDS", 0.05)
+    calls = []
+
+    def stage(name: str, fail: bool = False, inputs: tuple[str, ...] = ()) -> Stage:
+        def run(ctx):
+            calls.append(name)
+            time.sleep(0.15)
+            if fail:
+                raise Interrupted
+            return {"line": name}
+        return Stage(name=name, run=run, keys=("value",) if name == "first" else (), inputs=inputs)
+
+    args = SimpleNamespace(value=1)
+    with pytest.raises(Interrupted):
+        run_stages([stage("first"), stage("second", fail=True, inputs=("first",)), stage("third")], args, tmp_path,
+                   log=lambda line: None)
+    calls.clear()
+    stages = [stage("first"), stage("second", inputs=("first",)), stage("third")]
+    states = {r["stage"]: r for r in cache.stage_states(stages, args, tmp_path)}
+    assert calls == []  # nothing ran
+    assert states["first"]["state"] == "finished" and states["first"]["attempts"] == 1
+    assert states["first"]["wall_seconds"] >= 0.1
+    assert states["second"]["state"] == "in progress or interrupted (resumes)" and states["second"]["attempts"] == 1
+    assert states["second"]["wall_seconds"] >= 0.1  # the heartbeat's record of the interrupted attempt
+    assert states["third"] == {"stage": "third", "state": "not started", "attempts": 0, "wall_seconds": 0}
+
+    changed = {r["stage"]: r["state"] for r in cache.stage_states(stages, SimpleNamespace(value=2), tmp_path)}
+    assert changed == {"first": "stale (runs again)", "second": "in progress or interrupted (starts over: config "
+                       "changed)", "third": "not started"}

@@ -27,6 +27,8 @@ class PipelineArguments:
 
     output_dir: str = field(default="runs/pipeline", metadata={"help": "one folder per stage, report/ last"})
     from_stage: str | None = field(default=None, metadata={"help": "re-run this stage and every later one (--from)"})
+    status: bool = field(default=False, metadata={"help": "print each stage's state and the wall time spent so far "
+                                                          "(every attempt), then exit: runs nothing"})
     skip: list[str] = field(default_factory=list, metadata={"help": "stages to leave out (and the stages that need "
                                                                      "them); the report says which"})
     model: str = field(default="models/smollm2-135m-instruct", metadata={"help": "base LM: hub id or folder"})

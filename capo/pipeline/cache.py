@@ -142,6 +142,40 @@ class _Attempt:
         self._thread.join()
 
 
+def _materials(stages: Sequence[Stage], args: Any) -> tuple[dict[str, dict], dict[str, str | None]]:
+    """Every stage's signature material and signature, in order (upstream signatures feed downstream ones)."""
+    signatures: dict[str, str | None] = {}
+    materials, fingerprints = {}, {}
+    for stage in stages:
+        materials[stage.name] = material(stage, args, signatures, fingerprints)
+        signatures[stage.name] = signature_of(materials[stage.name])
+    return materials, signatures
+
+
+def stage_states(stages: Sequence[Stage], args: Any, root: str | Path, skip: Sequence[str] = ()) -> list[dict]:
+    """Where a run stands, without running anything: per enabled stage its state (finished; stale = finished under
+    another signature, runs again; in progress or interrupted, resumes / starts over; not started), the wall time
+    spent on it so far (every attempt) and the number of attempts."""
+    root = Path(root)
+    stages = enabled_stages(stages, args, skip)
+    _, signatures = _materials(stages, args)
+    rows = []
+    for stage in stages:
+        record = _read(root / stage.name / STAGE_FILE)
+        pending = _read(root / stage.name / PENDING_FILE)
+        if record is not None and record.get("signature") == signatures[stage.name]:
+            state, attempts = "finished", record.get("attempts", [{"seconds": record.get("wall_seconds", 0)}])
+        elif pending is not None:
+            same = pending.get("signature") == signatures[stage.name]
+            state = "in progress or interrupted" + (" (resumes)" if same else " (starts over: config changed)")
+            attempts = pending.get("attempts", [])
+        else:
+            state, attempts = ("stale (runs again)" if record is not None else "not started"), []
+        rows.append({"stage": stage.name, "state": state, "attempts": len(attempts),
+                     "wall_seconds": round(sum(a.get("seconds", 0) for a in attempts), 1)})
+    return rows
+
+
 def run_stages(stages: Sequence[Stage], args: Any, root: str | Path, *, from_stage: str | None = None,
                skip: Sequence[str] = (), log: Callable[[str], None] = print) -> list[dict]:
     """Run `stages` in order with caching; returns one row per enabled stage: name, status (ran / resumed /
@@ -153,11 +187,7 @@ def run_stages(stages: Sequence[Stage], args: Any, root: str | Path, *, from_sta
         raise DataError(f"unknown or disabled stage {from_stage!r} (this run's stages: {', '.join(names)})",
                         field="from")
     ctx = Context(args, root, log, tuple(names))
-    signatures: dict[str, str | None] = {}
-    materials, fingerprints = {}, {}
-    for stage in stages:
-        materials[stage.name] = material(stage, args, signatures, fingerprints)
-        signatures[stage.name] = signature_of(materials[stage.name])
+    materials, signatures = _materials(stages, args)
     forced = set(names[names.index(from_stage):]) if from_stage else set()
     records = {s.name: _read(root / s.name / STAGE_FILE) for s in stages}
     todo = [s for s in stages

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from capo.io import check_output
 from capo.pipeline.arguments import PipelineArguments
-from capo.pipeline.cache import run_stages
+from capo.pipeline.cache import run_stages, stage_states
 from capo.pipeline.stages import STAGES
 
 
@@ -17,4 +17,17 @@ def run_pipeline(args: PipelineArguments, log: Callable[[str], None] = print) ->
     ran = [r["stage"] for r in rows if r["status"] != "cached"]
     log(f"[pipeline] {len(rows)} stages, {len(ran)} run ({', '.join(ran) or 'none'}), "
         f"{len(rows) - len(ran)} cached; report: {args.output_dir}/report/report.md")
+    return rows
+
+
+def pipeline_status(args: PipelineArguments, log: Callable[[str], None] = print) -> list[dict]:
+    """Print where the run in `args.output_dir` stands (each stage's state, wall time so far, attempts); runs
+    nothing."""
+    rows = stage_states(STAGES, args, args.output_dir, skip=args.skip)
+    width = max(len(r["stage"]) for r in rows)
+    for r in rows:
+        log(f"{r['stage']:<{width}}  {r['state']:<45} {r['wall_seconds']:>10.1f} s  {r['attempts']} attempt(s)")
+    total = sum(r["wall_seconds"] for r in rows)
+    done = sum(r["state"] == "finished" for r in rows)
+    log(f"{done} of {len(rows)} stages finished; {total:.0f} s ({total / 3600:.2f} h) of wall time recorded so far")
     return rows
