@@ -191,6 +191,25 @@ def test_imitation_report_recognises_a_faithful_imitator_more_as_groups_grow():
     assert report["style"]["generated"]["words"] == pytest.approx(5.0)  # "<marker> statement is about x"
 
 
+def test_imitation_report_leaves_out_annotators_without_real_responses(monkeypatch):
+    import capo.evaluate.imitation as imitation
+
+    # Stand-in sentence embedding: the counts of a few words (MiniLM itself is tested in the variability tests).
+    vocab = ("seemingly", "the", "statement", "x")
+    monkeypatch.setattr(imitation, "embed", lambda texts: np.array(
+        [[t.split().count(w) for w in vocab] for t in texts], dtype=float).reshape(len(texts), len(vocab)))
+    _, test = _split(_rows(200), 100)
+    real = [r for r in test if r.annotator != "A2"]  # A2 gave no response on these items
+    judge = TrainedJudge("char", with_label=False).fit(_split(_rows(200), 100)[0])
+    generated = [Response(r.item_id, "A3", r.label, r.explanation, r.inputs) for r in real if r.annotator == "A3"]
+    report = imitation_report("A3", generated, real, judge, NLI, ks=[1], embeddings=True)
+    for key in ("label_js", "centroid_cosine"):
+        assert set(report[key]) == {"A1", "A3", "A4"}, key
+    assert set(report["style"]) == {"generated", "A1", "A3", "A4"}
+    assert report["nearest_annotator"] == "A3" and report["centroid_cosine"]["A3"] == pytest.approx(1.0)
+    assert all(np.isfinite(list(report["label_js"].values())))
+
+
 def test_generated_responses_count_unparsed_and_locate_unknown_items():
     items = {"x": type("I", (), {"id": "x", "inputs": {"premise": "p", "hypothesis": "h"}})()}
     rows, unparsed = generated_responses(

@@ -103,9 +103,12 @@ def imitation_report(target: str, generated: Sequence[Response], real: Sequence[
               "attribution": group_attribution(judge.log_proba(generated), generated, target, ks, seed, classes),
               "human_ceiling": group_attribution(judge.log_proba(target_real), target_real, target, ks, seed, classes)}
     generated_labels = label_distribution(generated, label_space)
+    # Annotators with no real response on these items (a small or partial held-out set) are left out of the
+    # comparisons against each annotator rather than compared with an empty set.
+    present = [name for name in classes if any(r.annotator == name for r in real)]
     report["label_js"] = {name: float(jensenshannon(label_distribution([r for r in real if r.annotator == name],
                                                                         label_space), generated_labels, base=2))
-                          for name in classes}
+                          for name in present}
     report["label_js_target"] = report["label_js"][target]
     target_labels = {}
     for r in target_real:
@@ -113,11 +116,11 @@ def imitation_report(target: str, generated: Sequence[Response], real: Sequence[
     shared = [r for r in generated if r.item_id in target_labels]
     report["item_label_agreement"] = float(np.mean([r.label in target_labels[r.item_id] for r in shared])) if shared else float("nan")
     report["style"] = {"generated": style_stats(generated), **{name: style_stats([r for r in real if r.annotator == name])
-                                                               for name in classes}}
+                                                               for name in present}}
     if embeddings:
         centroid = embed([r.explanation for r in generated]).mean(axis=0)
         cosines = {}
-        for name in classes:
+        for name in present:
             mine = [r.explanation for r in real if r.annotator == name]
             c = embed(mine).mean(axis=0)
             cosines[name] = float(centroid @ c / (np.linalg.norm(centroid) * np.linalg.norm(c)))
