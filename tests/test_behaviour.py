@@ -97,7 +97,7 @@ def test_cli_unknown_dataset_is_one_line(tmp_path):
 # --- judges --------------------------------------------------------------------------------------------------------
 from capo.data.schema import NLI
 from capo.errors import DataError
-from capo.evaluate.imitation import generated_responses, imitation_report, style_stats
+from capo.evaluate.imitation import generated_responses, imitation_report, source_report, style_stats
 from capo.evaluate.judges import (
     LLMJudge,
     TrainedJudge,
@@ -208,6 +208,15 @@ def test_imitation_report_leaves_out_annotators_without_real_responses(monkeypat
     assert set(report["style"]) == {"generated", "A1", "A3", "A4"}
     assert report["nearest_annotator"] == "A3" and report["centroid_cosine"]["A3"] == pytest.approx(1.0)
     assert all(np.isfinite(list(report["label_js"].values())))
+
+    # A generated source whose target has nothing real on these items gets a row that says so.
+    items = {r.item_id: type("I", (), {"id": r.item_id, "inputs": {"premise": r.inputs[0], "hypothesis": "h"}})()
+             for r in real}
+    records = [{"id": r.item_id, "target": target, "label": r.label, "explanation": r.explanation}
+               for target in ("A2", "A3") for r in real if r.annotator == "A3"]
+    per, _ = source_report(records, items, NLI, judge, real, ks=[1], embeddings=False)
+    assert per["A2"]["note"] == "no real held-out response from A2 on these items" and "label_js" not in per["A2"]
+    assert per["A2"]["generated"] == per["A3"]["generated"] > 0 and per["A3"]["label_js_target"] == pytest.approx(0)
 
 
 def test_generated_responses_count_unparsed_and_locate_unknown_items():

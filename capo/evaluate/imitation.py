@@ -153,7 +153,10 @@ def source_report(records: Sequence[Mapping], items: Mapping[str, Item], label_s
                "attributed": dict(zip(judge.classes, attributed.round(4).tolist(), strict=True))}
         if target is not None:
             targeted.extend(responses)
-            row.update(imitation_report(target, responses, real, judge, label_space, ks=ks, seed=seed,
-                                        embeddings=embeddings))
+            if any(r.annotator == target for r in real):
+                row.update(imitation_report(target, responses, real, judge, label_space, ks=ks, seed=seed,
+                                            embeddings=embeddings))
+            else:  # nothing of the target's to imitate on these items (a small or partial held-out set)
+                row["note"] = f"no real held-out response from {target} on these items"
         per[str(target)] = row
     return per, targeted
