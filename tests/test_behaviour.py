@@ -192,7 +192,7 @@ def test_imitation_report_recognises_a_faithful_imitator_more_as_groups_grow():
 
 
 def test_imitation_report_leaves_out_annotators_without_real_responses(monkeypatch):
-    import capo.evaluate.imitation as imitation
+    from capo.evaluate import imitation
 
     # Stand-in sentence embedding: the counts of a few words (MiniLM itself is tested in the variability tests).
     vocab = ("seemingly", "the", "statement", "x")

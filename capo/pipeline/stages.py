@@ -508,6 +508,13 @@ def plan_finetune(ctx: Context) -> None:
         FINETUNE.parse(finetune_argv(ctx, "chaosnli", "chaosnli", ctx.args.seeds[0]))
     except DataError as err:
         raise _refused(err, "finetune_args", FINETUNE) from None
+    # The best MJD is a training source over the 341 items: an MJD run on a subset would stop the stage hours later.
+    for name, config in named_paths(ctx.args.mjd_runs, "mjd_runs").items():
+        (parsed,) = MJD.parse(mjd_argv(ctx, name, config))
+        if parsed.dataset != "nli341" or (parsed.limit is not None and parsed.limit < 341):
+            raise DataError(f"finetune trains on the best MJD over the 341 items, but MJD run {name!r} covers "
+                            f"{parsed.dataset}" + (f" limited to {parsed.limit} items" if parsed.limit else "")
+                            + ": set finetune false or run the MJDs on all 341 items", field="finetune")
 
 
 def run_finetune(ctx: Context) -> dict:
