@@ -24,7 +24,7 @@ def pipeline_status(args: PipelineArguments, log: Callable[[str], None] = print)
     """Print where the run in `args.output_dir` stands (each stage's state, wall time so far, attempts); runs
     nothing."""
     rows = stage_states(STAGES, args, args.output_dir, skip=args.skip)
-    width = max(len(r["stage"]) for r in rows)
+    width = max((len(r["stage"]) for r in rows), default=0)
     for r in rows:
         log(f"{r['stage']:<{width}}  {r['state']:<45} {r['wall_seconds']:>10.1f} s  {r['attempts']} attempt(s)")
     total = sum(r["wall_seconds"] for r in rows)
