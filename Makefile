@@ -69,9 +69,9 @@ attribution: setup models/corpus-lm/config.json
 	  --adapter 'sft=$(ATTR)/seed{seed}/sft/{task}/{annotator}' --adapter 'capo=$(ATTR)/seed{seed}/capo/{task}/{annotator}'
 
 # Two pytest-xdist workers, one per core (tests/conftest.py gives each one thread); `make test` stays under 5 minutes
-# on the 2-core machine, install and conversion included (248 s from a clean clone, docs/benchmarks.md), by leaving out the tests marked heavy (several processes
-# under accelerate/DDP, kill-and-resume of a second full training run, real SmolLM2 training steps); `make test-all`
-# runs every test (about 6 minutes of tests).
+# on the 2-core machine, install and conversion included (248 s from a clean clone, docs/benchmarks.md), by leaving
+# out the tests marked heavy (several processes under accelerate/DDP, kill-and-resume of a second full training run,
+# real SmolLM2 training steps); `make test-all` runs every test (about 6 minutes of tests).
 test: setup models/smollm2-135m-instruct/config.json
 	$(PY) -m pytest -q -n 2 -m "not heavy"
 
