@@ -113,7 +113,8 @@ def _read(path: Path) -> dict | None:
 
 class _Attempt:
     """One attempt at a stage: writes the pending record (`base` plus the attempts so far, this one with its elapsed
-    seconds) on entry and then every HEARTBEAT_SECONDS from a daemon thread, until the block exits."""
+    seconds) on entry, then every HEARTBEAT_SECONDS from a daemon thread (what survives a kill), and once more when
+    the block exits with an exception (Ctrl-C, an error: the exact time)."""
 
     def __init__(self, path: Path, base: dict, earlier: list[dict]):
         self.path, self.base, self.earlier = path, base, earlier
@@ -130,16 +131,21 @@ class _Attempt:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
-            self._write()
+            try:
+                self._write()
+            except OSError:  # a full disk or a removed folder costs the record of this interval, not the stage
+                pass
 
     def __enter__(self) -> Self:
         self._write()
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        if exc_type is not None:
+            self._write()
 
 
 def _materials(stages: Sequence[Stage], args: Any) -> tuple[dict[str, dict], dict[str, str | None]]:
