@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
             if "attributed" not in row:
                 continue
             unparsed = row["unparsed"]
-            if "target" in row:
+            if "note" in row:
+                print(f"{name} {target}: {row['note']}, unparsed {unparsed}")
+            elif "target" in row:
                 single = row["attribution"][0]
                 print(f"{name} {target}: recognised {single['recognised']:.3f} (k={single['k']}), "
                       f"label JS {row['label_js_target']:.3f}, item agreement {row['item_label_agreement']:.3f}, "

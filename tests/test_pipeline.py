@@ -319,7 +319,7 @@ def test_bad_input_is_one_located_line_and_leaves_no_stage_json(first, tmp_path,
     assert "sft_args" in line and "max_stepz" in line
     line = _fails(fresh, capsys, "--finetune", "true", "--finetune_config",  # the config's MJDs: 20 of 341 items
                   str(ROOT / "recipes" / "configs" / "finetune_cpu.yaml"))
-    assert "field 'finetune'" in line and "MJD run 'none' covers nli341 limited to 20 items" in line
+    assert "field 'finetune'" in line and "MJD run 'none' covers 20 of them (nli341, limit 20)" in line
     assert not (fresh / "run").exists() or not list((fresh / "run").rglob(STAGE_FILE))
 
     # A finished run, then a config whose MJD stage fails halfway (too few items to calibrate): the stages it

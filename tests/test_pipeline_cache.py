@@ -38,13 +38,13 @@ def test_the_heartbeat_records_a_running_stages_time(tmp_path, monkeypatch):
 
     def run(ctx):  # what a kill would leave behind: the pending record as the heartbeat last wrote it
         deadline = time.monotonic() + 10
-        while _pending_seconds(ctx.dir("work")) == 0 and time.monotonic() < deadline:
+        while _pending_seconds(ctx.dir("work")) < cache.HEARTBEAT_SECONDS and time.monotonic() < deadline:
             time.sleep(0.01)
         seen.append(_pending_seconds(ctx.dir("work")))
         return {"line": "ok"}
 
     run_stages([Stage(name="work", run=run)], SimpleNamespace(), tmp_path, log=lambda line: None)
-    assert seen[0] > 0
+    assert seen[0] >= cache.HEARTBEAT_SECONDS  # only a write after the first interval can say so
 
 
 def test_a_resumed_stage_counts_the_interrupted_attempt(tmp_path, monkeypatch):
@@ -70,7 +70,7 @@ def test_a_changed_signature_starts_over_without_the_old_attempts(tmp_path):
     rows = run_stages([_stage(0.0, fail=False)], SimpleNamespace(value=2), tmp_path, log=lambda line: None)
     record = json.loads((tmp_path / "work" / STAGE_FILE).read_text())
     assert rows[0]["status"] == "ran" and record["resumed"] is False
-    assert len(record["attempts"]) == 1 and record["attempts"][0]["seconds"] < 0.2
+    assert len(record["attempts"]) == 1
 
 
 def test_stage_states_say_where_a_run_stands_without_running_anything(tmp_path):
@@ -100,5 +100,8 @@ def test_stage_states_say_where_a_run_stands_without_running_anything(tmp_path):
     assert states["third"] == {"stage": "third", "state": "not started", "attempts": 0, "wall_seconds": 0}
 
     changed = {r["stage"]: r["state"] for r in cache.stage_states(stages, SimpleNamespace(value=2), tmp_path)}
-    assert changed == {"first": "stale (runs again)", "second": "in progress or interrupted (starts over: config "
-                       "changed)", "third": "not started"}
+    assert changed == {"first": "stale (runs again)", "second": "in progress or interrupted (starts over)",
+                       "third": "not started"}
+    forced = {r["stage"]: r["state"] for r in cache.stage_states(stages, args, tmp_path, from_stage="first")}
+    assert forced == {"first": "finished (runs again: --from)", "second": "in progress or interrupted (starts over)",
+                      "third": "not started"}

@@ -131,10 +131,13 @@ class _Attempt:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
-            try:
-                self._write()
-            except OSError:  # a full disk or a removed folder costs the record of this interval, not the stage
-                pass
+            self._try_write()
+
+    def _try_write(self) -> None:
+        try:
+            self._write()
+        except (OSError, DataError):  # a full disk or a removed folder costs this record, not the stage (or its error)
+            pass
 
     def __enter__(self) -> Self:
         self._write()
@@ -145,7 +148,7 @@ class _Attempt:
         self._stop.set()
         self._thread.join()
         if exc_type is not None:
-            self._write()
+            self._try_write()
 
 
 def _materials(stages: Sequence[Stage], args: Any) -> tuple[dict[str, dict], dict[str, str | None]]:
@@ -158,12 +161,18 @@ def _materials(stages: Sequence[Stage], args: Any) -> tuple[dict[str, dict], dic
     return materials, signatures
 
 
-def stage_states(stages: Sequence[Stage], args: Any, root: str | Path, skip: Sequence[str] = ()) -> list[dict]:
+def stage_states(stages: Sequence[Stage], args: Any, root: str | Path, *, from_stage: str | None = None,
+                 skip: Sequence[str] = ()) -> list[dict]:
     """Where a run stands, without running anything: per enabled stage its state (finished; stale = finished under
-    another signature, runs again; in progress or interrupted, resumes / starts over; not started), the wall time
-    spent on it so far (every attempt) and the number of attempts."""
+    another signature, runs again; in progress or interrupted, resumes / starts over; not started; `from_stage` and
+    every later stage run again), the wall time spent on it so far (every attempt) and the number of attempts."""
     root = Path(root)
     stages = enabled_stages(stages, args, skip)
+    names = [s.name for s in stages]
+    if from_stage is not None and from_stage not in names:
+        raise DataError(f"unknown or disabled stage {from_stage!r} (this run's stages: {', '.join(names)})",
+                        field="from")
+    forced = set(names[names.index(from_stage):]) if from_stage else set()
     _, signatures = _materials(stages, args)
     rows = []
     for stage in stages:
@@ -171,14 +180,15 @@ def stage_states(stages: Sequence[Stage], args: Any, root: str | Path, skip: Seq
         pending = _read(root / stage.name / PENDING_FILE)
         if record is not None and record.get("signature") == signatures[stage.name]:
             state, attempts = "finished", record.get("attempts", [{"seconds": record.get("wall_seconds", 0)}])
+            state += " (runs again: --from)" if stage.name in forced else ""
         elif pending is not None:
-            same = pending.get("signature") == signatures[stage.name]
-            state = "in progress or interrupted" + (" (resumes)" if same else " (starts over: config changed)")
+            same = pending.get("signature") == signatures[stage.name] and stage.name not in forced
+            state = "in progress or interrupted" + (" (resumes)" if same else " (starts over)")
             attempts = pending.get("attempts", [])
         else:
             state, attempts = ("stale (runs again)" if record is not None else "not started"), []
         rows.append({"stage": stage.name, "state": state, "attempts": len(attempts),
-                     "wall_seconds": round(sum(a.get("seconds", 0) for a in attempts), 1)})
+                     "wall_seconds": round(sum(a.get("seconds", 0) for a in attempts), 2)})
     return rows
 
 

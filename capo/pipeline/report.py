@@ -181,9 +181,11 @@ def _imitation(report: Report) -> None:
     for key, made in record["summary"]["reports"].items():
         entry = read_json(report.ctx.root / made["file"])
         human = entry["human_heldout"]
-        rows, series, ceiling = [], {}, {}
+        rows, series, ceiling, notes = [], {}, {}, []
         for source, per in entry["sources"].items():
             for target, row in per.items():
+                if row.get("note"):
+                    notes.append(f"{source} {target}: {row['note']}")
                 first = (row.get("attribution") or [{}])[0]
                 judged = max(row.get("attributed", {}).items(), key=lambda kv: kv[1], default=None)
                 rows.append([source, target if target != "None" else "– (no target)", row.get("generated", 0),
@@ -202,6 +204,7 @@ def _imitation(report: Report) -> None:
                    _table(["source", "target", "generated", "unparsed", "judged mostly as", "recognised (k=1)",
                            "human ceiling (k=1)", "label JS to target", "item label agreement", "nearest annotator"],
                           rows),
+                   *([f"No imitation measures for {'; '.join(notes)}."] if notes else []),
                    report.caption("imitation", model=report.args.model if entry["judge"] == "llm" else
                                   f"{entry['judge']} judge ({entry['features']})", seeds="0 (judge)",
                                   commands=[made["command"]]))

@@ -23,10 +23,10 @@ def run_pipeline(args: PipelineArguments, log: Callable[[str], None] = print) ->
 def pipeline_status(args: PipelineArguments, log: Callable[[str], None] = print) -> list[dict]:
     """Print where the run in `args.output_dir` stands (each stage's state, wall time so far, attempts); runs
     nothing."""
-    rows = stage_states(STAGES, args, args.output_dir, skip=args.skip)
+    rows = stage_states(STAGES, args, args.output_dir, from_stage=args.from_stage, skip=args.skip)
     width = max((len(r["stage"]) for r in rows), default=0)
     for r in rows:
-        log(f"{r['stage']:<{width}}  {r['state']:<45} {r['wall_seconds']:>10.1f} s  {r['attempts']} attempt(s)")
+        log(f"{r['stage']:<{width}}  {r['state']:<40} {r['wall_seconds']:>10.1f} s  {r['attempts']} attempt(s)")
     total = sum(r["wall_seconds"] for r in rows)
     done = sum(r["state"] == "finished" for r in rows)
     log(f"{done} of {len(rows)} stages finished; {total:.0f} s ({total / 3600:.2f} h) of wall time recorded so far")

@@ -508,13 +508,19 @@ def plan_finetune(ctx: Context) -> None:
         FINETUNE.parse(finetune_argv(ctx, "chaosnli", "chaosnli", ctx.args.seeds[0]))
     except DataError as err:
         raise _refused(err, "finetune_args", FINETUNE) from None
-    # The best MJD is a training source over the 341 items: an MJD run on a subset would stop the stage hours later.
+    # The best MJD (whichever run it is, known only after they all ran) is a training source over the 341 items:
+    # an MJD run on other items or a subset would stop this stage hours later.
+    from capo.data.loaders import load_dataset
+
+    wanted = {item.id for item in load_dataset("nli341")}
     for name, config in named_paths(ctx.args.mjd_runs, "mjd_runs").items():
         (parsed,) = MJD.parse(mjd_argv(ctx, name, config))
-        if parsed.dataset != "nli341" or (parsed.limit is not None and parsed.limit < 341):
+        covered = {item.id for item in load_dataset(parsed.dataset)[: parsed.limit]}
+        if not wanted <= covered:
             raise DataError(f"finetune trains on the best MJD over the 341 items, but MJD run {name!r} covers "
-                            f"{parsed.dataset}" + (f" limited to {parsed.limit} items" if parsed.limit else "")
-                            + ": set finetune false or run the MJDs on all 341 items", field="finetune")
+                            f"{len(wanted & covered)} of them ({parsed.dataset}"
+                            + (f", limit {parsed.limit}" if parsed.limit is not None else "")
+                            + "): set finetune false or run every MJD on all 341 items", field="finetune")
 
 
 def run_finetune(ctx: Context) -> dict:
