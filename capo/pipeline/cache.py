@@ -161,18 +161,24 @@ def _materials(stages: Sequence[Stage], args: Any) -> tuple[dict[str, dict], dic
     return materials, signatures
 
 
+def _plan_order(stages: Sequence[Stage], args: Any, from_stage: str | None, skip: Sequence[str]
+                ) -> tuple[list[Stage], set[str]]:
+    """The enabled stages in order, and the names `from_stage` forces to run again (it and every later stage)."""
+    stages = enabled_stages(stages, args, skip)
+    names = [s.name for s in stages]
+    if from_stage is not None and from_stage not in names:
+        raise DataError(f"unknown or disabled stage {from_stage!r} (this run's stages: {', '.join(names)})",
+                        field="from")
+    return stages, set(names[names.index(from_stage):]) if from_stage else set()
+
+
 def stage_states(stages: Sequence[Stage], args: Any, root: str | Path, *, from_stage: str | None = None,
                  skip: Sequence[str] = ()) -> list[dict]:
     """Where a run stands, without running anything: per enabled stage its state (finished; stale = finished under
     another signature, runs again; in progress or interrupted, resumes / starts over; not started; `from_stage` and
     every later stage run again), the wall time spent on it so far (every attempt) and the number of attempts."""
     root = Path(root)
-    stages = enabled_stages(stages, args, skip)
-    names = [s.name for s in stages]
-    if from_stage is not None and from_stage not in names:
-        raise DataError(f"unknown or disabled stage {from_stage!r} (this run's stages: {', '.join(names)})",
-                        field="from")
-    forced = set(names[names.index(from_stage):]) if from_stage else set()
+    stages, forced = _plan_order(stages, args, from_stage, skip)
     _, signatures = _materials(stages, args)
     rows = []
     for stage in stages:
@@ -197,14 +203,9 @@ def run_stages(stages: Sequence[Stage], args: Any, root: str | Path, *, from_sta
     """Run `stages` in order with caching; returns one row per enabled stage: name, status (ran / resumed /
     cached), signature, wall_seconds, summary."""
     root = Path(root)
-    stages = enabled_stages(stages, args, skip)
-    names = [s.name for s in stages]
-    if from_stage is not None and from_stage not in names:
-        raise DataError(f"unknown or disabled stage {from_stage!r} (this run's stages: {', '.join(names)})",
-                        field="from")
-    ctx = Context(args, root, log, tuple(names))
+    stages, forced = _plan_order(stages, args, from_stage, skip)
+    ctx = Context(args, root, log, tuple(s.name for s in stages))
     materials, signatures = _materials(stages, args)
-    forced = set(names[names.index(from_stage):]) if from_stage else set()
     records = {s.name: _read(root / s.name / STAGE_FILE) for s in stages}
     todo = [s for s in stages
             if s.name in forced or (records[s.name] or {}).get("signature") != signatures[s.name]]
