@@ -96,18 +96,21 @@ def imitation_report(target: str, generated: Sequence[Response], real: Sequence[
     from scipy.spatial.distance import jensenshannon
 
     classes = list(judge.classes)
-    target_real = [r for r in real if r.annotator == target]
+    # Annotators with no real response on these items (a small or partial held-out set) are left out of the
+    # comparisons against each annotator rather than compared with an empty set.
+    real_of: dict[str, list[Response]] = {}
+    for r in real:
+        real_of.setdefault(r.annotator, []).append(r)
+    present = [name for name in classes if name in real_of]
+    target_real = real_of.get(target, [])
     if not generated or not target_real:
         raise DataError(f"target {target}: {len(generated)} generated and {len(target_real)} real held-out responses")
     report = {"target": target, "generated": len(generated),
               "attribution": group_attribution(judge.log_proba(generated), generated, target, ks, seed, classes),
               "human_ceiling": group_attribution(judge.log_proba(target_real), target_real, target, ks, seed, classes)}
     generated_labels = label_distribution(generated, label_space)
-    # Annotators with no real response on these items (a small or partial held-out set) are left out of the
-    # comparisons against each annotator rather than compared with an empty set.
-    present = [name for name in classes if any(r.annotator == name for r in real)]
-    report["label_js"] = {name: float(jensenshannon(label_distribution([r for r in real if r.annotator == name],
-                                                                        label_space), generated_labels, base=2))
+    report["label_js"] = {name: float(jensenshannon(label_distribution(real_of[name], label_space), generated_labels,
+                                                    base=2))
                           for name in present}
     report["label_js_target"] = report["label_js"][target]
     target_labels = {}
@@ -115,14 +118,12 @@ def imitation_report(target: str, generated: Sequence[Response], real: Sequence[
         target_labels.setdefault(r.item_id, set()).add(r.label)
     shared = [r for r in generated if r.item_id in target_labels]
     report["item_label_agreement"] = float(np.mean([r.label in target_labels[r.item_id] for r in shared])) if shared else float("nan")
-    report["style"] = {"generated": style_stats(generated), **{name: style_stats([r for r in real if r.annotator == name])
-                                                               for name in present}}
+    report["style"] = {"generated": style_stats(generated), **{name: style_stats(real_of[name]) for name in present}}
     if embeddings:
         centroid = embed([r.explanation for r in generated]).mean(axis=0)
         cosines = {}
         for name in present:
-            mine = [r.explanation for r in real if r.annotator == name]
-            c = embed(mine).mean(axis=0)
+            c = embed([r.explanation for r in real_of[name]]).mean(axis=0)
             cosines[name] = float(centroid @ c / (np.linalg.norm(centroid) * np.linalg.norm(c)))
         report["centroid_cosine"] = cosines
         report["nearest_annotator"] = max(cosines, key=cosines.get)
