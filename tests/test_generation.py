@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 
@@ -213,6 +214,46 @@ def test_a_conditioned_adapter_writes_as_each_target_with_its_id_in_the_prompt(c
     # the same targets on the base model (a prompting baseline) carry no persona line
     base = plan_units(select_items("varierr", "test", limit=1), {"A1": None}, targets=["A1"])
     assert "You are annotator" not in render_unit_prompt(tokenizer, base[0])
+
+
+def test_a_response_prefix_starts_every_answer_and_a_stop_string_ends_it(corpus_lm, tmp_path):
+    from capo.generate.backends.base import cut_at_stop
+
+    common = {"model": str(corpus_lm), "dataset": "varierr", "split": "test", "limit": 3, "targets": ["A1"],
+              "dtype": "float32", "max_new_tokens": 24}
+
+    def records(name: str, **options) -> list[dict]:
+        run_generation(GenerateArguments(**common, **options, output_dir=str(tmp_path / name)))
+        return [json.loads(line) for line in (tmp_path / name / MERGED).read_text().splitlines()]
+
+    plain, prefixed = records("plain"), records("prefixed", response_prefix="Label:")
+    stopped = records("stopped", response_prefix="Label:", stop=["\n"])
+    for p, q in zip(plain, prefixed, strict=True):
+        assert q["raw"].startswith("Label:") and q["prompt_tokens"] > p["prompt_tokens"]  # the prefix is in the prompt
+        assert q["parsed"] == (parse_response(q["raw"], "nli") is not None)
+    # Greedy decoding with a stop string is the same decoding cut before the stop string, and it ends sooner.
+    assert any("\n" in q["raw"] for q in prefixed)
+    for q, r in zip(prefixed, stopped, strict=True):
+        assert r["raw"] == "Label:" + cut_at_stop(q["raw"][len("Label:"):], ["\n"])
+        assert "\n" not in r["raw"] and r["generated_tokens"] <= q["generated_tokens"]
+    assert sum(r["generated_tokens"] for r in stopped) < sum(q["generated_tokens"] for q in prefixed)
+
+
+def test_the_pipelines_prompting_runs_pass_on_the_response_prefix_and_stop(tmp_path):
+    from capo.pipeline import layout
+    from capo.pipeline.arguments import parse
+    from capo.pipeline.launch import GENERATE
+
+    args = parse(["--output_dir", str(tmp_path), "--tasks", "nli", "--annotators", "A1", "A2", "--seeds", "0",
+                  "--generate_kinds", "sft", "--prompting_shots", "0", "4"])
+    runs = layout.generation_runs(args, tmp_path, "nli")
+    for name in ("zs", "fs4"):
+        parsed = GENERATE.parse(runs[name])[0]
+        assert (parsed.response_prefix, parsed.stop, parsed.targets) == ("Label:", ["\n\n"], ["A1", "A2"])
+    explainer = GENERATE.parse(runs["sft_s0"])[0]  # the trained explainers answer as they were trained
+    assert (explainer.response_prefix, explainer.stop) == ("", None)
+    plain = dataclasses.replace(args, prompting_response_prefix="", prompting_stop=[])  # as `[]` in a YAML config
+    assert {"--response_prefix", "--stop"}.isdisjoint(layout.generation_runs(plain, tmp_path, "nli")["zs"])
 
 
 @pytest.mark.parametrize("changes, field", [

@@ -29,6 +29,10 @@ def test_paraphrase_prompt_uses_questions():
         ("Label: 7\nExplanation: off the scale", "paraphrase", None),
         ("Explanation: no label", "nli", None),
         ("Label: entailment\nExplanation:", "nli", None),
+        # the instruction's own words for the NLI labels; they mean nothing on the Likert scale
+        ("Label: Undetermined\nExplanation: not said", "nli", ("neutral", "not said")),
+        ("Label: false\nExplanation: opposite", "nli", ("contradiction", "opposite")),
+        ("Label: true\nExplanation: same", "paraphrase", None),
     ],
 )
 def test_parse_response(text, task, expected):

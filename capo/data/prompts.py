@@ -24,6 +24,8 @@ INSTRUCTIONS = {
         "Answer as 'Label: <-5..5>' and then 'Explanation: <one or two sentences>'."
     ),
 }
+# The instruction's own words for the labels: a prompted model may answer with them.
+LABEL_WORDS = {"nli": {"true": "entailment", "undetermined": "neutral", "false": "contradiction"}}
 INPUT_NAMES = {"premise": "Context", "hypothesis": "Statement", "question1": "Question 1", "question2": "Question 2"}
 _RESPONSE = re.compile(r"^\s*Label:\s*(?P<label>[^\n]*?)\s*\n\s*Explanation:\s*(?P<explanation>.*?)\s*$", re.DOTALL)
 
@@ -63,12 +65,15 @@ def response_messages(label: str, explanation: str) -> list[dict[str, str]]:
 
 
 def parse_response(text: str, task: str) -> tuple[str, str] | None:
-    """(label, explanation) from a generated response, or None when it does not follow the format."""
+    """(label, explanation) from a generated response, or None when it does not follow the format. A label may be
+    written as the instruction words it (`LABEL_WORDS`)."""
     match = _RESPONSE.match(text)
     if not match or not match["explanation"]:
         return None
+    label = match["label"]
+    label = LABEL_WORDS.get(task, {}).get(label.strip().lower(), label)
     try:
-        return label_space(task).normalise(match["label"]), match["explanation"]
+        return label_space(task).normalise(label), match["explanation"]
     except ValueError:
         return None
 

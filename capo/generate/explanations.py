@@ -83,12 +83,15 @@ def few_shot_planner(train_items: Sequence[Item], k: int, seed: int):
     return examples
 
 
-def fit_examples(unit: Unit, tokenizer, max_prompt_tokens: int | None, max_new_tokens: int) -> Unit:
+def fit_examples(unit: Unit, tokenizer, max_prompt_tokens: int | None, max_new_tokens: int,
+                 response_prefix: str = "") -> Unit:
     """The unit with as many of its worked examples (in order) as fit `max_prompt_tokens` with the answer."""
     if not unit.examples or max_prompt_tokens is None:
         return unit
+
     def fits(candidate: Unit) -> bool:
-        prompt = tokenizer(render_unit_prompt(tokenizer, candidate), add_special_tokens=False)["input_ids"]
+        prompt = tokenizer(render_unit_prompt(tokenizer, candidate, response_prefix),
+                           add_special_tokens=False)["input_ids"]
         return len(prompt) + max_new_tokens <= max_prompt_tokens
 
     while unit.examples and not fits(unit):
@@ -103,18 +106,21 @@ def record_key(record: dict) -> str:
 
 
 
-def render_unit_prompt(tokenizer, unit: Unit) -> str:
+def render_unit_prompt(tokenizer, unit: Unit, response_prefix: str = "") -> str:
     """The explainer's prompt for a unit, as in SFT/CAPO training (`capo.data.prompts.prompt_messages`), with the
-    unit's worked examples (prompting baselines) or none, and the target's id for a conditioned explainer."""
-    return render_chat(tokenizer, prompt_messages(unit.item, unit.examples, unit.target if unit.conditioned else None))
+    unit's worked examples (prompting baselines) or none, and the target's id for a conditioned explainer; then the
+    start of the answer the model continues (`response_prefix`, e.g. "Label:")."""
+    messages = prompt_messages(unit.item, unit.examples, unit.target if unit.conditioned else None)
+    return render_chat(tokenizer, messages) + response_prefix
 
 
 def explain_units(
     backend: Backend, units: Sequence[Unit], *, adapter_ids: Mapping[str, str], max_new_tokens: int,
-    prompt: Callable[[Unit], str],
+    prompt: Callable[[Unit], str], response_prefix: str = "", stop: Sequence[str] = (),
 ) -> list[dict]:
     """Generate for one shard: one `generate` call per adapter (all its distinct prompts batched: greedy decoding
-    gives a repeated prompt the same answer, e.g. zero-shot prompting for several targets), records in unit order."""
+    gives a repeated prompt the same answer, e.g. zero-shot prompting for several targets), records in unit order.
+    `prompt` ends with `response_prefix`, which each record's `raw` text starts with; decoding ends before `stop`."""
     by_adapter: dict[str | None, list[int]] = {}
     for position, unit in enumerate(units):
         by_adapter.setdefault(unit.adapter, []).append(position)
@@ -122,11 +128,12 @@ def explain_units(
     for adapter, positions in by_adapter.items():
         texts = [prompt(units[p]) for p in positions]
         distinct = list(dict.fromkeys(texts))
-        answers = dict(zip(distinct, backend.generate(distinct, adapter=adapter, max_new_tokens=max_new_tokens),
-                           strict=True))
+        answers = dict(zip(distinct, backend.generate(distinct, adapter=adapter, max_new_tokens=max_new_tokens,
+                                                      stop=stop), strict=True))
         for position, text in zip(positions, texts, strict=True):
             unit, generation = units[position], answers[text]
-            parsed = parse_response(generation.text, unit.item.task)
+            raw = response_prefix + generation.text
+            parsed = parse_response(raw, unit.item.task)
             records[position] = {
                 "id": unit.item.id,
                 "annotator": unit.annotator,
@@ -134,7 +141,7 @@ def explain_units(
                 "label": parsed[0] if parsed else None,
                 "explanation": parsed[1] if parsed else None,
                 "parsed": parsed is not None,
-                "raw": generation.text,
+                "raw": raw,
                 "model": backend.model_id,
                 "adapter": adapter_ids.get(unit.adapter),
                 "prompt_tokens": generation.prompt_tokens,
@@ -214,6 +221,10 @@ class GenerateArguments:
     few_shot_seed: int = 0
     max_prompt_tokens: int | None = None  # with few_shot: fewer examples where a prompt and its answer would not
     # fit (default: the tokenizer's model_max_length); records list the examples they showed (few_shot_ids)
+    response_prefix: str = ""  # the start of every answer, written after the prompt for the model to continue
+    # (e.g. "Label:": small instruction models prompted zero- or few-shot ignore the format otherwise); raw keeps it
+    stop: list[str] | None = None  # decoding ends before the first of these strings (e.g. a blank line, where a
+    # few-shot prompt's next worked example would begin)
     split: str | None = "test"  # held-out items: this part of the adapters' split (`select_items`); None = all
     split_seed: int = 0
     limit: int | None = None  # only the first N items (after the split)
@@ -321,8 +332,13 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
     signature = {key: getattr(args, key) for key in ("split", "split_seed", "limit", "backend", "dtype", "batch_size",
                                                         "max_new_tokens", "tensor_parallel_size", "targets",
                                                         "few_shot", "few_shot_seed", "max_prompt_tokens")}
-    if args.conditioned:  # a new key only where used: earlier runs' signatures stay valid
+    # New keys only where used: earlier runs' signatures stay valid.
+    if args.conditioned:
         signature["conditioned"] = True
+    if args.response_prefix:
+        signature["response_prefix"] = args.response_prefix
+    if args.stop:
+        signature["stop"] = list(args.stop)
     # Content, not just names: a data file edited or a model / adapter replaced in place must not mix into a run.
     signature.update(model=fingerprint(args.model), dataset=fingerprint(args.dataset),
                      annotators={name: fingerprint(adapters[adapter]) if adapter else None
@@ -338,9 +354,11 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
     mine = sum(len(run.shard(k)) for k in run.shards_of(index, world))
     progress = Progress(mine, len(annotators), position=index, disable=not main)
     limit = args.max_prompt_tokens or _context_limit(backend.tokenizer)
-    fit = lambda chunk: [fit_examples(unit, backend.tokenizer, limit, args.max_new_tokens) for unit in chunk]
+    prefix, stop = args.response_prefix, args.stop or ()
+    fit = lambda chunk: [fit_examples(unit, backend.tokenizer, limit, args.max_new_tokens, prefix) for unit in chunk]
     run.run(lambda chunk: explain_units(backend, fit(chunk), adapter_ids=adapters, max_new_tokens=args.max_new_tokens,
-                                        prompt=lambda unit: render_unit_prompt(backend.tokenizer, unit)),
+                                        prompt=lambda unit: render_unit_prompt(backend.tokenizer, unit, prefix),
+                                        response_prefix=prefix, stop=stop),
             process_index=index, num_processes=world, progress=progress)
     throughput = progress.close()
     if process_index is None:

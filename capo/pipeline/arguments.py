@@ -56,6 +56,12 @@ class PipelineArguments:
     generate_base: bool = True
     prompting_shots: list[int] = field(default_factory=list, metadata={
         "help": "prompting baselines on the base model: 0 = zero-shot, K = K examples of the target's history"})
+    prompting_response_prefix: str = field(default="Label:", metadata={
+        "help": "prompting baselines: the start of the answer, written for the model to continue (small instruction "
+                "models ignore the requested format otherwise); empty: none"})
+    prompting_stop: list[str] = field(default_factory=lambda: ["\n\n"], metadata={
+        "help": "prompting baselines: decoding ends before these strings (a blank line: where a few-shot prompt's "
+                "next example would begin)"})
     generate_limit: int | None = None
     generate_max_new_tokens: int = 96
     generate_batch_size: int = field(default=16, metadata={"help": "generation batch size; also the jury's and "

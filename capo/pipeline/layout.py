@@ -80,7 +80,10 @@ def generation_runs(args, root: Path, task: str) -> dict[str, list[str]]:
     if args.generate_base:
         runs["base"] = ["--base", "true"]
     for shots in args.prompting_shots:
-        runs["zs" if shots == 0 else f"fs{shots}"] = ["--targets", *args.annotators, "--few_shot", str(shots)]
+        runs["zs" if shots == 0 else f"fs{shots}"] = [
+            "--targets", *args.annotators, "--few_shot", str(shots),
+            *(["--response_prefix", args.prompting_response_prefix] if args.prompting_response_prefix else []),
+            *(["--stop", *args.prompting_stop] if args.prompting_stop else [])]
     return {name: [*common, *options, "--output_dir", str(generation_dir(root, task, name))]
             for name, options in runs.items()}
 

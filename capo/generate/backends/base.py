@@ -29,6 +29,12 @@ def check_dtype(dtype: str) -> str:
 
 
 
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the earliest stop string (excluded), as vLLM returns it; unchanged without one."""
+    ends = [text.find(s) for s in stop if s and s in text]
+    return text[: min(ends)] if ends else text
+
+
 @dataclass
 class Generation:
     text: str  # the generated continuation only, special tokens removed
@@ -42,9 +48,10 @@ class Backend(Protocol):
 
     def generate(
         self, prompts: list[str], adapter: str | None = None, *, max_new_tokens: int = 128, temperature: float = 0.0,
-        seed: int = 0,
+        seed: int = 0, stop: Sequence[str] = (),
     ) -> list[Generation]:
-        """One continuation per prompt, in input order (greedy when temperature is 0)."""
+        """One continuation per prompt, in input order (greedy when temperature is 0), ending before the first of
+        the `stop` strings."""
         ...
 
     def score_next_token(self, prompts: Sequence[str], options: Sequence[str], adapter: str | None = None) -> np.ndarray:

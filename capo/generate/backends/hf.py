@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from capo.errors import DataError
-from capo.generate.backends.base import Generation, check_dtype
+from capo.generate.backends.base import Generation, check_dtype, cut_at_stop
 from capo.generate.scoring import HFScorer, active_adapter
 
 
@@ -102,23 +102,30 @@ class HFBackend:
         return {key: value.to(self.device) for key, value in batch.items()}
 
     def _generated_length(self, row: list[int]) -> int:
-        """Tokens up to and including the first end-of-sequence token (the rest is padding)."""
+        """Tokens up to and including the first end-of-sequence token; without one, up to the padding that follows a
+        stop string (the rest is padding)."""
         for position, token in enumerate(row):
             if token in self._eos_ids:
                 return position + 1
-        return len(row)
+        length = len(row)
+        while length and row[length - 1] == self.tokenizer.pad_token_id:
+            length -= 1
+        return length
 
     # --- the Backend interface -----------------------------------------------------------------------------------
 
     def generate(
         self, prompts: list[str], adapter: str | None = None, *, max_new_tokens: int = 128, temperature: float = 0.0,
-        seed: int = 0,
+        seed: int = 0, stop: Sequence[str] = (),
     ) -> list[Generation]:
         import torch
 
         encoded = self._encode(prompts)
         results: list[Generation | None] = [None] * len(prompts)
         sampling = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
+        stop = [s for s in stop if s]
+        if stop:  # ends a row's decoding early; the text is cut at the stop string below
+            sampling.update(stop_strings=stop, tokenizer=self.tokenizer)
         with torch.inference_mode(), active_adapter(self.model, adapter):
             for batch in self._batches(encoded):
                 inputs = self._pad([encoded[i] for i in batch])
@@ -130,7 +137,7 @@ class HFBackend:
                 new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
                 for index, row in zip(batch, new_tokens, strict=True):
                     length = self._generated_length(row)
-                    text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
+                    text = cut_at_stop(self.tokenizer.decode(row[:length], skip_special_tokens=True), stop)
                     results[index] = Generation(text=text, prompt_tokens=len(encoded[index]), generated_tokens=length)
         return results  # type: ignore[return-value]
 
