@@ -333,3 +333,18 @@ def test_bad_input_is_one_located_line_and_leaves_no_stage_json(first, tmp_path,
     statuses = _run(copy)
     assert [s for s, status in statuses.items() if status == "ran"] == ["mjd", "distributions", "report"]
     assert _results(copy) == _results(first)
+
+
+def test_the_gpu_study_differs_from_the_cpu_study_only_in_model_batch_sizes_and_launcher():
+    import yaml
+
+    def config(name: str) -> dict:
+        values = yaml.safe_load((ROOT / "recipes" / "configs" / name).read_text(encoding="utf-8"))
+        for key in ("sft_args", "capo_args", "mjd_args", "perspectivist_args"):  # their batch sizes may differ
+            values[key] = [v for v in values[key] if "batch_size" not in v.partition("=")[0]]
+        return values
+
+    cpu, gpu = config("pipeline_study.yaml"), config("pipeline_gpu.yaml")
+    differing = {key for key in cpu.keys() | gpu.keys() if cpu.get(key) != gpu.get(key)}
+    assert differing <= {"output_dir", "model", "launcher", "launcher_args", "generate_batch_size"}
+    assert {"model", "launcher"} <= differing
