@@ -348,3 +348,13 @@ def test_the_gpu_study_differs_from_the_cpu_study_only_in_model_batch_sizes_and_
     differing = {key for key in cpu.keys() | gpu.keys() if cpu.get(key) != gpu.get(key)}
     assert differing <= {"output_dir", "model", "launcher", "launcher_args", "generate_batch_size"}
     assert {"model", "launcher"} <= differing
+
+
+@pytest.mark.parametrize("value", ["\n\n", "it's\n\ta", "plain", "two words", "é\\n\n"])
+def test_a_reported_command_is_one_line_that_bash_reads_back(value):
+    from capo.pipeline.launch import shell_quote
+
+    quoted = shell_quote(value)
+    assert "\n" not in quoted
+    echoed = subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, text=True, check=True)
+    assert echoed.stdout == value

@@ -136,11 +136,23 @@ PERSPECTIVIST = Job("recipes/perspectivist.py", _parse_perspectivist, _run_persp
 FINETUNE = Job("recipes/finetune.py", _parse_finetune, _run_finetune, distributed=False)
 
 
+_ANSI_C_ESCAPES = str.maketrans({"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def shell_quote(arg: str) -> str:
+    """`shlex.quote`, but a value with a line break or tab as bash's `$'...'`, so a command stays on one line."""
+    if not any(c in arg for c in "\n\r\t"):
+        return shlex.quote(arg)
+    return "$'" + arg.translate(_ANSI_C_ESCAPES) + "'"
+
+
 def command_line(args, job: Job, argv: list[str]) -> str:
-    """The command that runs this job on its own (what the report quotes)."""
+    """The command that runs this job on its own, on one line (what the report quotes)."""
     if args.launcher == "accelerate" and job.distributed:
-        return shlex.join(["accelerate", "launch", *launcher_argv(args.launcher_args), job.script, *argv])
-    return shlex.join(["python", job.script, *argv])
+        words = ["accelerate", "launch", *launcher_argv(args.launcher_args), job.script, *argv]
+    else:
+        words = ["python", job.script, *argv]
+    return " ".join(map(shell_quote, words))
 
 
 def launch(args, job: Job, argv: list[str], **options) -> str:
