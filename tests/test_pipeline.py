@@ -358,3 +358,32 @@ def test_a_reported_command_is_one_line_that_bash_reads_back(value):
     assert "\n" not in quoted
     echoed = subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, text=True, check=True)
     assert echoed.stdout == value
+
+
+def test_the_imitation_summary_pools_seeds_per_kind_and_counts_every_parsed_targeted_response():
+    from capo.pipeline.report import imitation_summary
+
+    def row(target, generated, unparsed, first, last, js, agreement):
+        return {"target": target, "generated": generated, "unparsed": unparsed,
+                "attribution": [{"k": 1, "groups": 4, "recognised": first}, {"k": 4, "groups": 1, "recognised": last},
+                                {"k": 16, "groups": 0, "recognised": float("nan")}],
+                "human_ceiling": [{"k": 1, "groups": 5, "recognised": 0.6}, {"k": 4, "groups": 1, "recognised": 1.0}],
+                "label_js_target": js, "item_label_agreement": agreement}
+
+    entry = {
+        "human_heldout": {"n": 10, "accuracy": 0.7, "ci_low": 0.4, "ci_high": 0.9},
+        "sources": {
+            "sft_s0": {"A1": row("A1", 5, 1, 0.5, 1.0, 0.2, 0.4), "A2": row("A2", 5, 0, 0.3, 0.0, 0.4, 0.6),
+                       "A3": {"generated": 2, "unparsed": 0, "note": "no real held-out response from A3"}},
+            "sft_s1": {"A1": row("A1", 5, 0, 0.7, 1.0, 0.6, 0.2)},
+            "base": {"None": {"generated": 5, "unparsed": 0, "attributed": {"A1": 1.0}}},
+        },
+        "confusion": {"sft_s0": {"n": 11, "accuracy": 0.4, "ci_low": 0.1, "ci_high": 0.7},
+                      "sft_s1": {"n": 5, "accuracy": 0.6, "ci_low": 0.2, "ci_high": 1.0}},
+    }
+    human, sft = imitation_summary(entry)  # base has no target: no row
+    assert (human["responses"], human["first"], human["last"], human["last_k"]) == (10, 0.6, 1.0, 4)
+    assert sft["source"] == "sft" and sft["responses"] == 4 + 5 + 2 + 5  # the note row's responses count too
+    assert sft["attributed"] == [("0", 0.4, 0.1, 0.7), ("1", 0.6, 0.2, 1.0)]
+    assert sft["first"] == pytest.approx(0.5) and sft["last"] == pytest.approx(2 / 3) and sft["last_k"] == 4
+    assert sft["js"] == pytest.approx(0.4) and sft["agreement"] == pytest.approx(0.4)

@@ -170,6 +170,74 @@ def _attribution(report: Report) -> None:
     report.add(report.caption("attribution"))
 
 
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(values) / len(values) if values else None
+
+
+def _seedless(source: str) -> str:
+    """`sft_s0` -> `sft`: a run's kind, its seeds pooled in the summary."""
+    kind, sep, seed = source.rpartition("_s")
+    return kind if sep and seed.isdigit() else source
+
+
+def imitation_summary(entry: dict) -> list[dict]:
+    """One row per kind of response (human held-out, then each generation run with its seeds pooled): every parsed
+    response with a target attributed by the judge, accuracy [95% CI] per seed; then the targets' means of
+    recognition at the smallest and largest group size, label JS distance and per-item label agreement."""
+    human = entry["human_heldout"]
+    rows = [{"source": "human held-out", "responses": human["n"],
+             "attributed": [(None, human["accuracy"], human["ci_low"], human["ci_high"])]}]
+    kinds: dict[str, dict] = {}
+    for source, per in entry["sources"].items():
+        with_target = [row for target, row in per.items() if target != "None"]  # a note row has no measures
+        targeted = [row for row in with_target if row.get("attribution")]
+        if not with_target:
+            continue
+        kind = kinds.setdefault(_seedless(source), {"source": _seedless(source), "responses": 0, "attributed": [],
+                                                     "first": [], "last": [], "js": [], "agreement": []})
+        kind["responses"] += sum(row.get("generated", 0) - (row.get("unparsed") or 0) for row in with_target)
+        rep = entry.get("confusion", {}).get(source)
+        if rep:
+            seed = source.rpartition("_s")[2] if _seedless(source) != source else None
+            kind["attributed"].append((seed, rep["accuracy"], rep["ci_low"], rep["ci_high"]))
+        for row in targeted:
+            filled = [a for a in row["attribution"] if a["groups"]]
+            kind["first"].append(filled[0]["recognised"] if filled else None)
+            kind["last"].append((filled[-1]["k"], filled[-1]["recognised"]) if filled else None)
+            kind["js"].append(row.get("label_js_target"))
+            kind["agreement"].append(row.get("item_label_agreement"))
+    ceilings: dict[str, list[dict]] = {}  # the same real responses grouped the same way, whatever the source
+    for per in entry["sources"].values():
+        for target, row in per.items():
+            if row.get("human_ceiling"):
+                ceilings.setdefault(target, [a for a in row["human_ceiling"] if a["groups"]])
+    filled = [c for c in ceilings.values() if c]
+    if filled:
+        rows[0].update(first=_mean([c[0]["recognised"] for c in filled]), last=_mean([c[-1]["recognised"] for c in filled]),
+                       last_k=max(c[-1]["k"] for c in filled))
+    for kind in kinds.values():
+        last = [x for x in kind.pop("last") if x]
+        rows.append({**kind, "first": _mean(kind["first"]), "js": _mean(kind["js"]),
+                     "agreement": _mean(kind["agreement"]),
+                     "last_k": max((k for k, _ in last), default=None), "last": _mean([r for _, r in last])})
+    return rows
+
+
+def _summary_table(rows: list[dict]) -> str:
+    def attributed(row: dict) -> str:
+        parts = [f"{'' if seed is None else f's{seed} '}{acc:.3f} [{low:.3f}, {high:.3f}]"
+                 for seed, acc, low, high in row["attributed"]]
+        mean = f"; mean {_mean([a for _, a, _, _ in row['attributed']]):.3f}" if len(parts) > 1 else ""
+        return "; ".join(parts) + mean if parts else "–"
+
+    return _table(["source", "parsed responses", "attributed to its target [95% CI]", "recognised k=1",
+                   "recognised at the largest k", "label JS to target", "item label agreement"],
+                  [[row["source"], row["responses"], attributed(row), row.get("first"),
+                    f"{_num(row.get('last'))} (k={row['last_k']})" if row.get("last_k") else "–", row.get("js"),
+                    row.get("agreement")] for row in rows])
+
+
 def _imitation(report: Report) -> None:
     from capo.evaluate.judges import confusion_plot
 
@@ -198,9 +266,12 @@ def _imitation(report: Report) -> None:
                                                     if a["groups"]]
                     ceiling.setdefault(target, [(a["k"], a["recognised"]) for a in row["human_ceiling"]
                                                 if a["groups"]])
+        summary = imitation_summary(entry)
         report.add(f"**{entry['task']}, {entry['judge']} judge** — human held-out accuracy {human['accuracy']:.3f} "
                    f"[{human['ci_low']:.3f}, {human['ci_high']:.3f}] (chance {human['chance']:.2f}, "
-                   f"{human['n']} responses)",
+                   f"{human['n']} responses). Summary: every kind of response, seeds pooled (recognition, label JS "
+                   "and agreement are means over targets); then each run and target.",
+                   _summary_table(summary),
                    _table(["source", "target", "generated", "unparsed", "judged mostly as", "recognised (k=1)",
                            "human ceiling (k=1)", "label JS to target", "item label agreement", "nearest annotator"],
                           rows),
@@ -219,7 +290,7 @@ def _imitation(report: Report) -> None:
             name = f"imitation_k_{key}.png"
             plots.imitation_by_k(series, ceiling, report.out / name, f"{key}: recognised as the target vs k")
             report.plot(name, f"{key} imitation vs group size")
-        report.results["imitation"][key] = entry
+        report.results["imitation"][key] = {**entry, "summary": summary}
 
 
 VARIABILITY_COLUMNS = ("items", "explanations", "lex1_within", "lex2_within", "lex1_input", "pos2_within",
