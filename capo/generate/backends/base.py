@@ -28,7 +28,6 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
-
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """`text` up to the earliest stop string (excluded), as vLLM returns it; unchanged without one."""
     ends = [text.find(s) for s in stop if s and s in text]
