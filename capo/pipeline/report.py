@@ -175,10 +175,21 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _seedless(source: str) -> str:
-    """`sft_s0` -> `sft`: a run's kind, its seeds pooled in the summary."""
+def _kind_and_seed(source: str) -> tuple[str, str | None]:
+    """`sft_s0` -> (`sft`, `0`); a run without a seed (`fs16`) -> (`fs16`, None). The summary pools a kind's seeds."""
     kind, sep, seed = source.rpartition("_s")
-    return kind if sep and seed.isdigit() else source
+    return (kind, seed) if sep and seed.isdigit() else (source, None)
+
+
+def _human_ceilings(entry: dict) -> dict[str, list[dict]]:
+    """Target -> the judge's recognition of that target's real held-out responses at each filled group size (the
+    same real responses grouped the same way, whatever the source)."""
+    ceilings: dict[str, list[dict]] = {}
+    for per in entry["sources"].values():
+        for target, row in per.items():
+            if row.get("human_ceiling"):
+                ceilings.setdefault(target, [a for a in row["human_ceiling"] if a["groups"]])
+    return ceilings
 
 
 def imitation_summary(entry: dict) -> list[dict]:
@@ -194,12 +205,12 @@ def imitation_summary(entry: dict) -> list[dict]:
         targeted = [row for row in with_target if row.get("attribution")]
         if not with_target:
             continue
-        kind = kinds.setdefault(_seedless(source), {"source": _seedless(source), "responses": 0, "attributed": [],
-                                                     "first": [], "last": [], "js": [], "agreement": []})
+        name, seed = _kind_and_seed(source)
+        kind = kinds.setdefault(name, {"source": name, "responses": 0, "attributed": [], "first": [], "last": [],
+                                       "js": [], "agreement": []})
         kind["responses"] += sum(row.get("generated", 0) - (row.get("unparsed") or 0) for row in with_target)
         rep = entry.get("confusion", {}).get(source)
         if rep:
-            seed = source.rpartition("_s")[2] if _seedless(source) != source else None
             kind["attributed"].append((seed, rep["accuracy"], rep["ci_low"], rep["ci_high"]))
         for row in targeted:
             filled = [a for a in row["attribution"] if a["groups"]]
@@ -207,12 +218,7 @@ def imitation_summary(entry: dict) -> list[dict]:
             kind["last"].append((filled[-1]["k"], filled[-1]["recognised"]) if filled else None)
             kind["js"].append(row.get("label_js_target"))
             kind["agreement"].append(row.get("item_label_agreement"))
-    ceilings: dict[str, list[dict]] = {}  # the same real responses grouped the same way, whatever the source
-    for per in entry["sources"].values():
-        for target, row in per.items():
-            if row.get("human_ceiling"):
-                ceilings.setdefault(target, [a for a in row["human_ceiling"] if a["groups"]])
-    filled = [c for c in ceilings.values() if c]
+    filled = [c for c in _human_ceilings(entry).values() if c]
     if filled:
         rows[0].update(first=_mean([c[0]["recognised"] for c in filled]), last=_mean([c[-1]["recognised"] for c in filled]),
                        last_k=max(c[-1]["k"] for c in filled))
@@ -249,7 +255,9 @@ def _imitation(report: Report) -> None:
     for key, made in record["summary"]["reports"].items():
         entry = read_json(report.ctx.root / made["file"])
         human = entry["human_heldout"]
-        rows, series, ceiling, notes = [], {}, {}, []
+        rows, series, notes = [], {}, []
+        ceiling = {target: [(a["k"], a["recognised"]) for a in filled]
+                   for target, filled in _human_ceilings(entry).items()}
         for source, per in entry["sources"].items():
             for target, row in per.items():
                 if row.get("note"):
@@ -264,8 +272,6 @@ def _imitation(report: Report) -> None:
                 if row.get("attribution"):
                     series[f"{source} {target}"] = [(a["k"], a["recognised"]) for a in row["attribution"]
                                                     if a["groups"]]
-                    ceiling.setdefault(target, [(a["k"], a["recognised"]) for a in row["human_ceiling"]
-                                                if a["groups"]])
         summary = imitation_summary(entry)
         report.add(f"**{entry['task']}, {entry['judge']} judge** — human held-out accuracy {human['accuracy']:.3f} "
                    f"[{human['ci_low']:.3f}, {human['ci_high']:.3f}] (chance {human['chance']:.2f}, "
