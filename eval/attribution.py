@@ -3,7 +3,8 @@
     python eval/attribution.py --model models/corpus-lm \
         --adapter sft=runs/attr/seed{seed}/sft/{task}/{annotator} \
         --adapter capo=runs/attr/seed{seed}/capo/{task}/{annotator} \
-        --seeds 0 1 2 [--splits dev test] [--exclude_pretrained true] [--output results/attribution.json]
+        --seeds 0 1 2 [--splits dev test] [--exclude_pretrained true] [--output results/attribution.json] \
+        [--scores_dir results/attribution_scores]
 
 For every target annotator: the share of held-out comparisons in which the model scores the target's real
 explanation above another annotator's (length-normalised log-likelihood), for the base model and each adapter kind,
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", default="float32", choices=DTYPES,
                         help="model weights (bfloat16: ~2x faster on CPUs with bf16 kernels)")
     parser.add_argument("--output", help="write the full report as JSON")
+    parser.add_argument("--scores_dir", help="keep each model's scores here as it finishes; a rerun with the same "
+                                             "settings resumes at the next model")
     args = parser.parse_args(argv)
     for annotator in args.annotators:
         check_annotator(annotator)
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     items = [item for split in args.splits for item in select_heldout(data, split, folders)[: args.limit]]
     report = attribution_report(args.model, adapters, items, seeds=args.seeds, annotators=args.annotators,
                                 task=args.task, exclude_pretrained=exclude, dtype=args.dtype,
-                                log=lambda msg: print(msg, flush=True))
+                                scores_dir=args.scores_dir, log=lambda msg: print(msg, flush=True))
     report.update(model=args.model, adapters=adapters, splits=args.splits, task=args.task,
                   dataset=data.dataset, exclude_pretrained=exclude, limit=args.limit, dtype=args.dtype)
     print(format_report(report, list(adapters)))

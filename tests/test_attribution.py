@@ -108,6 +108,41 @@ def test_cli_identity_adapters_gain_nothing_and_random_ones_differ(corpus_lm, tm
     assert any(abs(r) > 1e-3 for r in rates)
 
 
+def test_scores_dir_resumes_at_the_next_model_and_ignores_other_settings(corpus_lm, tmp_path):
+    """Each model's scores are kept as it finishes; a rerun reads them back (a stored file is really used: edited
+    scores show in the report) unless the items, base or dtype differ, when the model is scored again."""
+    noisy = _adapters(corpus_lm, tmp_path / "noisy", zero=False, annotators=("A1", "A2"))
+    cli = load_script("eval/attribution.py")
+    scores = tmp_path / "scores"
+
+    def run(*extra):
+        return cli.main(["--model", str(corpus_lm), "--adapter", f"noisy={noisy}", "--annotators", "A1", "A2",
+                         "--splits", "dev", "--scores_dir", str(scores), *extra])
+
+    first = run("--limit", "8")
+    files = sorted(scores.glob("*.json"))
+    assert len(files) == 3  # base, A1's adapter, A2's adapter
+    assert run("--limit", "8") == first  # read back: the same report, to the last digit
+    stored = {f: json.loads(f.read_text()) for f in files}
+    a1 = next(f for f, d in stored.items() if d["keys"] == ["noisy 0 A1"])
+    # A1's model now prefers A1's explanations everywhere: its win rate for target A1 becomes 1
+    stored[a1]["scores"]["noisy 0 A1"] = [[i, a, lab, 0.0 if a == "A1" else -99.0]
+                                          for i, a, lab, _ in stored[a1]["scores"]["noisy 0 A1"]]
+    a1.write_text(json.dumps(stored[a1]))
+    edited = run("--limit", "8")
+    assert edited["annotators"]["A1"]["noisy"]["win_rate_mean"] == 1.0 != first["annotators"]["A1"]["noisy"][
+        "win_rate_mean"]
+    a2, a2_before = edited["annotators"]["A2"]["noisy"], first["annotators"]["A2"]["noisy"]
+    assert a2["per_seed"] == a2_before["per_seed"]  # A2's own model untouched; A1's model is its control
+    assert a2["control"]["win_rate_mean"] != a2_before["control"]["win_rate_mean"]
+    rescored = run("--limit", "6")  # other items: every model scored again, the files rewritten
+    fresh = cli.main(["--model", str(corpus_lm), "--adapter", f"noisy={noisy}", "--annotators", "A1", "A2",
+                      "--splits", "dev", "--limit", "6"])
+    assert rescored["annotators"] == fresh["annotators"]
+    after = [json.loads(f.read_text())["items"] for f in files]
+    assert after[0] == after[1] == after[2] != stored[a1]["items"]
+
+
 def test_a_conditioned_explainer_is_scored_with_each_targets_id(corpus_lm, tmp_path):
     """A template without {annotator}: one adapter, prompted as each target; the persona line moves the scores."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -10,7 +10,8 @@ interval over items, next to a control: the same target scored under another ann
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,6 +161,7 @@ def attribution_report(
     bootstrap_seed: int = 0,
     exclude_pretrained: bool = True,
     dtype: str = "float32",
+    scores_dir: str | None = None,
     log=print,
 ) -> dict:
     """Win rates of base and adapted models for every target annotator, gains over base, and the control.
@@ -168,7 +170,8 @@ def attribution_report(
     `{annotator}`: one conditioned explainer, prompted with each annotator's id); `dtype` is the models' weights
     (bfloat16: ~2x faster on CPUs with bf16 kernels, scores within ~0.05 nats/token). Items an adapter trained on (its
     run manifest) are refused; items the base model was pre-trained on (a corpus LM) are counted and, with
-    `exclude_pretrained`, left out.
+    `exclude_pretrained`, left out. With `scores_dir`, each model's scores are kept there as it finishes, so a killed
+    report resumes at the next model.
     """
     from pathlib import Path
 
@@ -190,17 +193,20 @@ def attribution_report(
     items = leave_out_pretrained(items, pretraining_item_ids(base_path), exclude_pretrained, log=log)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     controls = {t: control_annotator(t, annotators) for t in annotators}
-    base_scores = score_annotations(_load(base_path, None, dtype), tokenizer, items)
+    cache = ScoreCache(scores_dir, base_path, dtype, items)
+    base_scores = cache.get("base", [None], lambda: {None: score_annotations(_load(base_path, None, dtype), tokenizer,
+                                                                            items)})[None]
     conditioned = conditioned_kinds(adapters)
     scores = {}
     keys_of: dict[str, list[tuple[str, int, str]]] = {}  # a conditioned adapter serves several keys: load it once
     for key in sorted(folders):
         keys_of.setdefault(folders[key], []).append(key)
     for folder, keys in keys_of.items():
-        model = _load(base_path, folder, dtype)
-        for kind, seed, annotator in keys:
-            scores[(kind, seed, annotator)] = score_annotations(
-                model, tokenizer, items, persona=annotator if kind in conditioned else None)
+        def score_folder(folder=folder, keys=keys) -> dict:
+            model = _load(base_path, folder, dtype)
+            return {key: score_annotations(model, tokenizer, items, persona=key[2] if key[0] in conditioned else None)
+                    for key in keys}
+        scores.update(cache.get(folder, keys, score_folder))
         log(f"scored {folder}")
     report = {"items": len(items), "seeds": list(seeds), "annotators": {}}
     for target in annotators:
@@ -221,6 +227,37 @@ def attribution_report(
             }
         report["annotators"][target] = row
     return report
+
+
+class ScoreCache:
+    """One JSON file per scored model in `folder` (none: no cache). A file is used only when it was written for the
+    same base model, dtype, items and keys; anything else is scored again and overwritten."""
+
+    def __init__(self, folder: str | None, base_path: str, dtype: str, items: Sequence[Item]):
+        self.folder = folder
+        self.context = {"base": str(base_path), "dtype": dtype, "items": [item.id for item in items]}
+
+    def get(self, model: str, keys: Sequence, score: Callable[[], dict]) -> dict:
+        if self.folder is None:
+            return score()
+        from pathlib import Path
+
+        from capo.io import read_json, write_json
+
+        path = Path(self.folder) / (hashlib.sha256(model.encode()).hexdigest()[:16] + ".json")
+        expected = {**self.context, "model": model, "keys": [_key_name(k) for k in keys]}
+        if path.exists():
+            stored = read_json(path)
+            if {k: stored.get(k) for k in expected} == expected:
+                return {key: [Scored(*row) for row in stored["scores"][_key_name(key)]] for key in keys}
+        result = score()
+        write_json(path, {**expected, "scores": {_key_name(k): [[s.item, s.annotator, s.label, s.score] for s in v]
+                                                 for k, v in result.items()}})
+        return result
+
+
+def _key_name(key) -> str:
+    return "base" if key is None else " ".join(map(str, key))
 
 
 def format_report(report: dict, kinds: Sequence[str]) -> str:

@@ -229,6 +229,7 @@ def run_attribution(ctx: Context) -> dict:
         progress = bar(len(set(folders.values())), f"attribution {task}", "model")
         report = attribution_report(args.model, adapters, items, seeds=args.seeds, annotators=args.annotators,
                                     task=task, exclude_pretrained=args.exclude_pretrained, dtype=args.dtype,
+                                    scores_dir=str(out / "scores" / task),  # a killed stage resumes at the next model
                                     log=counting_log(progress, lambda m: m.startswith("scored ")))
         progress.close()
         report.update(model=args.model, adapters=adapters, splits=args.attribution_splits, task=task,
