@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ks", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_embeddings", action="store_true", help="skip the embedding-centroid measure")
+    parser.add_argument("--judge_cache", help="LLM judge: keep its judgements in this JSON file; a rerun with the "
+                                              "same model and settings reuses them (a killed run resumes)")
     parser.add_argument("--output", help="JSON report")
     parser.add_argument("--plots", help="folder for confusion-matrix PNGs")
     args = parser.parse_args(argv)
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     history, heldout, heldout_items = histories_and_heldout(args.task, args.dataset, args.split_seed)
     if args.judge == "llm":
         judge = llm_judge(args.judge_model, history, dtype=args.judge_dtype, per_annotator=args.judge_examples,
-                          seed=args.seed)
+                          seed=args.seed, cache=args.judge_cache)
     else:
         judge = TrainedJudge(args.features, with_label=True, seed=args.seed).fit(history)
     if args.limit:

@@ -168,6 +168,33 @@ def test_llm_judge_never_shows_the_evaluated_item_and_undoes_letter_rotation(mon
     assert all(item not in used for item, used in example_items)  # no example from the evaluated item
 
 
+def test_llm_judge_judges_a_response_once_whatever_its_batch_and_resumes_from_its_cache(tmp_path):
+    """A response's examples follow from its content, so its judgement does not depend on its batch or position;
+    it is computed once per judge and, with a cache file, once per settings across runs."""
+    train, test = _split(_rows(40), 30)
+    prompts: list[str] = []
+
+    def score(batch, letters):  # a deterministic "model": logits from the prompt's text
+        prompts.extend(batch)
+        return np.array([[(hash(p) >> (8 * i)) % 7 for i in range(len(letters))] for p in batch], dtype=float)
+
+    cache = tmp_path / "judgements.json"
+    judge = LLMJudge(score, lambda text: text, train, per_annotator=2, cache=cache, settings={"model": "m"})
+    together = judge.log_proba(test[:6])
+    assert len(prompts) == 4 * 6
+    fresh = LLMJudge(score, lambda text: text, train, per_annotator=2)  # no cache: judges again, in another order
+    assert np.array_equal(fresh.log_proba(test[5::-1])[::-1], together) and len(prompts) == 8 * 6
+    again = judge.log_proba([test[3], test[0], test[3]])
+    assert np.array_equal(again, together[[3, 0, 3]]) and len(prompts) == 8 * 6  # memoised
+    resumed = LLMJudge(score, lambda text: text, train, per_annotator=2, cache=cache, settings={"model": "m"})
+    assert np.array_equal(resumed.log_proba(test[:6]), together) and len(prompts) == 8 * 6  # read back
+    resumed.log_proba(test[:7])
+    assert len(prompts) == 8 * 6 + 4  # only the new response
+    other = LLMJudge(score, lambda text: text, train, per_annotator=2, cache=cache, settings={"model": "other"})
+    other.log_proba(test[:1])
+    assert len(prompts) == 8 * 6 + 8  # another model's cache is not used
+
+
 def test_judge_prompt_refuses_the_evaluated_item_among_examples():
     rows = _rows(4)
     examples = pick_examples(rows, 1, seed=0)

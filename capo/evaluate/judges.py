@@ -12,6 +12,8 @@ orders, so no annotator profits from a letter position.
 
 from __future__ import annotations
 
+import hashlib
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from capo.data.schema import ANNOTATORS
 from capo.errors import DataError
 from capo.evaluate.figures import save_figure
 from capo.evaluate.patterns import Response, accuracy_interval, features, make_classifier
+from capo.io import read_json, write_json
 
 LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
 
@@ -91,18 +94,38 @@ class LLMJudge:
 
     def __init__(self, score: Callable[[list[str], Sequence[str]], np.ndarray], render: Callable[[str], str],
                  history: Sequence[Response], *, per_annotator: int = 3, seed: int = 0,
-                 classes: Sequence[str] = ANNOTATORS) -> None:
+                 classes: Sequence[str] = ANNOTATORS, cache: str | Path | None = None, settings: dict | None = None
+                 ) -> None:
         self.score, self.render, self.classes = score, render, list(classes)
         self.history, self.per_annotator, self.seed = list(history), per_annotator, seed
+        # A response's judgement depends on the response only (its examples are seeded by its content), so it is
+        # computed once: the imitation measures judge the same responses several times (attribution, groups,
+        # confusion, human ceilings). With `cache`, judgements are also kept on disk for a killed run to resume.
+        self.cache = Path(cache) if cache else None
+        self.settings = {**(settings or {}), "per_annotator": per_annotator, "seed": seed, "classes": self.classes}
+        self.memo: dict[Response, list[float]] = {}
+        if self.cache and self.cache.exists():
+            stored = read_json(self.cache)
+            if stored.get("settings") == self.settings:
+                self.memo = {Response(*r[0][:4], tuple(r[0][4])): r[1] for r in stored["judgements"]}
 
     def log_proba(self, rows: Sequence[Response]) -> np.ndarray:
+        todo = [row for row in dict.fromkeys(rows) if row not in self.memo]
+        if todo:
+            self.memo.update(zip(todo, self._judge(todo).tolist(), strict=True))
+            if self.cache:
+                write_json(self.cache, {"settings": self.settings, "judgements": [
+                    [[r.item_id, r.annotator, r.label, r.explanation, list(r.inputs)], v] for r, v in self.memo.items()]})
+        return np.array([self.memo[row] for row in rows], dtype=np.float64).reshape(len(rows), len(self.classes))
+
+    def _judge(self, rows: Sequence[Response]) -> np.ndarray:
         n = len(self.classes)
         letters = LETTERS[:n]
         orders = [self.classes[s:] + self.classes[:s] for s in range(n)]  # every annotator under every letter once
         prompts, index = [], []
         for row_index, row in enumerate(rows):
             pool = [h for h in self.history if h.item_id != row.item_id]  # never the evaluated item
-            examples = pick_examples(pool, self.per_annotator, self.seed + row_index, self.classes)
+            examples = pick_examples(pool, self.per_annotator, self.seed + _content_seed(row), self.classes)
             for order in orders:
                 prompts.append(self.render(judge_prompt(row, examples, order)))
                 index.append((row_index, order))
@@ -114,6 +137,15 @@ class LLMJudge:
             for letter_pos, name in enumerate(order):
                 total[row_index, self.classes.index(name)] += p[letter_pos]
         return np.log(total / len(orders))
+
+
+def _content(row: Response) -> str:
+    return f"{row.item_id}\t{row.annotator}\t{row.label}\t{row.explanation}"
+
+
+def _content_seed(row: Response) -> int:
+    """A stable number from the response's content (not from its position in a batch)."""
+    return zlib.crc32(_content(row).encode("utf-8"))
 
 
 def judge_report(log_proba: np.ndarray, true: Sequence[str], classes: Sequence[str] = ANNOTATORS,
@@ -160,13 +192,16 @@ def histories_and_heldout(task: str, dataset: str | None = None, split_seed: int
 
 
 def llm_judge(model: str, history: Sequence[Response], *, dtype: str = "float32", per_annotator: int = 3,
-              seed: int = 0, batch_size: int = 16) -> LLMJudge:
-    """An LLM judge on a causal LM (hub id or folder): the model's chat template, the shared HF scorer."""
+              seed: int = 0, batch_size: int = 16, cache: str | Path | None = None) -> LLMJudge:
+    """An LLM judge on a causal LM (hub id or folder): the model's chat template, the shared HF scorer; `cache`: a
+    JSON file of its judgements, reused by a rerun with the same model, dtype, history and settings."""
     from capo.data.prompts import render_chat
     from capo.generate.backends.hf import load_causal_lm
     from capo.generate.scoring import HFScorer
 
     lm, tokenizer = load_causal_lm(model, dtype)
     scorer = HFScorer(lm.eval(), tokenizer, batch_size=batch_size)
+    history_id = hashlib.sha256("\n".join(map(_content, history)).encode("utf-8")).hexdigest()
+    settings = {"model": str(model), "dtype": dtype, "history": history_id}
     return LLMJudge(scorer.score_next_token, lambda text: render_chat(tokenizer, text), history,
-                    per_annotator=per_annotator, seed=seed)
+                    per_annotator=per_annotator, seed=seed, cache=cache, settings=settings)

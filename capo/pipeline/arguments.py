@@ -75,7 +75,8 @@ class PipelineArguments:
                                                                       "pre-training items"})
     judges: list[str] = field(default_factory=lambda: ["trained"])
     judge_features: str = "char"
-    judge_limit: int | None = field(default=None, metadata={"help": "judge at most N responses per set (LLM judge)"})
+    judge_limit: int | None = field(default=None, metadata={"help": "LLM judge: judge at most the first N responses "
+                                                                    "of each set (the trained judge judges all)"})
     imitation_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     embeddings: bool = field(default=True, metadata={"help": "MiniLM measures in imitation and variability"})
     model_explanations: list[str] = field(default_factory=list, metadata={

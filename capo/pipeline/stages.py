@@ -269,18 +269,21 @@ def run_imitation(ctx: Context) -> dict:
         items = {item.id: item for item in heldout_items}
         sources = _generations(ctx, task)
         for judge_name in args.judges:
+            # judge_limit cuts the LLM judge's sets only (its prompts hold 12 examples: seconds a response on CPU)
+            limit = args.judge_limit if judge_name == "llm" else None
             if judge_name == "llm":
-                judge = llm_judge(args.model, history, dtype=args.dtype, seed=0)
+                judge = llm_judge(args.model, history, dtype=args.dtype, seed=0,
+                                  cache=out / f"{task}_llm_judgements.json")  # a killed stage resumes from it
             else:
                 judge = TrainedJudge(args.judge_features, with_label=True, seed=0).fit(history)
-            real = heldout[: args.judge_limit] if args.judge_limit else heldout
+            real = heldout[:limit] if limit else heldout
             progress = bar(len(sources) + 1, f"imitation {task} {judge_name} judge", "set")
             human = judge_report(judge.log_proba(real), [r.annotator for r in real], seed=0)
             progress.update(1)
             entry = {"task": task, "judge": judge_name, "features": args.judge_features, "judge_history": len(history),
                      "human_heldout": human, "sources": {}, "confusion": {}}
             for name, rows in sources.items():
-                rows = rows[: args.judge_limit] if args.judge_limit else rows
+                rows = rows[:limit] if limit else rows
                 per, targeted = source_report(rows, items, space, judge, real, ks=args.imitation_ks, seed=0,
                                               embeddings=args.embeddings)
                 entry["sources"][name] = per
@@ -296,7 +299,7 @@ def run_imitation(ctx: Context) -> dict:
                             f"--split_seed {args.split_seed} --judge "
                             f"{judge_name} --features {args.judge_features} "
                             + (f"--judge_model {args.model} --judge_dtype {args.dtype} " if judge_name == "llm" else "")
-                            + (f"--limit {args.judge_limit} " if args.judge_limit else "")
+                            + (f"--limit {limit} " if limit else "")
                             + f"--ks {' '.join(map(str, args.imitation_ks))} "
                             + ("" if args.embeddings else "--no_embeddings ")
                             + f"{generated} --output {out / f'{task}_{judge_name}.json'}")
