@@ -383,7 +383,8 @@ def test_the_imitation_summary_pools_seeds_per_kind_and_counts_every_parsed_targ
     }
     human, sft = imitation_summary(entry)  # base has no target: no row
     assert (human["responses"], human["first"], human["last"], human["last_k"]) == (10, 0.6, 1.0, 4)
-    assert sft["source"] == "sft" and sft["responses"] == 4 + 5 + 2 + 5  # the note row's responses count too
+    # a row's `generated` counts its parsed responses (imitation leaves the unparsed ones out); a note row's count too
+    assert sft["source"] == "sft" and sft["responses"] == 5 + 5 + 2 + 5
     assert sft["attributed"] == [("0", 0.4, 0.1, 0.7), ("1", 0.6, 0.2, 1.0)]
     assert sft["first"] == pytest.approx(0.5) and sft["last"] == pytest.approx(2 / 3) and sft["last_k"] == 4
     assert sft["js"] == pytest.approx(0.4) and sft["agreement"] == pytest.approx(0.4)

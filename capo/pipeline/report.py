@@ -208,7 +208,7 @@ def imitation_summary(entry: dict) -> list[dict]:
         name, seed = _kind_and_seed(source)
         kind = kinds.setdefault(name, {"source": name, "responses": 0, "attributed": [], "first": [], "last": [],
                                        "js": [], "agreement": []})
-        kind["responses"] += sum(row.get("generated", 0) - (row.get("unparsed") or 0) for row in with_target)
+        kind["responses"] += sum(row.get("generated", 0) for row in with_target)  # `generated`: parsed ones only
         rep = entry.get("confusion", {}).get(source)
         if rep:
             kind["attributed"].append((seed, rep["accuracy"], rep["ci_low"], rep["ci_high"]))
