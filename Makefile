@@ -51,8 +51,9 @@ explainers = for a in $(2); do \
 demo: setup models/smollm2-135m-instruct/config.json
 	$(PY) recipes/pipeline.py --config recipes/configs/pipeline_tiny.yaml
 
-# The full study (recipes/configs/pipeline_study.yaml: all four annotators, NLI and paraphrase, seeds 0 and 1) ->
-# runs/study/report/report.md. Hours on 2 CPU cores; stop it and start it again at will.
+# The study (recipes/configs/pipeline_study.yaml: all four annotators, NLI and paraphrase, seeds 0 and 1, prompting
+# with 0-50 examples, SFT and CAPO, both judges) -> runs/study/report/report.md. Sized to finish within one working
+# session on 2 CPU cores (measured total: README); stop it and start it again at will.
 study: setup models/smollm2-135m-instruct/config.json
 	$(PY) recipes/pipeline.py --config recipes/configs/pipeline_study.yaml
 
