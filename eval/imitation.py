@@ -19,8 +19,8 @@ from pathlib import Path
 from capo.cli import run_main
 from capo.data.schema import label_space
 from capo.errors import DataError
-from capo.evaluate.imitation import source_report
-from capo.evaluate.judges import TrainedJudge, confusion_plot, histories_and_heldout, judge_report, llm_judge
+from capo.evaluate.imitation import judge_sources
+from capo.evaluate.judges import TrainedJudge, confusion_plot, histories_and_heldout, llm_judge
 from capo.evaluate.patterns import FEATURES
 from capo.io import atomic_write_text, check_model_path, iter_jsonl
 
@@ -75,18 +75,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.limit:
         heldout = heldout[: args.limit]
         records = {name: rows[: args.limit] for name, rows in records.items()}
-    human = judge_report(judge.log_proba(heldout), [r.annotator for r in heldout], seed=args.seed)
-    report = {"task": args.task, "judge": args.judge, "judge_model": args.judge_model, "features": args.features, "split_seed": args.split_seed, "seed": args.seed,
-              "judge_history": len(history), "human_heldout": human, "sources": {}}
-    plots, tag = [], args.task if args.judge == "trained" else f"{args.task}_llm"
-    if args.plots:
-        plots.append((human, Path(args.plots) / f"confusion_{tag}_human.png", "human held-out"))
-    items = {item.id: item for item in heldout_items}
+    judged = judge_sources(judge, heldout, {item.id: item for item in heldout_items}, space, records, ks=args.ks,
+                           seed=args.seed, embeddings=not args.no_embeddings)
+    human = judged["human_heldout"]
+    report = {"task": args.task, "judge": args.judge, "judge_model": args.judge_model, "features": args.features,
+              "split_seed": args.split_seed, "seed": args.seed, "judge_history": len(history), **judged}
     print(f"{args.judge} judge on {len(history)} history responses; human held-out accuracy {human['accuracy']:.3f} "
           f"[{human['ci_low']:.3f}, {human['ci_high']:.3f}] (chance {human['chance']:.2f})")
-    for name, rows in records.items():
-        entry, targeted = source_report(rows, items, space, judge, heldout, ks=args.ks, seed=args.seed,
-                                        embeddings=not args.no_embeddings)
+    for name, entry in judged["sources"].items():
         for target, row in entry.items():
             if "attributed" not in row:
                 continue
@@ -100,12 +96,11 @@ def main(argv: list[str] | None = None) -> dict:
                       f"unparsed {unparsed}")
             else:
                 print(f"{name} (no target): attributed {row['attributed']}, unparsed {unparsed}")
-        report["sources"][name] = entry
-        if args.plots and targeted:
-            rep = judge_report(judge.log_proba(targeted), [x.annotator for x in targeted], seed=args.seed)
-            plots.append((rep, Path(args.plots) / f"confusion_{tag}_{name}.png", name))
-    for rep, path, title in plots:
-        confusion_plot(rep, path, f"{title}: acc {rep['accuracy']:.2f}")
+    if args.plots:
+        tag = args.task if args.judge == "trained" else f"{args.task}_llm"
+        plots = [("human", human, "human held-out"), *((name, rep, name) for name, rep in judged["confusion"].items())]
+        for name, rep, title in plots:
+            confusion_plot(rep, Path(args.plots) / f"confusion_{tag}_{name}.png", f"{title}: acc {rep['accuracy']:.2f}")
     report["seconds"] = round(time.perf_counter() - start, 1)
     if args.output:
         atomic_write_text(args.output, json.dumps(report, indent=1) + "\n")

@@ -313,6 +313,12 @@ def test_imitation_cli_a_copy_of_the_target_matches_the_human_ceiling(tmp_path):
     assert a2["attribution"] == a2["human_ceiling"]
     assert a2["label_js_target"] == 0.0 and a2["item_label_agreement"] == 1.0
     assert report["human_heldout"]["accuracy"] > 0.5  # the sanity check: real responses well above chance (0.25)
+    # every parsed targeted response is judged once more for the source's accuracy and confusion matrix (the same
+    # keys the pipeline's imitation stage writes)
+    copy = report["confusion"]["copy"]
+    assert copy["n"] == a2["generated"] == np.asarray(copy["confusion"]).sum()
+    assert copy["per_annotator"]["A2"] == pytest.approx(a2["attribution"][0]["recognised"], abs=1e-3)
+    assert copy["accuracy"] == pytest.approx(copy["per_annotator"]["A2"], abs=5e-3)  # the accuracy is rounded
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["confusion_nli_copy.png", "confusion_nli_human.png"]
 
 

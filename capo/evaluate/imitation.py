@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from capo.data.schema import ANNOTATORS, Item, LabelSpace
 from capo.errors import DataError
+from capo.evaluate.judges import judge_report
 from capo.evaluate.patterns import Response, accuracy_interval, embed, group_predictions
 
 _WORD = re.compile(r"[a-z']+")
@@ -161,3 +162,24 @@ def source_report(records: Sequence[Mapping], items: Mapping[str, Item], label_s
                 row["note"] = f"no real held-out response from {target} on these items"
         per[str(target)] = row
     return per, targeted
+
+
+def judge_sources(judge, real: Sequence[Response], items: Mapping[str, Item], label_space: LabelSpace,
+                  sources: Mapping[str, Sequence[Mapping]], *, ks: Sequence[int] = (1, 2, 4, 8, 16), seed: int = 0,
+                  embeddings: bool = True, on_source: Callable[[], None] | None = None) -> dict:
+    """The judge on the real held-out responses (the sanity check and the human ceiling) and on each generated
+    source: {"human_heldout": judge_report, "sources": {name: `source_report` rows}, "confusion": {name:
+    judge_report over the source's targeted responses}}. The script and the pipeline stage both call this, so the
+    command the pipeline quotes writes the same file."""
+    result = {"human_heldout": judge_report(judge.log_proba(real), [r.annotator for r in real], seed=seed),
+              "sources": {}, "confusion": {}}
+    for name, records in sources.items():
+        per, targeted = source_report(records, items, label_space, judge, real, ks=ks, seed=seed,
+                                      embeddings=embeddings)
+        result["sources"][name] = per
+        if targeted:
+            result["confusion"][name] = judge_report(judge.log_proba(targeted), [r.annotator for r in targeted],
+                                                     seed=seed)
+        if on_source:  # progress
+            on_source()
+    return result

@@ -12,6 +12,7 @@ the report quotes).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from capo.errors import DataError
@@ -257,8 +258,8 @@ def run_attribution(ctx: Context) -> dict:
 def run_imitation(ctx: Context) -> dict:
     """Judge attribution and aggregation-aware imitation per task and judge (`eval/imitation.py`)."""
     from capo.data.schema import label_space
-    from capo.evaluate.imitation import source_report
-    from capo.evaluate.judges import TrainedJudge, histories_and_heldout, judge_report, llm_judge
+    from capo.evaluate.imitation import judge_sources
+    from capo.evaluate.judges import TrainedJudge, histories_and_heldout, llm_judge
 
     args, out = ctx.args, ctx.dir("imitation")
     result, commands, lines = {}, [], []
@@ -277,21 +278,15 @@ def run_imitation(ctx: Context) -> dict:
             else:
                 judge = TrainedJudge(args.judge_features, with_label=True, seed=0).fit(history)
             real = heldout[:limit] if limit else heldout
-            progress = bar(len(sources) + 1, f"imitation {task} {judge_name} judge", "set")
-            human = judge_report(judge.log_proba(real), [r.annotator for r in real], seed=0)
-            progress.update(1)
-            entry = {"task": task, "judge": judge_name, "features": args.judge_features, "judge_history": len(history),
-                     "human_heldout": human, "sources": {}, "confusion": {}}
-            for name, rows in sources.items():
-                rows = rows[:limit] if limit else rows
-                per, targeted = source_report(rows, items, space, judge, real, ks=args.imitation_ks, seed=0,
-                                              embeddings=args.embeddings)
-                entry["sources"][name] = per
-                if targeted:
-                    entry["confusion"][name] = judge_report(judge.log_proba(targeted),
-                                                            [x.annotator for x in targeted], seed=0)
-                progress.update(1)
+            progress = bar(len(sources), f"imitation {task} {judge_name} judge", "set")
+            judged = judge_sources(judge, real, items, space,
+                                   {name: rows[:limit] if limit else rows for name, rows in sources.items()},
+                                   ks=args.imitation_ks, seed=0, embeddings=args.embeddings,
+                                   on_source=partial(progress.update, 1))
             progress.close()
+            human = judged["human_heldout"]
+            entry = {"task": task, "judge": judge_name, "features": args.judge_features, "judge_history": len(history),
+                     **judged}
             write_json(out / f"{task}_{judge_name}.json", entry)
             generated = " ".join(f"--generated {name}={layout.generation_dir(ctx.root, task, name)}/generations.jsonl"
                                  for name in sources)
