@@ -350,6 +350,22 @@ def test_the_gpu_study_differs_from_the_cpu_study_only_in_model_batch_sizes_and_
     assert {"model", "launcher"} <= differing
 
 
+def test_the_third_seed_config_trains_the_study_explainers_with_seed_2_and_nothing_seed_free():
+    import yaml
+
+    def config(name: str) -> dict:
+        return yaml.safe_load((ROOT / "recipes" / "configs" / name).read_text(encoding="utf-8"))
+
+    study, third = config("pipeline_study.yaml"), config("pipeline_study_seed2.yaml")
+    differing = {key for key in study.keys() | third.keys() if study.get(key) != third.get(key)}
+    # the explainers' stages (data, sft, capo, generation) see the study's values for every other key, so their
+    # adapters and generations are the study's third seed
+    assert differing == {"output_dir", "seeds", "generate_base", "prompting_shots", "skip", "mjd_runs", "finetune",
+                         "lewidi_datasets"}
+    assert third["seeds"] == [2] and not set(third["seeds"]) & set(study["seeds"])
+    assert not third["generate_base"] and not third["prompting_shots"] and third["generate_kinds"] == ["sft", "capo"]
+
+
 @pytest.mark.parametrize("value", ["\n\n", "it's\n\ta", "plain", "two words", "é\\n\n"])
 def test_a_reported_command_is_one_line_that_bash_reads_back(value):
     from capo.pipeline.launch import shell_quote
