@@ -63,9 +63,9 @@ models/corpus-lm/config.json: | setup
 # The likelihood-attribution table of docs/results.md: all four annotators, 3 seeds (about 30-60 min on 2 cores).
 ATTR := runs/attr
 attribution: setup models/corpus-lm/config.json
-	$(call explainers,$(ATTR)/seed0,A1 A2 A3 A4,0,corpus_lm,--bf16 true,--bf16 true)
-	$(call explainers,$(ATTR)/seed1,A1 A2 A3 A4,1,corpus_lm,--bf16 true,--bf16 true)
-	$(call explainers,$(ATTR)/seed2,A1 A2 A3 A4,2,corpus_lm,--bf16 true,--bf16 true)
+	$(call explainers,$(ATTR)/seed0,A1 A2 A3 A4,0,corpus_lm,,)
+	$(call explainers,$(ATTR)/seed1,A1 A2 A3 A4,1,corpus_lm,,)
+	$(call explainers,$(ATTR)/seed2,A1 A2 A3 A4,2,corpus_lm,,)
 	$(PY) eval/attribution.py --model models/corpus-lm --seeds 0 1 2 --output results/attribution_nli.json \
 	  --adapter 'sft=$(ATTR)/seed{seed}/sft/{task}/{annotator}' --adapter 'capo=$(ATTR)/seed{seed}/capo/{task}/{annotator}'
 

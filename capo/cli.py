@@ -26,6 +26,7 @@ class ArgumentParser(TrlParser):
     def __init__(self, dataclass_types=None, **kwargs) -> None:
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(dataclass_types, **kwargs)
+        self.code_defaults: dict = {}  # `parse_arguments(defaults=...)`: below the config and the command line
 
     def error(self, message: str):
         # argparse would print the whole usage text and exit 2; the user needs the one line that says what is wrong.
@@ -42,11 +43,13 @@ class ArgumentParser(TrlParser):
         args = [part for arg in args for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
         if args.count("--config") > 1:
             raise DataError("given more than once", field="--config")
+        config = {}
         if "--config" in args:
             k = args.index("--config")
             if k + 1 == len(args) or args[k + 1].startswith("--"):
                 raise DataError("expects a YAML file", field="--config")
-            self.check_config(args[k + 1], allow_unknown=not fail_with_unknown_args)
+            config = self.check_config(args[k + 1], allow_unknown=not fail_with_unknown_args)
+        args = self._resolve_bf16(args, config)
         try:
             *parsed, from_config, from_cli = super().parse_args_and_config(
                 args, return_remaining_strings=True, fail_with_unknown_args=fail_with_unknown_args,
@@ -59,6 +62,32 @@ class ArgumentParser(TrlParser):
         if from_cli:
             raise DataError(f"unknown argument {from_cli[0]!r} (see --help)", field=from_cli[0].lstrip("-"))
         return tuple(parsed)
+
+    def _has(self, dest: str) -> bool:
+        return any(action.dest == dest for action in self._actions)
+
+    def _resolve_bf16(self, args: list[str], config: dict) -> list[str]:
+        """`bf16: auto` (the default here, where TRL's is true) -> bf16 only where the training device computes it
+        natively (`capo.precision`); an explicit true still runs, with a warning where bf16 is emulated."""
+        if not self._has("bf16"):
+            return args
+        from capo.precision import resolve_bf16
+
+        use_cpu = _cli_value(args, "--use_cpu", config.get("use_cpu", False))
+        device = "cpu" if str(use_cpu).lower() in ("true", "1", "yes") else None
+        value = _cli_value(args, "--bf16", config.get("bf16", self.code_defaults.get("bf16", "auto")))
+        resolved = str(resolve_bf16(value, device)).lower()
+        self._bf16_resolved = resolved == "true"
+        args = [a for a in args if not a.startswith("--bf16=")]
+        if "--bf16" in args:
+            k = args.index("--bf16")
+            del args[k: k + 2 if k + 1 < len(args) and not args[k + 1].startswith("--") else k + 1]
+        return [*args, "--bf16", resolved]
+
+    def set_defaults_with_config(self, **kwargs) -> list[str]:
+        if "bf16" in kwargs:  # "auto" is no bool; the command line carries the resolved value (`_resolve_bf16`)
+            kwargs["bf16"] = getattr(self, "_bf16_resolved", None)
+        return super().set_defaults_with_config(**kwargs)
 
     def check_config(self, path: str, *, allow_unknown: bool = False) -> dict:
         """The YAML mapping at `path`, every key an argument of this parser (unless `allow_unknown`) and every value
@@ -90,8 +119,21 @@ class ArgumentParser(TrlParser):
                 if allow_unknown:
                     continue
                 raise DataError(f"unknown key: not an argument of {self.prog}", **where)
+            if key == "bf16" and str(value).lower() == "auto":
+                continue
             _check_value(actions[key], value, where)
         return config
+
+
+def _cli_value(args: Sequence[str], flag: str, default):
+    """The value `flag` has on the command line (`--flag V`, `--flag=V`, or a bare `--flag`: true), else `default`."""
+    value = default
+    for k, arg in enumerate(args):
+        if arg == flag:
+            value = args[k + 1] if k + 1 < len(args) and not args[k + 1].startswith("--") else "true"
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def _check_value(action: argparse.Action, value, where: dict) -> None:
@@ -121,6 +163,7 @@ def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None 
     """The scripts' one way to read arguments: command line over `--config` YAML over `defaults` over the
     dataclasses' own defaults, every mistake a located one-line `DataError` (raised inside `run_main`)."""
     parser = ArgumentParser(tuple(dataclass_types))
+    parser.code_defaults = dict(defaults or {})
     if defaults and (unused := parser.set_defaults_with_config(**defaults)):
         raise TypeError(f"defaults that are no argument: {unused[::2]}")  # a programming error, not the user's
     return parser.parse_args_and_config(argv)

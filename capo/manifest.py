@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
 from capo.io import write_json
+from capo.precision import precision_report
+
+# The command line of the job being run, as `sys.argv` would hold it had the job been started on its own: set by
+# `job_command` while the pipeline runs an entry point in its own process (where `sys.argv` is the pipeline's).
+_COMMAND: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("capo_job_command", default=None)
+
+
+@contextlib.contextmanager
+def job_command(argv: list[str]) -> Iterator[None]:
+    """Within this block, manifests record `argv` (script first, as `sys.argv`) as the command that made them."""
+    token = _COMMAND.set(list(argv))
+    try:
+        yield
+    finally:
+        _COMMAND.reset(token)
+
+
+def current_command() -> list[str]:
+    return _COMMAND.get() or list(sys.argv)
 
 PACKAGES = ("capo", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "numpy", "scipy",
             "scikit-learn", "dcor", "sentence-transformers", "bitsandbytes", "vllm")
@@ -65,11 +87,12 @@ def write_manifest(output_dir: str | Path, *, config, data_files=(), seed: int |
     """Write `run_manifest.json` into `output_dir` and return it. `config` may mix dataclasses and dicts."""
     manifest = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": sys.argv,
+        "command": current_command(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git_commit": git_commit(),
         "packages": package_versions(),
+        "precision": precision_report(),  # what dtype/bf16 "auto" resolved to on this machine, and why
         "seed": seed,
         "config": _plain(config),
         "data_files": {str(p): file_sha256(p) for p in data_files},

@@ -129,7 +129,7 @@ class ShardedRun:
     """One job's units, shards and signature in `output_dir`; `record_key(record)` is the unit key a record answers."""
 
     def __init__(self, output_dir: str | Path, units: Sequence[Keyed], *, shard_size: int, signature: dict,
-                 record_key: Callable[[dict], str]) -> None:
+                 record_key: Callable[[dict], str], code: Sequence[str] = ()) -> None:
         if shard_size < 1:
             raise DataError(f"shard size must be at least 1, got {shard_size}", field="shard_size")
         keys = [unit.key for unit in units]
@@ -141,6 +141,10 @@ class ShardedRun:
         self.shard_size = shard_size
         self.record_key = record_key
         self.signature = {**signature, "shard_size": shard_size, "units": units_digest(units)}
+        if code:  # the modules that shape the records (and what they import): edited code never mixes into a run
+            from capo.code_identity import digest_of, module_files
+
+            self.signature["code"] = digest_of(module_files(code))
         self.n_shards = (len(units) + shard_size - 1) // shard_size
         self._recorded = False
 

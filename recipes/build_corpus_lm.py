@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="training time limit in seconds (default per size; size test has none)")
     parser.add_argument("--max_steps", type=int)
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--no_bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
+    parser.add_argument("--no_bf16", action="store_true",
+                        help="train in fp32 (default: bf16 autocast where the CPU computes bf16 natively)")
     args = parser.parse_args(argv)
     check_output(args.output_dir, folder=True)
     overrides = {k: v for k, v in (("max_seconds", args.max_seconds), ("max_steps", args.max_steps), ("seed", args.seed)) if v is not None}

@@ -100,7 +100,7 @@ def test_stage_states_say_where_a_run_stands_without_running_anything(tmp_path):
     assert states["third"] == {"stage": "third", "state": "not started", "attempts": 0, "wall_seconds": 0}
 
     changed = {r["stage"]: r["state"] for r in cache.stage_states(stages, SimpleNamespace(value=2), tmp_path)}
-    assert changed == {"first": "stale (runs again)", "second": "in progress or interrupted (starts over)",
+    assert changed == {"first": "stale (runs again: config value)", "second": "in progress or interrupted (starts over)",
                        "third": "not started"}
     forced = {r["stage"]: r["state"] for r in cache.stage_states(stages, args, tmp_path, from_stage="first")}
     assert forced == {"first": "finished (runs again: --from)", "second": "in progress or interrupted (starts over)",

@@ -142,7 +142,7 @@ def test_no_op_when_current_and_failed_conversion_keeps_previous_folder(smollm2,
         gguf_path(dataclasses.replace(SPEC, sha256="0000"))
 
 
-FAST = ["--bf16", "true", "--gradient_checkpointing", "false", "--use_cpu", "true", "--report_to", "none",
+FAST = ["--bf16", "auto", "--gradient_checkpointing", "false", "--use_cpu", "true", "--report_to", "none",
         "--disable_tqdm", "true", "--max_length", "256", "--lora_r", "8", "--lora_alpha", "16",
         "--dataloader_num_workers", "0", "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
         "--eval_split", "none", "--max_train_rows", "2", "--per_device_train_batch_size", "2", "--max_steps", "1",

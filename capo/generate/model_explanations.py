@@ -24,7 +24,9 @@ from typing import Literal
 
 from capo.data.schema import NLI, Item
 from capo.errors import DataError
+from capo.generate.backends.base import check_dtype
 from capo.generate.explanations import check_generation_options
+from capo.precision import resolve_dtype
 
 Strategy = Literal["first", "longest"]
 STRATEGIES: tuple[str, ...] = ("first", "longest")
@@ -238,10 +240,12 @@ def run_model_explanations(args: ModelExplanationArguments) -> dict:
     if not items:
         raise DataError("no NLI items to explain", path=args.dataset, field="dataset")
     units = [LabelUnit(item, label) for item in items for label in NLI.labels]
+    args.dtype = resolve_dtype(check_dtype(args.dtype), "cuda" if args.backend == "vllm" else None)  # auto: recorded
     signature = {key: getattr(args, key) for key in ("limit", "backend", "dtype", "batch_size", "max_new_tokens",
                                                         "tensor_parallel_size", "label_free_order")}
     signature.update(model=fingerprint(args.model), dataset=fingerprint(args.dataset))
-    run = ShardedRun(args.output_dir, units, shard_size=args.shard_size, signature=signature, record_key=_label_key)
+    run = ShardedRun(args.output_dir, units, shard_size=args.shard_size, signature=signature, record_key=_label_key,
+                     code=(__name__,))
     run.check()  # before loading a model: fail fast
     options = backend_options(args.backend, args.dtype, args.batch_size, args.tensor_parallel_size)
     backend = load_backend(args.backend, args.model, None, **options)

@@ -43,7 +43,7 @@ ENGINES = ("prefix_cache", "backend")
 def mjd_run(output_dir: str | Path, items: Sequence[Item], *, items_per_chunk: int, signature: dict) -> ShardedRun:
     """The run of `items` in `output_dir`: one record per item, `items_per_chunk` items per shard and scorer call."""
     return ShardedRun(output_dir, [ItemUnit(item) for item in items], shard_size=items_per_chunk,
-                      signature=signature, record_key=lambda record: record.get("id"))
+                      signature=signature, record_key=lambda record: record.get("id"), code=(__name__,))
 
 
 def score_shards(
@@ -168,10 +168,13 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
 
     from capo.data.heldout import leave_out_pretrained
     from capo.data.loaders import load_dataset, load_model_explanations
+    from capo.generate.backends.base import check_dtype
     from capo.manifest import write_manifest
+    from capo.precision import resolve_dtype
     from capo.train.corpus_lm import pretraining_item_ids
 
     settings = args.settings()
+    args.dtype = resolve_dtype(check_dtype(args.dtype))  # auto: this machine's choice, so signature and manifest say it
     items = load_dataset(args.dataset)[: args.limit]
     if not items:
         raise DataError("no items", path=args.dataset)

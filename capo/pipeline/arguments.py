@@ -32,8 +32,9 @@ class PipelineArguments:
     skip: list[str] = field(default_factory=list, metadata={"help": "stages to leave out (and the stages that need "
                                                                      "them); the report says which"})
     model: str = field(default="models/smollm2-135m-instruct", metadata={"help": "base LM: hub id or folder"})
-    dtype: str = field(default="bfloat16", metadata={"help": "generation and LLM-judge dtype (MJD runs: "
-                                                                   "their config's)"})
+    dtype: str = field(default="auto", metadata={"help": "generation and LLM-judge dtype; auto: bf16 where the "
+                                                           "device computes it natively, else fp32 (MJD runs: their "
+                                                           "config's)"})
     tasks: list[str] = field(default_factory=lambda: ["nli"])
     annotators: list[str] = field(default_factory=lambda: list(ANNOTATORS))
     seeds: list[int] = field(default_factory=lambda: [0])

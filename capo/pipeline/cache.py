@@ -1,6 +1,7 @@
 """Stages cached by signature: each stage works in `<output_dir>/<stage>/` and, last, writes `stage.json` with its
-signature (a hash of its config keys, its input files' content fingerprints and its upstream stages' signatures)
-and wall time.
+signature (a hash of its config keys, its input files' content fingerprints, its upstream stages' signatures, the
+code it runs — `capo.code_identity.callable_files`: a fix to an evaluation function re-runs the stages that call it —
+and what `auto` precision resolves to on this machine) and wall time.
 
 A run computes every signature first (no stage's outputs are read for it), then:
 - a stage whose `stage.json` holds the same signature is skipped (and so is everything with an unchanged signature:
@@ -29,8 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
+from capo.code_identity import callable_files
 from capo.errors import DataError
 from capo.io import read_json, write_json
+from capo.precision import precision_report
 from capo.runner import fingerprint
 
 STAGE_FILE = "stage.json"
@@ -80,7 +83,26 @@ def material(stage: Stage, args: Any, signatures: dict[str, str | None], fingerp
     return {"stage": stage.name, "version": stage.version,
             "config": {key: getattr(args, key) for key in stage.keys},
             "files": {str(path): fingerprints[str(path)] for path in stage.files(args)},
-            "inputs": {name: signatures.get(name) for name in stage.inputs}}
+            "inputs": {name: signatures.get(name) for name in stage.inputs},
+            "code": callable_files(stage.run), "precision": precision_report()["auto_dtype"]}
+
+
+def why_stale(recorded: dict | None, current: dict) -> str:
+    """What differs between a finished stage's signature material and today's, in a few words: the code files, config
+    keys, input files and upstream stages that changed."""
+    if not recorded:
+        return "its record predates signature materials"
+    parts = []
+    for part, label in (("code", "code"), ("config", "config"), ("files", "input"), ("inputs", "upstream")):
+        old, new = recorded.get(part) or {}, current.get(part) or {}
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed:
+            shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+            parts.append(f"{label} {shown}")
+    for part in ("precision", "version"):
+        if recorded.get(part) != current.get(part):
+            parts.append(f"{part} {recorded.get(part)} -> {current.get(part)}")
+    return "; ".join(parts) or "signature differs"
 
 
 def signature_of(material_: dict) -> str:
@@ -179,7 +201,7 @@ def stage_states(stages: Sequence[Stage], args: Any, root: str | Path, *, from_s
     every later stage run again), the wall time spent on it so far (every attempt) and the number of attempts."""
     root = Path(root)
     stages, forced = _plan_order(stages, args, from_stage, skip)
-    _, signatures = _materials(stages, args)
+    materials, signatures = _materials(stages, args)
     rows = []
     for stage in stages:
         record = _read(root / stage.name / STAGE_FILE)
@@ -192,7 +214,10 @@ def stage_states(stages: Sequence[Stage], args: Any, root: str | Path, *, from_s
             state = "in progress or interrupted" + (" (resumes)" if same else " (starts over)")
             attempts = pending.get("attempts", [])
         else:
-            state, attempts = ("stale (runs again)" if record is not None else "not started"), []
+            stale = record is not None
+            state = f"stale (runs again: {why_stale(record.get('material'), materials[stage.name])})" if stale \
+                else "not started"
+            attempts = []
         rows.append({"stage": stage.name, "state": state, "attempts": len(attempts),
                      "wall_seconds": round(sum(a.get("seconds", 0) for a in attempts), 2)})
     return rows

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capo.errors import DataError
+from capo.manifest import job_command
 from capo.pipeline.arguments import launcher_argv
 
 REPO = Path(__file__).resolve().parents[2]  # recipes/ and eval/ live here
@@ -170,5 +171,6 @@ def launch(args, job: Job, argv: list[str], **options) -> str:
             raise DataError(f"{job.script} exited with status {result.returncode} (its error is above)",
                             field="launcher")
     else:
-        job.run(job.parse(argv), **options)
+        with job_command([job.script, *argv]):  # its manifest records this job's command, not the pipeline's
+            job.run(job.parse(argv), **options)
     return command_line(args, job, argv)

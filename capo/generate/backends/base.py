@@ -19,7 +19,7 @@ import numpy as np
 
 from capo.errors import DataError
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")  # the `dtype` every model loader and backend takes
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # every loader's `dtype`; auto: `capo.precision` (hardware)
 
 
 def check_dtype(dtype: str) -> str:

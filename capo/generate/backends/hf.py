@@ -24,15 +24,17 @@ def _one_line(err: BaseException) -> str:
 
 
 def load_causal_lm(model: str, dtype: str = "auto"):
-    """(model, tokenizer) from a hub id or local folder, in `dtype` (`capo.generate.backends.base.DTYPES`); bad input
-    is one line."""
+    """(model, tokenizer) from a hub id or local folder, in `dtype` (`capo.generate.backends.base.DTYPES`; `auto` as
+    `capo.precision` resolves it, not as stored); bad input is one line."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    check_dtype(dtype)
+    from capo.precision import resolve_dtype
+
+    dtype = resolve_dtype(check_dtype(dtype))  # auto: bf16 where the device computes it natively, else fp32
     try:
         tokenizer = AutoTokenizer.from_pretrained(model)
-        lm = AutoModelForCausalLM.from_pretrained(model, dtype="auto" if dtype == "auto" else getattr(torch, dtype))
+        lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as err:
         raise DataError(f"cannot load model: {_one_line(err)}", path=str(model)) from None
     return lm, tokenizer

@@ -18,6 +18,7 @@ import numpy as np
 from capo.errors import DataError
 from capo.generate.backends.base import Generation, check_dtype
 from capo.generate.scoring import option_token_ids
+from capo.precision import resolve_dtype
 
 
 class VLLMBackend:
@@ -44,7 +45,7 @@ class VLLMBackend:
             if self.adapter_paths else {}
         )
         self.llm = LLM(
-            model=self.model_id, dtype=check_dtype(dtype), tensor_parallel_size=tensor_parallel_size, max_logprobs=max_logprobs,
+            model=self.model_id, dtype=resolve_dtype(check_dtype(dtype), "cuda"), tensor_parallel_size=tensor_parallel_size, max_logprobs=max_logprobs,
             logprobs_mode="processed_logits", seed=seed, **lora, **engine_kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
