@@ -80,6 +80,8 @@ def check_model_path(name_or_path: str | Path, *, kind: str = "model", hint: str
         if wanted and not any((path / name).is_file() for name in wanted):
             raise DataError(f"not a{'n' if kind[0] in 'aeiou' else ''} {kind} folder (no {' or '.join(wanted)})"
                             + (f": {hint}" if hint else ""), path=text)
+        if kind == "adapter":
+            check_adapter_weights(text)
         return
     if path.exists():
         raise DataError(f"expected a {kind} folder or hub id, got a file", path=text)
@@ -97,6 +99,54 @@ def check_model_path(name_or_path: str | Path, *, kind: str = "model", hint: str
     if hint is None and kind == "model" and "corpus-lm" in path.name:
         hint = f"build it first with: python recipes/build_corpus_lm.py --output_dir {text}"
     raise DataError(f"{kind} folder not found" + (f": {hint}" if hint else ""), path=text)
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what PEFT's from_pretrained loads
+
+
+def check_adapter_weights(folder: str | Path) -> None:
+    """Fail at once, before any model loads, when a local adapter folder has its config but no weights (a copy or a
+    save that stopped half-way): PEFT would otherwise take the folder for a hub id, after the base model has loaded,
+    and fail with a traceback about repository names. A hub id (no such folder) is left to `check_model_path`."""
+    path = Path(folder).expanduser()
+    if (path / "adapter_config.json").is_file() and not any((path / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise DataError(f"adapter folder has adapter_config.json but no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})",
+                        path=str(folder))
+
+
+# What a Trainer checkpoint holds once its save has finished: the trainer state (written last) and the weights.
+CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json", *ADAPTER_WEIGHTS)
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why `folder` is not a complete `transformers.Trainer` checkpoint, or None when it is. `Trainer` writes a
+    checkpoint in place (weights, optimizer, scheduler, RNG state, then `trainer_state.json` last), so a kill during
+    a save leaves a folder without a readable trainer state, or without weights."""
+    folder = Path(folder)
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json (its save was interrupted)"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "trainer_state.json is unreadable or cut short (its save was interrupted)"
+    if not any((folder / name).is_file() for name in CHECKPOINT_WEIGHTS):
+        return f"no model weights ({', '.join(CHECKPOINT_WEIGHTS)})"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest `checkpoint-N` in `output_dir` that is complete (`checkpoint_problem`): a half-written newer one is
+    skipped, so a resumed run starts from the last save that finished (None: no complete checkpoint, a fresh start).
+    Use this instead of `transformers.trainer_utils.get_last_checkpoint`, which returns the newest folder whatever
+    it holds."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    steps = [(int(p.name.rsplit("-", 1)[1]), p) for p in output_dir.glob("checkpoint-*")
+             if p.name.rsplit("-", 1)[1].isdigit() and p.is_dir() and checkpoint_problem(p) is None]
+    return str(max(steps)[1]) if steps else None
 
 
 def read_json(path: str | Path, *, allow_trailing_commas: bool = False):

@@ -12,6 +12,7 @@ import argparse
 from capo.cli import ArgumentParser, run_main
 from capo.data.datasets import load_task_data
 from capo.data.schema import check_annotator
+from capo.errors import DataError
 from capo.io import check_model_path, check_output, write_jsonl
 from capo.train.pairs import DEFAULT_VALIDITY, preview, sft_rows
 
@@ -33,8 +34,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_common_arguments(args: argparse.Namespace) -> None:
-    """What can be checked before any data is read: the annotator, the output file, the --preview tokenizer."""
+    """What can be checked before any data is read: the annotator, the counts, the output file, the --preview
+    tokenizer."""
     check_annotator(args.annotator)
+    for name in ("few_shot", "preview"):  # argparse takes -1, which would silently mean 0
+        if getattr(args, name) < 0:
+            raise DataError(f"must be a whole number of at least 0, got {getattr(args, name)}", field=name)
     if args.output:
         check_output(args.output)
     if args.preview:

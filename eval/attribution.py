@@ -10,7 +10,9 @@ For every target annotator: the share of held-out comparisons in which the model
 explanation above another annotator's (length-normalised log-likelihood), for the base model and each adapter kind,
 the gain over base with a 95 % paired bootstrap interval over items, and a control (another annotator's model).
 Held-out items follow the split recorded in the adapters' run manifests (`capo.data.heldout`); an item an adapter
-trained on is refused, and items the base corpus LM was pre-trained on are counted and left out by default.
+trained on is refused, and so is an adapter without a run manifest (a hub adapter, a copied folder: what it trained
+on is unknown) unless --allow_unchecked_adapters true, which the report then records (unchecked_adapters). Items the
+base corpus LM was pre-trained on are counted and left out by default.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from capo.generate.backends.base import DTYPES
 from capo.io import check_model_path, check_output, write_json
 
 
-def _flag(text: str) -> bool:
+def _flag(text: str, name: str = "exclude_pretrained") -> bool:
     if text.lower() not in ("true", "false"):
-        raise DataError(f"expected true or false, got {text!r}", field="exclude_pretrained")
+        raise DataError(f"expected true or false, got {text!r}", field=name)
     return text.lower() == "true"
 
 
@@ -58,7 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", help="write the full report as JSON")
     parser.add_argument("--scores_dir", help="keep each model's scores here as it finishes; a rerun with the same "
                                              "settings resumes at the next model")
+    parser.add_argument("--allow_unchecked_adapters", default="false",
+                        help="true: use adapters without a run manifest (their training items are not checked; the "
+                             "report names them)")
     args = parser.parse_args(argv)
+    allow_unchecked = _flag(args.allow_unchecked_adapters, "allow_unchecked_adapters")
     for annotator in args.annotators:
         check_annotator(annotator)
     adapters = {}
@@ -85,7 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
     items = [item for split in args.splits for item in select_heldout(data, split, folders)[: args.limit]]
     report = attribution_report(args.model, adapters, items, seeds=args.seeds, annotators=args.annotators,
                                 task=args.task, exclude_pretrained=exclude, dtype=args.dtype,
-                                scores_dir=args.scores_dir, log=lambda msg: print(msg, flush=True))
+                                scores_dir=args.scores_dir, allow_unchecked_adapters=allow_unchecked,
+                                log=lambda msg: print(msg, flush=True))
     report.update(model=args.model, adapters=adapters, splits=args.splits, task=args.task,
                   dataset=data.dataset, exclude_pretrained=exclude, limit=args.limit, dtype=args.dtype)
     print(format_report(report, list(adapters)))

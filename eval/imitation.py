@@ -11,18 +11,17 @@ annotator id (A1..A4); records of the base model (no target) are attributed but 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from capo.cli import run_main
+from capo.cli import ArgumentParser, run_main
 from capo.data.schema import label_space
 from capo.errors import DataError
-from capo.evaluate.imitation import judge_sources
+from capo.evaluate.imitation import judge_sources, read_generations
 from capo.evaluate.judges import TrainedJudge, confusion_plot, histories_and_heldout, llm_judge
 from capo.evaluate.patterns import FEATURES
-from capo.io import atomic_write_text, check_model_path, iter_jsonl
+from capo.io import atomic_write_text, check_model_path, check_output
 
 
 def _named(spec: str) -> tuple[str, str]:
@@ -34,7 +33,7 @@ def _named(spec: str) -> tuple[str, str]:
 
 @run_main
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)  # a bad flag or value: one line, not argparse's usage text
     parser.add_argument("--task", choices=("nli", "paraphrase"), default="nli")
     parser.add_argument("--dataset", help="varierr (nli default) or lewidi-ven / lewidi-par")
     parser.add_argument("--split_seed", type=int, default=0)
@@ -63,10 +62,19 @@ def main(argv: list[str] | None = None) -> dict:
     if any(k < 1 for k in args.ks):
         raise DataError(f"group sizes must be at least 1, got {args.ks}", field="--ks")
     sources = [_named(spec) for spec in args.generated]
-    records = {name: [row for _, row in iter_jsonl(path)] for name, path in sources}  # read all before any work
+    names = [name for name, _ in sources]
+    if len(set(names)) < len(names):  # the report is keyed by name: the second set would replace the first
+        twice = next(name for name in names if names.count(name) > 1)
+        raise DataError(f"name {twice!r} given twice", field="--generated")
+    if args.output:
+        check_output(args.output)
+    if args.plots:
+        check_output(args.plots, folder=True)
     space = label_space(args.task)
     start = time.perf_counter()
     history, heldout, heldout_items = histories_and_heldout(args.task, args.dataset, args.split_seed)
+    items = {item.id: item for item in heldout_items}
+    records = {name: read_generations(path, items) for name, path in sources}  # every row checked before judging
     if args.judge == "llm":
         judge = llm_judge(args.judge_model, history, dtype=args.judge_dtype, per_annotator=args.judge_examples,
                           seed=args.seed, cache=args.judge_cache)
@@ -75,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.limit:
         heldout = heldout[: args.limit]
         records = {name: rows[: args.limit] for name, rows in records.items()}
-    judged = judge_sources(judge, heldout, {item.id: item for item in heldout_items}, space, records, ks=args.ks,
+    judged = judge_sources(judge, heldout, items, space, records, ks=args.ks,
                            seed=args.seed, embeddings=not args.no_embeddings)
     human = judged["human_heldout"]
     report = {"task": args.task, "judge": args.judge, "judge_model": args.judge_model, "features": args.features,

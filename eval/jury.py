@@ -11,7 +11,9 @@ default, which eval/distributions.py compares with the ChaosNLI HJD beside the M
 is one conditioned explainer, prompted with each annotator's id; without --explainers the base model alone answers
 (the jury's baseline). How many items the explainers trained on (their run manifests) and the base model was
 pre-trained on (a corpus LM) is printed and reported; --heldout_only true leaves out the former, --exclude_pretrained
-true the latter. Library: capo/evaluate/explainer_predictions.py.
+true the latter. An explainer without a run manifest (a hub adapter, a copied folder) is refused, since what it
+trained on can be neither counted nor left out, unless --allow_unchecked_adapters true (the report then names it:
+unchecked_adapters). Library: capo/evaluate/explainer_predictions.py.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--exclude_pretrained", default="false",
                         help="true: leave out items the base corpus LM was pre-trained on (their count is reported)")
     parser.add_argument("--human_output", help="also write the same items' ChaosNLI HJD (for eval/distributions.py)")
+    parser.add_argument("--allow_unchecked_adapters", default="false",
+                        help="true: use explainers without a run manifest (their training items are neither counted "
+                             "nor left out; the report names them)")
     parser.add_argument("--report", help="also write the report as JSON")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     parser.add_argument("--batch_size", type=int, default=16)
@@ -63,7 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
                       dataset=args.dataset, heldout_only=_flag(args.heldout_only, "heldout_only"),
                       exclude_pretrained=_flag(args.exclude_pretrained, "exclude_pretrained"),
                       human_output=args.human_output, dtype=args.dtype, batch_size=args.batch_size,
-                      min_shared_tokens=args.min_shared_tokens, log=lambda msg: print(msg, flush=True))
+                      min_shared_tokens=args.min_shared_tokens,
+                      allow_unchecked_adapters=_flag(args.allow_unchecked_adapters, "allow_unchecked_adapters"),
+                      log=lambda msg: print(msg, flush=True))
     print(json.dumps(report, indent=2))
     if args.report:
         write_json(args.report, report)

@@ -13,8 +13,12 @@ predict  writes one row per (item, annotator) of the split ({"id", "annotator", 
          train split. With --model, an LLM scores every label option for every (item, annotator): each annotator's
          explainer (--explainers with {annotator}), one conditioned explainer (a template without {annotator}) or
          the base model (no --explainers); the VEN threshold / Par rule is the one best on --decision_split (dev),
-         and soft labels (aggregated, and mean probabilities) and probabilities are written beside --output.
-         Adapters whose run manifest lists items of the split are refused: train them on LeWiDi train.
+         cross-fitted over item folds when the split is the decision split itself (no item's labels choose its
+         own decision), and soft labels (aggregated, and mean probabilities) and probabilities are written beside
+         --output.
+         Adapters whose run manifest lists items of the split are refused: train them on LeWiDi train. An adapter
+         without a run manifest (a hub adapter, a copied folder) is refused too, unless --allow_unchecked_adapters
+         true (the report then names it: unchecked_adapters).
 score    prints {"perspectivist", "soft", ...} (lower is better) against a labelled split; a prediction file that
          misses an (item, annotator) of the split is refused, naming the first missing pair.
 export   writes <Dataset>_test_soft.tsv and <Dataset>_test_pe.tsv (one `key<TAB>[...]` line per item) and a flat
@@ -70,7 +74,9 @@ def predict(args: PredictArguments) -> dict:
                               decision=args.decision, decision_split=args.decision_split,
                               soft_output=args.soft_output, soft_mean_output=args.soft_mean_output,
                               probs_output=args.probs_output, dtype=args.dtype, batch_size=args.batch_size,
-                              min_shared_tokens=args.min_shared_tokens, log=lambda msg: print(msg, flush=True))
+                              min_shared_tokens=args.min_shared_tokens,
+                              allow_unchecked_adapters=args.allow_unchecked_adapters,
+                              log=lambda msg: print(msg, flush=True))
     if args.explainers:
         raise DataError("--explainers are adapters on a base model: give --model too", field="explainers")
     items = read_lewidi(lewidi_split_path(dataset, args.split), dataset)
@@ -116,7 +122,9 @@ RUN = {"predict": predict, "score": score_files, "export": export}
 @run_main
 def main(argv: list[str] | None = None) -> dict | None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:  # a command is required: say which there are, in one line (--help prints them all)
+        raise DataError(f"no command given (valid: {', '.join(COMMANDS)}; --help shows all three)")
+    if argv[0] in ("-h", "--help"):
         print(__doc__)
         for command in COMMANDS:
             print(make_parser(command).format_help())

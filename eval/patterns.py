@@ -9,15 +9,14 @@ annotator names shuffled within items (it must land at chance). Prints a markdow
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
-from capo.cli import run_main
+from capo.cli import ArgumentParser, run_main
 from capo.data.loaders import load_dataset
 from capo.errors import DataError
 from capo.evaluate.patterns import FEATURES, pattern_table, responses
-from capo.io import atomic_write_text
+from capo.io import atomic_write_text, check_output
 
 
 def markdown(table: list[dict]) -> str:
@@ -30,7 +29,7 @@ def markdown(table: list[dict]) -> str:
 
 @run_main
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)  # a bad flag or value: one line, not argparse's usage text
     parser.add_argument("--dataset", action="append", required=True,
                         help="shipped data set name or path; repeat to pool (e.g. lewidi-par-train, lewidi-par-dev)")
     parser.add_argument("--features", nargs="+", default=list(FEATURES), choices=FEATURES)
@@ -44,6 +43,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise DataError(f"group sizes must be at least 1, got {args.ks}", field="--ks")
     if args.folds < 2:
         raise DataError(f"need at least 2 folds, got {args.folds}", field="--folds")
+    if args.output:
+        check_output(args.output)  # now, not after minutes of cross-fitting
     rows = [r for name in args.dataset for r in responses(load_dataset(name))]
     start = time.perf_counter()
     table = pattern_table(rows, kinds=args.features, ks=args.ks, seed=args.seed, folds=args.folds,

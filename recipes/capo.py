@@ -33,8 +33,15 @@ else:
 
     from capo.cli import parse_arguments, run_main
     from capo.errors import DataError
-    from capo.io import check_model_path, check_output
-    from capo.train.explainers import CapoArguments, ExplainerScriptArguments, train_capo, train_sft
+    from capo.io import check_adapter_weights, check_model_path, check_output
+    from capo.train.explainers import (
+        CapoArguments,
+        ExplainerScriptArguments,
+        check_training_options,
+        quiet_checkpointing_rename,
+        train_capo,
+        train_sft,
+    )
 
     @dataclass  # real (not string) annotations: tests load this file as a module that is not in sys.modules
     class SftFirstArguments:
@@ -49,6 +56,7 @@ else:
     def parse(argv: list[str] | None = None) -> tuple:
         from trl import DPOConfig, ModelConfig
 
+        quiet_checkpointing_rename()
         return parse_arguments((ExplainerScriptArguments, CapoArguments, DPOConfig, ModelConfig, SftFirstArguments),
                                argv)
 
@@ -81,10 +89,13 @@ else:
         script_args, capo_args, training_args, model_args, sft_first = parse(argv)
         check_output(capo_args.format(training_args.output_dir), folder=True)
         check_model_path(model_args.model_name_or_path)
+        if script_args.init_from == "sft":  # an SFT adapter folder without weights: one line, before any model loads
+            check_adapter_weights(capo_args.format(script_args.sft_adapter))
         if script_args.shared_prefix:  # refuse before a missing SFT adapter is trained, not after
             from capo.train.packed import check_options
 
             check_options(training_args)
+        check_training_options(capo_args, training_args, model_args)  # this run's values, before any SFT-first
         train_missing_sft_adapter(script_args, capo_args, training_args, model_args, sft_first)
         return train_capo(script_args, capo_args, training_args, model_args)
 

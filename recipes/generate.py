@@ -9,6 +9,10 @@
 
 A killed run started again with the same arguments skips the finished shards and ends with exactly the records an
 uninterrupted run writes (`generations.jsonl`). See `capo.generate.explanations` for the output layout.
+
+Items an adapter trained on (its run_manifest.json) are refused; so is an adapter without a run manifest (a hub
+adapter, a folder copied without it), unless --allow_unchecked_adapters true, which the summary and the run's
+manifest then record (unchecked_adapters).
 """
 
 from __future__ import annotations

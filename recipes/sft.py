@@ -16,12 +16,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads s
 
 from capo.cli import parse_arguments, run_main
 from capo.io import check_model_path, check_output
-from capo.train.explainers import CapoArguments, ExplainerScriptArguments, train_sft
+from capo.train.explainers import (
+    CapoArguments,
+    ExplainerScriptArguments,
+    quiet_checkpointing_rename,
+    train_sft,
+)
 
 
 def parse(argv: list[str] | None = None) -> tuple:
     from trl import ModelConfig, SFTConfig
 
+    quiet_checkpointing_rename()
     return parse_arguments((ExplainerScriptArguments, CapoArguments, SFTConfig, ModelConfig), argv)
 
 

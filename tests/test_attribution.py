@@ -160,15 +160,22 @@ def test_a_conditioned_explainer_is_scored_with_each_targets_id(corpus_lm, tmp_p
     assert any(abs(a.score - b.score) > 1e-4 for a, b in zip(plain, as_a2))
 
     template = _adapters(corpus_lm, tmp_path / "cond", zero=True, annotators=("all",)).replace("{annotator}", "all")
-    out = tmp_path / "report.json"
+    out, kept = tmp_path / "report.json", tmp_path / "scores"
     result = call_script("eval/attribution.py", "--model", corpus_lm, "--adapter", f"cond={template}",
-                        "--annotators", "A1", "A2", "--splits", "dev", "test", "--output", out)
+                        "--annotators", "A1", "A2", "--splits", "dev", "test", "--output", out, "--scores_dir", kept)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
-    # a zero adapter is the base model, but prompted as the target: the win rates move, and differ by target
-    rows = report["annotators"]
-    assert all(abs(row["cond"]["win_rate_mean"] - row["base"]) > 1e-4 for row in rows.values())
-    assert rows["A1"]["cond"]["control"]["model_of"] == "A2"
+    assert report["annotators"]["A1"]["cond"]["control"]["model_of"] == "A2"
+    # A zero adapter is the base model, but prompted as each target: every target's scores move away from the base
+    # model's and differ between targets. (Scores, not win rates: a win rate counts rankings, which a small shift
+    # changes on one CPU's rounding and not on another's.)
+    stored = [json.loads(f.read_text())["scores"] for f in kept.glob("*.json")]
+    by_key = {key: {tuple(row[:3]): row[3] for row in rows} for scores in stored for key, rows in scores.items()}
+    base, as_a1, as_a2 = by_key["base"], by_key["cond 0 A1"], by_key["cond 0 A2"]
+    assert base.keys() == as_a1.keys() == as_a2.keys() and len(base) > 10
+    for persona in (as_a1, as_a2):
+        assert sum(abs(persona[k] - base[k]) > 1e-3 for k in base) > len(base) / 2
+    assert sum(abs(as_a1[k] - as_a2[k]) > 1e-3 for k in base) > len(base) / 2
 
 
 def test_items_follow_the_adapters_split_and_pretraining_items_are_counted(corpus_lm, tmp_path, capsys):
@@ -204,3 +211,52 @@ def test_cli_errors_are_one_line(corpus_lm, tmp_path, capsys):
             cli.main(["--model", str(corpus_lm), *argv])
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and err.startswith(expected) and len(err.splitlines()) == 1, err
+
+
+def _tokenizer_with_turn_end(corpus_lm, turn_end: str, tmp_path):
+    """The corpus LM's tokenizer whose chat template ends every turn with `turn_end` instead of its eos (`<|end|>`),
+    as Gemma ends turns with `<end_of_turn>` and has `<eos>`; `turn_end` is made a special token when it is new."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
+    if turn_end and turn_end not in tokenizer.get_vocab():
+        tokenizer.add_tokens([turn_end], special_tokens=True)
+    tokenizer.chat_template = ("{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '"
+                               + turn_end + "' + '\n' }}{% endfor %}"
+                               "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+    tokenizer.save_pretrained(tmp_path / "tokenizer")  # the template and the new token survive a reload
+    return AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+
+
+def test_the_turn_end_is_found_when_it_is_not_eos(corpus_lm, tmp_path):
+    """The explanation's scored tokens end with the token that closes the assistant's turn, whichever it is: the old
+    lookup of eos after the explanation raised a bare ValueError for such templates."""
+    from transformers import AutoModelForCausalLM
+
+    item = load_task_data("nli").items("dev")[0]
+    annotation = item.annotations[0]
+    for end in ("<end_of_turn>", "<|endoftext|>"):  # a new special token; one the model already has (not eos)
+        tokenizer = _tokenizer_with_turn_end(corpus_lm, end, tmp_path / end.strip("<|>"))
+        assert tokenizer.eos_token == "<|end|>" and tokenizer.eos_token not in tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], tokenize=False)
+        ids, mask = _explanation_mask(tokenizer, item, annotation.label, annotation.explanation)
+        assert tokenizer.decode([t for t, m in zip(ids, mask) if m]) == " " + annotation.explanation + end
+        assert tokenizer.convert_ids_to_tokens([t for t, m in zip(ids, mask) if m][-1]) == end  # one token
+    # scored with the model (its vocabulary has <|endoftext|>): the turn's end is part of every explanation's score
+    model = AutoModelForCausalLM.from_pretrained(corpus_lm)
+    scored = score_annotations(model, tokenizer, [item])
+    assert len(scored) == len(item.annotations) and all(s.score < 0 for s in scored)
+
+
+def test_a_template_without_a_turn_end_is_a_located_error(corpus_lm, tmp_path):
+    from capo.errors import DataError
+
+    tokenizer = _tokenizer_with_turn_end(corpus_lm, "", tmp_path)  # turns end with a newline only
+    item = load_task_data("nli").items("dev")[0]
+    annotation = item.annotations[0]
+    with pytest.raises(DataError) as err:
+        _explanation_mask(tokenizer, item, annotation.label, annotation.explanation)
+    assert str(err.value) == (
+        f"{tmp_path / 'tokenizer'}: item {item.id}: field 'chat_template': the chat template writes no special "
+        "token after the assistant's message ('\\n'), so the end of its turn, scored with the explanation, cannot be "
+        "found")

@@ -246,6 +246,37 @@ def test_imitation_report_leaves_out_annotators_without_real_responses(monkeypat
     assert per["A2"]["generated"] == per["A3"]["generated"] > 0 and per["A3"]["label_js_target"] == pytest.approx(0)
 
 
+def test_imitation_compares_a_source_with_the_humans_on_the_items_it_covers_only():
+    from capo.evaluate.imitation import judge_sources
+
+    train, test = _split(_rows(200), 100)
+    judge = TrainedJudge("char", with_label=False).fit(train)
+    # A3 says neutral on items 100-149 and contradiction on 150-199; the source covers items 100-139 only, where it
+    # copies A3 exactly: on those items it *is* A3, so its ceiling, label JS and agreement must say so.
+    real = [Response(r.item_id, r.annotator, "contradiction" if r.annotator == "A3" and int(r.item_id[4:]) >= 150
+                     else r.label, r.explanation, r.inputs) for r in test]
+    covered = {f"item{i}" for i in range(100, 140)}
+    copy = [r for r in real if r.annotator == "A3" and r.item_id in covered]
+    report = imitation_report("A3", copy, real, judge, NLI, ks=[1, 8], embeddings=False)
+    assert report["basis"]["generated"] == report["basis"]["human_ceiling"] == {"items": 40, "responses": 40}
+    assert all(b == {"items": 40, "responses": 40} for b in report["basis"]["real"].values())
+    assert report["human_ceiling"] == report["attribution"]  # same responses, same items, same groups
+    assert report["human_ceiling"][0]["groups"] == 40  # not the 100 held-out items
+    assert report["label_js_target"] == 0.0 and report["item_label_agreement"] == 1.0
+    assert report["style"]["A3"] == report["style"]["generated"]
+
+    # The same through the library's judging loop that eval/imitation.py and the pipeline call: the judge's sanity
+    # check still covers every held-out response, the source's numbers only its items.
+    items = {r.item_id: type("I", (), {"id": r.item_id, "inputs": {"premise": r.inputs[0], "hypothesis": r.inputs[1]}})()
+             for r in real}
+    records = [{"id": r.item_id, "target": "A3", "label": r.label, "explanation": r.explanation} for r in copy]
+    judged = judge_sources(judge, real, items, NLI, {"copy": records}, ks=[1, 8], embeddings=False)
+    assert judged["human_heldout"]["n"] == len(real) and judged["heldout_items"] == 100
+    row = judged["sources"]["copy"]["A3"]
+    assert row["basis"]["generated"]["items"] == row["basis"]["human_ceiling"]["items"] == 40
+    assert row["human_ceiling"] == row["attribution"] and row["label_js_target"] == 0.0
+
+
 def test_generated_responses_count_unparsed_and_locate_unknown_items():
     items = {"x": type("I", (), {"id": "x", "inputs": {"premise": "p", "hypothesis": "h"}})()}
     rows, unparsed = generated_responses(
@@ -320,6 +351,25 @@ def test_imitation_cli_a_copy_of_the_target_matches_the_human_ceiling(tmp_path):
     assert copy["per_annotator"]["A2"] == pytest.approx(a2["attribution"][0]["recognised"], abs=1e-3)
     assert copy["accuracy"] == pytest.approx(copy["per_annotator"]["A2"], abs=5e-3)  # the accuracy is rounded
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["confusion_nli_copy.png", "confusion_nli_human.png"]
+
+
+def test_read_generations_keeps_what_generation_writes_and_locates_what_it_cannot(tmp_path):
+    from conftest import write_jsonl
+
+    from capo.evaluate.imitation import read_generations
+
+    items = {"x": object(), "y": object()}  # only membership is checked
+    rows = [{"id": "x", "annotator": "base", "label": "neutral", "explanation": "e"},  # a source without a target
+            {"id": "x", "annotator": "A1", "label": None, "explanation": None, "parsed": False},  # unparsed
+            {"id": "y", "annotator": "A2", "label": "neutral", "explanation": "one"},
+            {"id": "y", "annotator": "A2", "label": "entailment", "explanation": "two"},  # real annotators do this
+            {"id": "y", "annotator": "sft", "target": "A3", "label": "neutral", "explanation": "e"}]
+    assert read_generations(write_jsonl(tmp_path / "g.jsonl", rows), items) == rows
+    bad = write_jsonl(tmp_path / "g.jsonl", [*rows, dict(rows[0], target="A7")])
+    with pytest.raises(DataError, match=r"g\.jsonl:6: item x: field 'target': unknown annotator 'A7'"):
+        read_generations(bad, items)
+    with pytest.raises(DataError, match=r"g\.jsonl: no generation records in file"):
+        read_generations(write_jsonl(tmp_path / "g.jsonl", []), items)
 
 
 def test_imitation_cli_bad_generated_spec_writes_nothing(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import call_script, write_jsonl
 
+from capo.errors import DataError
 from capo.evaluate.calibration import crossfit, fit_temperature, label_scores, mjd_at, top_letter_shares
 
 
@@ -62,3 +63,28 @@ def test_cli_raw_file_without_prompt_scores_is_one_line(tmp_path):
                         "--output", out)
     assert result.returncode == 2 and "save_raw_scores" in result.stderr and result.stderr.count("\n") == 1
     assert not out.exists()
+
+
+def test_cli_human_file_covering_part_of_the_raw_items_only_when_allowed(tmp_path):
+    rng = np.random.default_rng(2)
+    raw, human = [], []
+    for k in range(20):
+        s = rng.normal(0, 8, size=(6, 3))
+        raw.append({"id": f"i{k}", "prompts": [{"options": "ENC", "letter_scores": row.tolist()} for row in s]})
+        human.append({"id": f"i{k}", "distribution": mjd_at(s, 3.0).tolist()})
+    args = ["--raw", write_jsonl(tmp_path / "raw.jsonl", raw), "--human", write_jsonl(tmp_path / "h.jsonl", human[:15]),
+            "--output", tmp_path / "cal.jsonl"]
+    refused = call_script("eval/calibrate.py", *args)
+    assert refused.returncode == 2 and "h.jsonl: covers 15 of the 20 items in" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and not (tmp_path / "cal.jsonl").exists()
+    result = call_script("eval/calibrate.py", *args, "--allow_partial", "true", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["items"], report["raw_items"]) == (15, 20)
+    assert [json.loads(line)["id"] for line in (tmp_path / "cal.jsonl").read_text().splitlines()] == \
+        [f"i{k}" for k in range(15)]
+
+
+def test_label_scores_refuse_non_finite_scores_in_the_pipeline_too():
+    with pytest.raises(DataError, match=r"item x: field 'prompts\[0\]\.letter_scores': expected 3 finite numbers"):
+        label_scores([{"id": "x", "prompts": [{"options": "ENC", "letter_scores": [float("inf"), 0.0, 1.0]}]}])

@@ -56,3 +56,22 @@ def test_readable_table(tmp_path):
     assert proc.returncode == 0
     assert proc.stdout.splitlines()[0] == "| source | kl | jsd | tvd | dcorr |"
     assert (tmp_path / "t.csv").read_text().splitlines()[0] == "source,kl,jsd,tvd,dcorr"
+
+
+def test_partial_model_file_is_scored_only_when_allowed_and_says_on_how_many(tmp_path):
+    dists = baseline_distributions()
+    write_distributions(tmp_path / "h.jsonl", dists["human"])
+    part = dict(list(dists["mnli_dist"].items())[:100])
+    write_distributions(tmp_path / "m.jsonl", part)
+    refused = call_script("eval/distributions.py", "--human", tmp_path / "h.jsonl", "--model", tmp_path / "m.jsonl")
+    assert refused.returncode == 2 and refused.stderr.startswith(f"error: {tmp_path / 'm.jsonl'}: covers 100 of the "
+                                                                 f"341 items in {tmp_path / 'h.jsonl'}")
+    proc = call_script("eval/distributions.py", "--human", tmp_path / "h.jsonl", "--model", tmp_path / "m.jsonl",
+                      "--allow_partial", "true", "--json", "--csv", tmp_path / "t.csv")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)["m"]
+    assert (report["items"], report["human_items"]) == (100, 341)
+    h = np.array([dists["human"][i] for i in sorted(part)])
+    assert report["kl"] == pytest.approx(kl_per_item(h, np.array([part[i] for i in sorted(part)])).mean())
+    assert (tmp_path / "t.csv").read_text().splitlines()[0] == "source,kl,jsd,tvd,dcorr,items,human_items"
+    assert (tmp_path / "t.csv").read_text().splitlines()[1].endswith(",100,341")

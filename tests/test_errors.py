@@ -134,6 +134,12 @@ def test_cli_reports_one_line_and_exit_2_and_writes_nothing(tmp_path):
 # --- every script: malformed input -> exit 2, one located `error:` line, nothing written -------------------------
 
 BOOL_ID_ITEM = dict(GOOD, id=True)
+TINY_LLAMA = {"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+              "num_attention_heads": 1, "num_key_value_heads": 1, "vocab_size": 32}
+# a generation record (recipes/generate.py) for a VariErr item held out by the default split (seed 0)
+GEN = {"id": "1735n", "annotator": "A1", "task": "nli", "label": "neutral", "explanation": "It may be so.",
+       "parsed": True}
+RAW = {"prompts": [{"options": "ENC", "letter_scores": [1.0, 0.5, -1.0]}]}  # a raw_scores.jsonl row without id
 
 
 def _inputs(tmp_path: Path) -> Path:
@@ -153,8 +159,24 @@ def _inputs(tmp_path: Path) -> Path:
     (d / "a_file.txt").write_text("not a folder\n")
     (d / "fake_model").mkdir()
     (d / "fake_model" / "config.json").write_text("{}\n")  # enough for the path check; loading it would fail
+    (d / "adapter_noweights").mkdir()  # a LoRA config copied without its weights
+    (d / "adapter_noweights" / "adapter_config.json").write_text('{"peft_type": "LORA"}\n')
+    (d / "adapter_nomanifest").mkdir()  # weights (never loaded here: refused first) but no run manifest
+    (d / "adapter_nomanifest" / "adapter_config.json").write_text('{"peft_type": "LORA"}\n')
+    (d / "adapter_nomanifest" / "adapter_model.safetensors").write_bytes(b"not loaded")
     (d / "items.jsonl").write_text(json.dumps(BOOL_ID_ITEM) + "\n")
     (d / "h.jsonl").write_text(json.dumps({"id": "a", "distribution": [0.5, 0.5, 0]}) + "\n")
+    (d / "h2.jsonl").write_text("".join(json.dumps({"id": i, "distribution": [0.5, 0.5, 0]}) + "\n" for i in "ab"))
+    (d / "tiny_llama").mkdir()  # a config without weights: enough for the model's skeleton on the meta device
+    (d / "tiny_llama" / "config.json").write_text(json.dumps(TINY_LLAMA) + "\n")
+    write_jsonl(d / "gen_badann.jsonl", [GEN, dict(GEN, annotator="A9")])
+    write_jsonl(d / "gen_dup.jsonl", [dict(GEN, annotator="A2"), GEN, GEN])
+    write_jsonl(d / "gen_noexpl.jsonl", [{k: v for k, v in GEN.items() if k != "explanation"}])
+    write_jsonl(d / "gen_foreign.jsonl", [dict(GEN, id="not-an-item")])
+    write_jsonl(d / "par_str.jsonl", [{"id": "1", "annotator": "Ann1", "label": "5"}])
+    write_jsonl(d / "raw.jsonl", [RAW | {"id": i} for i in "ab"])
+    write_jsonl(d / "raw_noid.jsonl", [RAW | {"id": "a"}, RAW | {"idx": "b"}])
+    (d / "raw_nan.jsonl").write_text('{"id": "a", "prompts": [{"options": "ENC", "letter_scores": [NaN, 1.0, 2.0]}]}\n')
     (tmp_path / "cwd").mkdir()
     return d
 
@@ -168,7 +190,13 @@ def _tree(root: Path) -> dict:
 G, M, S, C = "recipes/generate.py", "recipes/mjd.py", "recipes/sft.py", "recipes/capo.py"
 E, F = "recipes/model_explanations.py", "recipes/finetune.py"
 D, A, FC = "eval/distributions.py", "eval/attribution.py", "eval/finetune_compare.py"
+J, L = "eval/jury.py", "eval/lewidi.py"
+NO_WEIGHTS = (r"\S+/adapter_noweights: adapter folder has adapter_config\.json but no adapter weights "
+              r"\(adapter_model\.safetensors or adapter_model\.bin\)$")
+NO_MANIFEST = (r"\S+/adapter_nomanifest: adapter {adapter} has no run manifest \(run_manifest\.json\), so which items "
+               r"it trained on is unknown .* or pass --allow_unchecked_adapters true to use it unverified$")
 BS, BP, LM = "data_prep/build_sft.py", "data_prep/build_pairs.py", "recipes/build_corpus_lm.py"
+I, P, CAL = "eval/imitation.py", "eval/patterns.py", "eval/calibrate.py"
 
 # TRL's training configs on a CPU-only machine: no bf16, and the new name of gradient checkpointing (the old one,
 # which TRL sets by default, prints a FutureWarning from transformers on every run)
@@ -242,6 +270,28 @@ CASES_CLI = [
      + "--annotators A3 --seeds 4 --output {out}/r.json", r"\S+/runs/s4/A3: adapter folder not found"),
     ("attribution-bad-template", A, "--model {in}/fake_model --adapter sft={in}/{{sed}} --output {out}/r.json",
      r"field '--adapter': bad adapter template"),
+    # an adapter folder with its config but no weights (reliability cases A11, L27, J02, G20): one line before the
+    # base model loads (the fake model would fail to load), not PEFT's "Repo id must be in the form ..." traceback
+    *[(f"{name}-adapter-without-weights", script, args, NO_WEIGHTS) for name, script, args in (
+        ("generate", G, "--model {in}/fake_model --adapters A1={in}/adapter_noweights --output_dir {out}"),
+        ("attribution", A, "--model {in}/fake_model --adapter sft={in}/adapter_noweights --limit 1"
+         + " --output {out}/r.json"),
+        ("jury", J, "--model {in}/fake_model --explainers {in}/adapter_noweights --output {out}/j.jsonl"),
+        ("lewidi", L, "predict --dataset ven --split test --model {in}/fake_model --explainers"
+         + " {in}/adapter_noweights --output {out}/p.jsonl"),
+        ("capo-sft", C, "--model_name_or_path {in}/fake_model --sft_adapter {in}/adapter_noweights --annotator A2"
+         + " --output_dir {out} " + CPU))],
+    # an adapter without a run manifest (a hub adapter, a copied folder): what it trained on is unknown, so it is
+    # refused (fail closed) unless --allow_unchecked_adapters true, before the model loads
+    *[(f"{name}-adapter-without-manifest", script, args, NO_MANIFEST.format(adapter=adapter))
+      for name, script, args, adapter in (
+        ("generate", G, "--model {in}/fake_model --adapters A1={in}/adapter_nomanifest --output_dir {out}", "A1"),
+        ("attribution", A, "--model {in}/fake_model --adapter sft={in}/adapter_nomanifest --limit 1"
+         + " --output {out}/r.json", "sft A1 seed 0"),
+        ("jury", J, "--model {in}/fake_model --explainers {in}/adapter_nomanifest --output {out}/j.jsonl",
+         "conditioned all"),
+        ("lewidi", L, "predict --dataset ven --split test --model {in}/fake_model --explainers"
+         + " {in}/adapter_nomanifest --output {out}/p.jsonl", "conditioned all"))],
     ("build-sft-preview-missing-tokenizer", BS, "--annotator A1 --preview 1 --model {in}/no_model --output {out}/s.jsonl",
      r"\S+/no_model: tokenizer folder not found"),
     # inputs and outputs that are folders, files, or unreadable
@@ -273,6 +323,57 @@ CASES_CLI = [
      r"\S+/a_file\.txt/p\.jsonl: cannot write: \S+/a_file\.txt is a file, not a folder"),
     ("build-corpus-lm-output-is-file", LM, "--output_dir {in}/a_file.txt",
      r"\S+/a_file\.txt: cannot write: is a file, not a folder"),
+]
+
+# The malformed inputs of the reliability sweep of 2026-12-07 (shared/notes/reliability-2026-12-07.md; its case ids
+# lead), each once a traceback, an argparse usage text, a late refusal or a silent acceptance.
+SWEEP_CASES = [
+    ("S11-sft-batch-size-0", S, "--model_name_or_path {in}/fake_model --per_device_train_batch_size 0 "
+     + "--output_dir {out} " + CPU, r"field 'per_device_train_batch_size': must be a whole number of at least 1, got 0"),
+    ("S24-sft-max-steps-negative", S, "--model_name_or_path {in}/fake_model --max_steps -5 --output_dir {out} " + CPU,
+     r"field 'max_steps': must be a whole number of at least 1, or -1 to train for num_train_epochs, got -5"),
+    ("S25-sft-lora-target-not-in-model", S, "--model_name_or_path {in}/tiny_llama --lora_target_modules "
+     + "no_such_module --output_dir {out} " + CPU, r"field 'lora_target_modules': 'no_such_module' matches no "
+     + r"module of \S+/tiny_llama \(a single name is a regular expression over full module names"),
+    ("capo-max-steps-0-before-sft-first", C, "--model_name_or_path {in}/fake_model --sft_adapter {in}/sft "
+     + "--annotator A2 --max_steps 0 --output_dir {out} " + CPU, r"field 'max_steps': must be a whole number"),
+    ("capo-lora-targets-not-in-model", C, "--model_name_or_path {in}/tiny_llama --init_from base "
+     + "--lora_target_modules nope1 nope2 --output_dir {out} " + CPU,
+     r"field 'lora_target_modules': \['nope1', 'nope2'\] matches no module of \S+/tiny_llama \(each name must end"),
+    ("I06-imitation-unknown-task", I, "--task foo", r"argument --task: invalid choice: 'foo'"),
+    ("I07-imitation-same-name-twice", I, "--generated a={in}/gen_dup.jsonl --generated a={in}/gen_badann.jsonl",
+     r"field '--generated': name 'a' given twice"),
+    ("I09-imitation-plots-is-file", I, "--generated a={in}/gen_badann.jsonl --plots {in}/a_file.txt",
+     r"\S+/a_file\.txt: cannot write: is a file, not a folder"),
+    ("I11-imitation-unknown-annotator", I, "--generated a={in}/gen_badann.jsonl --no_embeddings",
+     r"\S+/gen_badann\.jsonl:2: item 1735n: field 'annotator': unknown annotator 'A9' \(valid: A1, A2, A3, A4\)"),
+    ("I12-imitation-duplicate-row", I, "--generated a={in}/gen_dup.jsonl --no_embeddings",
+     r"\S+/gen_dup\.jsonl:3: item 1735n: field 'annotator': the same response by A1 as on line 2"),
+    ("I08-imitation-row-without-explanation", I, "--generated a={in}/gen_noexpl.jsonl --no_embeddings",
+     r"\S+/gen_noexpl\.jsonl:1: item 1735n: field 'explanation': missing field"),
+    ("I03-imitation-foreign-item-located", I, "--generated a={in}/gen_foreign.jsonl --no_embeddings",
+     r"\S+/gen_foreign\.jsonl:1: item not-an-item: field 'id': generated record for an item not in the evaluation"),
+    ("P05-patterns-unknown-feature", P, "--dataset varierr --features bogus",
+     r"argument --features: invalid choice: 'bogus'"),
+    ("P07-patterns-output-is-folder", P, "--dataset varierr --output {in}/a_folder",
+     r"\S+/a_folder: cannot write: is a folder, not a file"),
+    ("C10-calibrate-folds-not-a-number", CAL, "--raw {in}/raw.jsonl --human {in}/h2.jsonl --folds abc",
+     r"argument --folds: invalid int value: 'abc'"),
+    ("C09b-calibrate-nan-letter-score", CAL, "--raw {in}/raw_nan.jsonl --human {in}/h.jsonl --output {out}/c.jsonl",
+     r"\S+/raw_nan\.jsonl:1: item a: field 'prompts\[0\]\.letter_scores': expected 3 finite numbers, got \[nan"),
+    ("C11-calibrate-raw-row-without-id", CAL, "--raw {in}/raw_noid.jsonl --human {in}/h2.jsonl",
+     r"\S+/raw_noid\.jsonl:2: field 'id': missing or invalid id"),
+    ("C12-calibrate-human-covers-part", CAL, "--raw {in}/raw.jsonl --human {in}/h.jsonl --folds 2 --output {out}/c.jsonl",
+     r"\S+/h\.jsonl: covers 1 of the 2 items in \S+/raw\.jsonl \(first missing: 'b'\)"),
+    ("D13-distributions-model-covers-part", D, "--human {in}/h2.jsonl --model {in}/h.jsonl --csv {out}/t.csv",
+     r"\S+/h\.jsonl: covers 1 of the 2 items in \S+/h2\.jsonl \(first missing: 'b'\); --allow_partial true"),
+    ("L04-lewidi-par-label-string", L, "score --dataset par --split dev --predictions {in}/par_str.jsonl",
+     r"\S+/par_str\.jsonl:1: item 1: field 'label': expected an integer from -5 to 5, got '5'"),
+    ("L22-lewidi-no-command", L, "", r"no command given \(valid: predict, score, export; --help shows all three\)"),
+    ("BS08-build-sft-negative-few-shot", BS, "--annotator A1 --few_shot -1 --output {out}/s.jsonl",
+     r"field 'few_shot': must be a whole number of at least 0, got -1"),
+    ("BS19-build-sft-negative-preview", BS, "--annotator A1 --preview -1 --output {out}/s.jsonl",
+     r"field 'preview': must be a whole number of at least 0, got -1"),
 ]
 
 # Value checks that helper `runner` adds in the argument dataclasses' __post_init__ (they fail on a branch
@@ -320,6 +421,24 @@ def test_script_rejects_malformed_input_in_one_located_line(tmp_path, script, ar
 @pytest.mark.parametrize("script,args,pattern", [c[1:] for c in RUNNER_CASES], ids=[c[0] for c in RUNNER_CASES])
 def test_script_rejects_bad_values_in_one_located_line(tmp_path, script, args, pattern, capsys, monkeypatch):
     _check_one_line_error(tmp_path, script, args, pattern, capsys, monkeypatch)
+
+
+@pytest.mark.parametrize("script,args,pattern", [c[1:] for c in SWEEP_CASES], ids=[c[0] for c in SWEEP_CASES])
+def test_sweep_inputs_are_refused_in_one_located_line(tmp_path, script, args, pattern, capsys, monkeypatch):
+    _check_one_line_error(tmp_path, script, args, pattern, capsys, monkeypatch)
+
+
+def test_sft_error_is_the_only_stderr_line_without_the_checkpointing_warning(tmp_path):
+    """TRL's default gradient_checkpointing made transformers print a 2-line FutureWarning before every error of
+    recipes/sft.py (a real interpreter: pytest's own warning capture would hide it in process)."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}\n")
+    proc = run_script(S, "--model_name_or_path", tmp_path / "model", "--per_device_train_batch_size", "0",
+                      "--output_dir", tmp_path / "out", "--use_cpu", "true", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        "error: field 'per_device_train_batch_size': must be a whole number of at least 1, got 0"]
+    assert not (tmp_path / "out").exists()
 
 
 CONFIG_PARSERS = {"capo": C, "finetune": F, "generate": G, "mjd": M, "model_explanations": E, "sft": S,

@@ -188,11 +188,14 @@ def test_resume_after_kill_paraphrase(corpus_lm, tmp_path):
     sft = load_script("recipes/sft.py")
     sft.main([str(a) for a in args])
     reference = _losses(out)
-    # Simulate a kill after step 3: only the first checkpoint survives, no final adapter or manifest.
+    # Simulate a kill during the save at step 6: checkpoint-3 is complete, checkpoint-6 holds weights but no trainer
+    # state (Trainer writes it last); no final adapter or manifest.
     for path in out.iterdir():
-        if path.name != "checkpoint-3":
+        if path.name not in ("checkpoint-3", "checkpoint-6"):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    # A different seed would change a fresh run's first losses; a resumed run keeps them from the checkpoint.
+    (out / "checkpoint-6" / "trainer_state.json").unlink()
+    # A different seed would change a fresh run's first losses; a resumed run keeps them from the checkpoint (the
+    # complete checkpoint-3, not the newer, truncated checkpoint-6).
     sft.main([str(a) for a in args] + ["--seed", "7", "--resume_from_checkpoint", "true"])
     resumed = _losses(out)
     assert len(resumed) == 6 and resumed[:3] == reference[:3]
@@ -227,3 +230,39 @@ def test_capo_resume_continues_exactly(sft_run, corpus_lm, tmp_path):
     capo.main(args + ["--resume_from_checkpoint", "true"])
     assert _losses(out) == pytest.approx(reference, abs=1e-6) and len(reference) == 4
     assert json.loads((out / "run_manifest.json").read_text())["init_from"] == "sft"
+
+
+def test_training_options_are_checked_on_the_model_skeleton_before_anything_loads(tmp_path):
+    """A batch size of 0, max_steps below 1 (but -1: train by epochs), a negative few_shot and LoRA target modules
+    the model lacks are one-line errors; a config without weights is enough (the check uses a meta-device skeleton),
+    and the parsed arguments, which the run manifest records, stay as given."""
+    from test_errors import TINY_LLAMA
+
+    from capo.errors import DataError
+    from capo.train.explainers import check_training_options
+
+    (tmp_path / "config.json").write_text(json.dumps(TINY_LLAMA))
+    parse = load_script("recipes/sft.py").parse
+
+    def check(*extra: str):
+        _, capo_args, training_args, model_args = parse(["--model_name_or_path", str(tmp_path), "--output_dir",
+                                                         str(tmp_path / "out"), "--use_cpu", "true", *extra])
+        check_training_options(capo_args, training_args, model_args)
+        return model_args
+
+    assert check("--max_steps", "-1").lora_target_modules is None  # by epochs, all-linear: nothing changed
+    assert check("--lora_target_modules", "q_proj", "v_proj").use_peft is False  # names ending module names
+    check("--lora_target_modules", ".*q_proj", "--max_steps", "3")  # one name: a regular expression
+    for extra, pattern in [
+        (["--per_device_eval_batch_size", "0"], r"^field 'per_device_eval_batch_size': must be a whole number"),
+        (["--gradient_accumulation_steps", "0"], r"^field 'gradient_accumulation_steps': must be a whole number"),
+        (["--max_steps", "0"], r"^field 'max_steps': must be a whole number of at least 1, or -1 to train for "),
+        (["--num_train_epochs", "0"], r"^field 'num_train_epochs': must be more than 0 when max_steps is -1"),
+        (["--few_shot", "-2"], r"^field 'few_shot': must be a whole number of at least 0, got -2$"),
+        (["--lora_target_modules", "q_proj"],
+         r"^field 'lora_target_modules': 'q_proj' matches no module of \S+ \(a single name is a regular expression"),
+        (["--lora_target_modules", "input_layernorm", "q_proj"],
+         r"^field 'lora_target_modules': Target module LlamaRMSNorm\(.*\) is not supported"),
+    ]:
+        with pytest.raises(DataError, match=pattern):
+            check(*extra)

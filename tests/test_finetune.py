@@ -29,10 +29,10 @@ from capo.evaluate.finetune.scoring import METRICS, compute_metrics, constant_sc
 from capo.evaluate.finetune.trainer import (
     SIGNATURE_FILE,
     finetune,
-    last_complete_checkpoint,
     soft_cross_entropy,
     soft_label_trainer_class,
 )
+from capo.io import last_complete_checkpoint
 
 # --- loss and metrics ------------------------------------------------------------------------------------------
 

@@ -21,10 +21,11 @@ pytestmark = pytest.mark.slow
 def argv(corpus_lm, tmp_path_factory):
     root = tmp_path_factory.mktemp("gen-adapters")
     adapters = [f"{name}={make_adapter(corpus_lm, root / name, seed)}" for name, seed in (("A1", 1), ("A2", 2))]
-    # 6 held-out items x (A1, A2, base) = 18 records in 5 shards of 4.
+    # 6 held-out items x (A1, A2, base) = 18 records in 5 shards of 4. The random adapters have no run manifest:
+    # allowed explicitly (what they trained on is not checked; the summary and manifest name them).
     return ["--model", str(corpus_lm), "--dataset", "varierr", "--split", "test", "--limit", "6",
             "--adapters", *adapters, "--base", "true", "--dtype", "float32", "--batch_size", "8",
-            "--max_new_tokens", "24", "--shard_size", "4"]
+            "--max_new_tokens", "24", "--shard_size", "4", "--allow_unchecked_adapters", "true"]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,11 @@ def test_one_record_per_item_and_annotator(uninterrupted, corpus_lm):
     assert summary["unparsed"] == sum(not r["parsed"] for r in records)
     manifest = json.loads((out / "run_manifest.json").read_text())
     assert manifest["config"]["max_new_tokens"] == 24
+    # adapters used without a run manifest are named as unverified, in the summary and the run manifest
+    unchecked = {name: r["adapter"] for name in ("A1", "A2") for r in records if r["annotator"] == name}
+    assert summary["unchecked_adapters"] == unchecked and len(unchecked) == 2
+    assert manifest["summary"]["unchecked_adapters"] == unchecked
+    assert manifest["config"]["allow_unchecked_adapters"] is True
 
 
 def test_killed_run_resumes_to_the_identical_record_set(argv, uninterrupted, tmp_path):
@@ -113,7 +119,7 @@ def test_one_line_errors(argv, uninterrupted, tmp_path, capsys):
 def test_an_adapter_retrained_in_place_refuses_to_resume(corpus_lm, tmp_path, capsys):
     adapter = make_adapter(corpus_lm, tmp_path / "A3", seed=3)
     argv = ["--model", str(corpus_lm), "--limit", "1", "--adapters", f"A3={adapter}", "--dtype", "float32",
-            "--max_new_tokens", "4", "--output_dir", str(tmp_path / "out")]
+            "--max_new_tokens", "4", "--output_dir", str(tmp_path / "out"), "--allow_unchecked_adapters", "true"]
     main = load_script("recipes/generate.py").main
     assert main(argv)["merged"]
     assert main(argv)["this_process"]["records"] == 0  # same weights: everything already done
@@ -198,7 +204,8 @@ def test_a_conditioned_adapter_writes_as_each_target_with_its_id_in_the_prompt(c
 
     adapter = make_adapter(corpus_lm, tmp_path / "all", 3)
     options = {"model": str(corpus_lm), "dataset": "varierr", "split": "test", "limit": 2, "dtype": "float32",
-               "adapters": [f"cond={adapter}"], "targets": ["A1", "A3"], "conditioned": True, "max_new_tokens": 8}
+               "adapters": [f"cond={adapter}"], "targets": ["A1", "A3"], "conditioned": True, "max_new_tokens": 8,
+               "allow_unchecked_adapters": True}  # a random adapter: no run manifest
     args = GenerateArguments(**options, output_dir=str(tmp_path / "out"))
     assert args.annotators() == {"A1": "cond", "A3": "cond"}
     run_generation(args)
@@ -277,7 +284,7 @@ def test_generation_bench_batched_equals_one_at_a_time_in_fp32(corpus_lm, tmp_pa
     out = tmp_path / "bench.json"
     results = load_script("bench/generation_throughput.py").main(
         ["--model", str(corpus_lm), "--adapters", *adapters, "--limit", "3", "--batch_size", "6",
-         "--max_new_tokens", "12", "--dtype", "float32", "--json", str(out)])
+         "--max_new_tokens", "12", "--dtype", "float32", "--json", str(out), "--allow_unchecked_adapters", "true"])
     assert results["batched"]["records"] == results["one_at_a_time"]["records"] == 6
     assert results["records_differing"] == 0 and results["batched"]["batch_size"] == 6
     assert json.loads(out.read_text())["setup"]["items"] == 3

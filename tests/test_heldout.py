@@ -1,5 +1,7 @@
 """Held-out guarantees: adapters' run manifests record what they trained on; generation and attribution select held-out
-items from that split and refuse training items; the corpus LM's pre-training items are counted (MJD, attribution).
+items from that split and refuse training items; an adapter without a run manifest is refused by every tool unless
+--allow_unchecked_adapters true, which the output then records; the corpus LM's pre-training items are counted (MJD,
+attribution).
 
 The last tests train real SFT and CAPO adapters with the recipes (tiny corpus LM, 2 steps) and run generation and
 attribution on them."""
@@ -13,7 +15,13 @@ import pytest
 from conftest import load_script
 
 from capo.data.datasets import load_splits, load_task_data
-from capo.data.heldout import check_heldout, select_heldout, training_items, training_record
+from capo.data.heldout import (
+    check_heldout,
+    select_heldout,
+    training_items,
+    training_record,
+    unchecked_adapters,
+)
 from capo.data.splits import split_items
 from capo.errors import DataError
 from capo.io import write_json
@@ -86,11 +94,32 @@ def test_a_chain_of_adapters_holds_out_what_every_link_held_out(varierr_seed0, t
 
 
 def test_adapters_without_a_record(varierr_seed0, tmp_path):
-    data, _ = varierr_seed0
+    """Fail closed: an adapter without a run manifest (a hub id, a copied folder) is refused in one located line,
+    unless allowed; then it is said in one line, skipped, and returned for the output to record."""
+    data, record = varierr_seed0
+    with pytest.raises(DataError) as err:
+        check_heldout(data.items("test"), {"hub": "someone/adapter"})
+    assert str(err.value) == (
+        "someone/adapter: adapter hub has no run manifest (run_manifest.json), so which items it trained on is "
+        "unknown and held-out items cannot be checked: use an adapter trained by recipes/sft.py or recipes/capo.py, "
+        "or pass --allow_unchecked_adapters true to use it unverified")
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    with pytest.raises(DataError, match=r"copied: adapter A2 has no run manifest .*\(1 more adapter\(s\) lack one"):
+        check_heldout(data.items("test"), {"A1": _fake_adapter(tmp_path / "A1", record), "A2": str(copied),
+                                            "hub": "someone/adapter"})
     lines: list[str] = []
-    check_heldout(data.items("train"), {"hub": "someone/adapter"}, log=lines.append)
+    unchecked = check_heldout(data.items("train"), {"hub": "someone/adapter"}, log=lines.append, allow_unchecked=True)
+    assert unchecked == {"hub": "someone/adapter"}
     assert lines == [("adapter hub (someone/adapter) has no run manifest: which items it trained on is unknown, "
-                      "not checked")]
+                      "not checked (--allow_unchecked_adapters)")]
+    # allowed, the unchecked adapter is skipped, but the checked ones still refuse their training items
+    adapters = {"A1": _fake_adapter(tmp_path / "A1", record), "A2": str(copied)}
+    with pytest.raises(DataError, match=r"adapter A1 \(.*\) trained on 3 of these 3 items"):
+        check_heldout(data.items("train")[:3], adapters, log=lines.append, allow_unchecked=True)
+    assert check_heldout(data.items("test"), adapters, log=lambda _: None, allow_unchecked=True) == {"A2": str(copied)}
+    assert check_heldout(data.items("test"), {"A1": adapters["A1"]}) == {}  # every adapter checked
+    assert unchecked_adapters(adapters, allow=True, log=lambda _: None) == {"A2": str(copied)}
     write_json(tmp_path / "old" / "run_manifest.json", {"stage": "sft"})
     with pytest.raises(DataError, match="does not record the adapter's training items"):
         check_heldout(data.items("test"), {"A1": str(tmp_path / "old")})
@@ -116,6 +145,96 @@ def test_mjd_reports_and_can_leave_out_pretraining_items(corpus_lm, tmp_path):
     assert runs[False][0]["items"] == 12 and runs[True][0]["items"] == 12 - seen
     kept = [json.loads(line)["id"] for line in (tmp_path / "True" / "mjd.jsonl").read_text().splitlines()]
     assert kept == [i.id for i in first if i.id not in set(split_items(load_dataset("varierr"), seed=0).train)]
+
+
+# --- adapters without a run manifest, allowed explicitly: every tool runs and names them ---------------------------
+
+
+@pytest.fixture(scope="module")
+def bare(corpus_lm, tmp_path_factory) -> Path:
+    """root/nli/{A1,A2,all}: zero-initialised LoRA adapters (the base model's outputs) saved without a run manifest,
+    as a hub adapter or a folder copied without it would be."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("bare")
+    for name in ("A1", "A2", "all"):
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(corpus_lm),
+                               LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=True))
+        model.save_pretrained(root / "nli" / name)
+        assert not (root / "nli" / name / "run_manifest.json").exists()
+    return root
+
+
+def _refused(capsys, script: str, argv: list, folder: Path) -> None:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        load_script(script).main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {folder}: adapter ") and "has no run manifest" in err, err
+    assert err.endswith("or pass --allow_unchecked_adapters true to use it unverified"), err
+
+
+ALLOW = ["--allow_unchecked_adapters", "true"]
+
+
+def test_generation_with_unchecked_adapters(bare, corpus_lm, tmp_path, capsys):
+    argv = ["--model", corpus_lm, "--adapters", f"A1={bare / 'nli' / 'A1'}", "--limit", "1", "--dtype", "float32",
+            "--max_new_tokens", "2", "--output_dir", tmp_path / "gen"]
+    _refused(capsys, "recipes/generate.py", argv, bare / "nli" / "A1")
+    assert not (tmp_path / "gen").exists()
+    summary = load_script("recipes/generate.py").main([str(a) for a in argv + ALLOW])
+    assert "adapter A1 (" in capsys.readouterr().out  # said in one line
+    assert summary["merged"] and summary["unchecked_adapters"] == {"A1": str(bare / "nli" / "A1")}
+    assert _manifest(tmp_path / "gen")["summary"]["unchecked_adapters"] == {"A1": str(bare / "nli" / "A1")}
+
+
+def test_attribution_with_unchecked_adapters(bare, corpus_lm, tmp_path, capsys):
+    template = bare / "{task}" / "{annotator}"
+    out = tmp_path / "report.json"
+    argv = ["--model", corpus_lm, "--adapter", f"same={template}", "--annotators", "A1", "A2", "--splits", "dev",
+            "--limit", "6", "--output", out]
+    _refused(capsys, "eval/attribution.py", argv, bare / "nli" / "A1")  # sorted names: "same A1 seed 0" first
+    assert not out.exists()
+    load_script("eval/attribution.py").main([str(a) for a in argv + ALLOW])
+    report = json.loads(out.read_text())
+    assert report["unchecked_adapters"] == {f"same {a} seed 0": str(bare / "nli" / a) for a in ("A1", "A2")}
+    assert report["annotators"]["A1"]["same"]["gain"]["gain"] == pytest.approx(0, abs=1e-9)  # zero adapters
+
+
+def test_jury_with_unchecked_adapters(bare, corpus_lm, tmp_path, capsys):
+    import dataclasses
+
+    from capo.data.loaders import item_to_json, load_nli341
+
+    items = [dataclasses.replace(item, annotations=[]) for item in load_nli341()[:2]]
+    data = tmp_path / "two.jsonl"
+    data.write_text("".join(json.dumps(item_to_json(item)) + "\n" for item in items))
+    out = tmp_path / "jury.jsonl"
+    argv = ["--model", corpus_lm, "--explainers", bare / "{task}" / "{annotator}", "--annotators", "A1", "A2",
+            "--dataset", data, "--output", out, "--heldout_only", "true"]
+    _refused(capsys, "eval/jury.py", argv, bare / "nli" / "A1")
+    assert not out.exists()
+    report = load_script("eval/jury.py").main([str(a) for a in argv + ALLOW])
+    assert report["unchecked_adapters"] == {f"explainer {a}": str(bare / "nli" / a) for a in ("A1", "A2")}
+    assert report["items"] == 2 and "leaves out only what the explainers with a run manifest" in capsys.readouterr().out
+
+
+def test_lewidi_prediction_with_unchecked_adapters(bare, corpus_lm, tmp_path, capsys):
+    from capo.data.lewidi import lewidi_split_path
+
+    source = lewidi_split_path("ven", "test")
+    rows = json.loads(source.read_text())
+    split = tmp_path / "ven_two.json"
+    split.write_text(json.dumps({key: rows[key] for key in list(rows)[:2]}))
+    out = tmp_path / "ven.jsonl"
+    argv = ["predict", "--dataset", "ven", "--split", split, "--decision", "0.5", "--model", corpus_lm,
+            "--explainers", bare / "{task}" / "all", "--output", out]  # one conditioned adapter
+    _refused(capsys, "eval/lewidi.py", argv, bare / "nli" / "all")
+    assert not out.exists()
+    report = load_script("eval/lewidi.py").main([str(a) for a in argv + ALLOW])
+    assert report["unchecked_adapters"] == {"conditioned all": str(bare / "nli" / "all")} and out.exists()
 
 
 # --- adapters really trained by the recipes ---------------------------------------------------------------------

@@ -365,6 +365,7 @@ def test_explainers_predict_ven_test_with_the_threshold_fitted_on_dev(corpus_lm,
     predictions = read_annotator_predictions(out, "ven")
     check_complete(test_items, predictions, out)
     assert report["predictor"] == "explainer" and report["decision_source"] == "fitted"
+    assert report["decision_fit"] == f"fitted on all of {explainers['ven_dev']}" and "fold_decisions" not in report
     assert report["scores"] == score(test_items, predictions)  # scoreable, and scored as written
     probs = _probs(tmp_path / "ven_test_probs.jsonl")
     assert set(probs) == set(predictions) and all(sum(p) == pytest.approx(1, abs=1e-5) for p in probs.values())
@@ -387,9 +388,9 @@ def test_explainers_predict_ven_test_with_the_threshold_fitted_on_dev(corpus_lm,
     assert np.abs(np.subtract(probs[(item.id, "Ann1")], probs[(item.id, "Ann2")])).max() > 1e-4
 
 
-def test_explainers_predict_par_with_the_rule_chosen_on_dev(corpus_lm, explainers, tmp_path):
+def test_explainers_predict_par_dev_with_the_rule_cross_fitted_over_dev_folds(corpus_lm, explainers, tmp_path):
     from capo.evaluate.lewidi import check_complete
-    from capo.evaluate.perspectivist import PAR_DECISIONS, par_labels
+    from capo.evaluate.perspectivist import PAR_DECISIONS, crossfit_choices, decide_per_item, par_labels
 
     items = read_lewidi(explainers["par_dev"])
     out = tmp_path / "par.jsonl"
@@ -400,8 +401,13 @@ def test_explainers_predict_par_with_the_rule_chosen_on_dev(corpus_lm, explainer
     check_complete(items, predictions, out)
     assert report["decision"] in PAR_DECISIONS and set(report["dev_choices"]) == set(PAR_DECISIONS)
     assert report["dev_choices"][report["decision"]] == min(report["dev_choices"].values())
-    assert report["scores"]["perspectivist"] == report["dev_choices"][report["decision"]]
+    # dev scored with itself as the decision split: each item's rule is fitted on the other items (4 items, 4 folds)
+    assert report["decision_source"] == "cross-fitted" and report["decision_folds"] == 4
+    assert report["decision_fit"] == f"cross-fitted over 4 folds of {explainers['par_dev']}"
     probs = _probs(tmp_path / "par_probs.jsonl")
+    rows, matrix = [{"id": k, "annotator": a} for k, a in probs], np.array(list(probs.values()))
+    assert predictions == decide_per_item(rows, matrix, "par", crossfit_choices(items, rows, matrix, "par")[0])
+    assert report["scores"] == score(items, predictions)
     assert all(len(p) == 11 and sum(p) == pytest.approx(1, abs=1e-5) for p in probs.values())
     item = items[1]
     np.testing.assert_allclose(probs[(item.id, "Ann3")], _direct(corpus_lm, explainers["template"].format(

@@ -105,6 +105,91 @@ def test_dev_choice_picks_the_threshold_that_scores_best(tmp_path):
     assert 0.1 <= best < 0.3 and scores[str(best)] == 0.0 and scores["0.5"] > 0
 
 
+def _ven_items(wide: set[int], n: int = 6, prefix: str = "d") -> list:
+    """n VEN items; item k's four annotators all say {entailment, neutral} when k is in `wide`, else {neutral}."""
+    from capo.data.lewidi import LewidiItem
+
+    items = []
+    for k in range(n):
+        given = ("entailment", "neutral") if k in wide else ("neutral",)
+        items.append(LewidiItem(f"{prefix}{k}", "ven", ("p", "h"), NAMES, {a: given for a in NAMES},
+                                {lab: float(lab in given) for lab in VEN_LABELS}))
+    return items
+
+
+# Every (item, annotator) row at P(contradiction, entailment, neutral) = (0.3, 0.6, 0.8): a threshold in [0.3, 0.6)
+# predicts {entailment, neutral} (right for a wide item), one in [0.6, 0.8) {neutral} (right for a narrow one).
+ROW_PROBS = [0.3, 0.6, 0.8]
+
+
+def test_a_dev_items_decision_never_uses_that_items_own_labels():
+    from capo.evaluate.perspectivist import crossfit_choices, decide, decide_per_item
+
+    wide = {0, 1, 2}  # 3 wide, 3 narrow: the in-sample choice is a tie, kept by 0.5 (wide)
+    items = _ven_items(wide)
+    rows = annotator_rows(items)
+    probs = np.array([ROW_PROBS] * len(rows))
+
+    def crossfitted(items):
+        choices, _ = crossfit_choices(items, rows, probs, "ven")
+        return decide_per_item(rows, probs, "ven", choices)
+
+    def in_sample(items):
+        return decide(rows, probs, "ven", choose_on_dev(items, rows, probs, "ven")[0])
+
+    base, changed_in_sample = crossfitted(items), 0
+    for k in range(len(items)):  # flip item k's labels (wide <-> narrow): its own predictions must not move
+        flipped = _ven_items(wide ^ {k})
+        after = crossfitted(flipped)
+        assert all(after[(items[k].id, a)] == base[(items[k].id, a)] for a in NAMES), k
+        changed_in_sample += in_sample(flipped)[(items[k].id, "Ann1")] != in_sample(items)[(items[k].id, "Ann1")]
+    # Not vacuous: fitted in-sample, an item's own labels do move its prediction (the old behaviour).
+    assert changed_in_sample > 0
+
+
+@pytest.mark.parametrize("dataset", ["ven", "par"])
+def test_crossfit_fits_each_fold_on_the_other_items_only(dataset, tmp_path):
+    from capo.evaluate.perspectivist import crossfit_choices
+
+    items = read_lewidi(_split(tmp_path / "d.json", dataset, 7, seed=5))
+    rows = annotator_rows(items)
+    width = len(VEN_LABELS) if dataset == "ven" else len(PAR_LABELS)
+    probs = np.random.default_rng(0).dirichlet(np.ones(width), size=len(rows))
+    fitted_on: list[set[str]] = []
+
+    def spy(fit_items, fit_rows, fit_probs, name):
+        ids = {item.id for item in fit_items}
+        assert {r["id"] for r in fit_rows} == ids and len(fit_probs) == len(fit_rows)
+        fitted_on.append(ids)
+        return choose_on_dev(fit_items, fit_rows, fit_probs, name)
+
+    choices, per_fold = crossfit_choices(items, rows, probs, dataset, choose=spy)
+    every = {item.id for item in items}
+    held = [every - ids for ids in fitted_on]  # the items each fitted decision is applied to
+    assert len(per_fold) == len(fitted_on) == 5 and set(choices) == every
+    assert all(held) and sum(len(h) for h in held) == len(every) and set().union(*held) == every  # a partition
+    for h, choice in zip(held, per_fold):
+        assert all(choices[i] == choice for i in h)
+
+
+def test_dev_is_scored_cross_fitted_and_another_split_with_the_decision_fitted_on_all_of_dev():
+    from capo.evaluate.perspectivist import fit_decisions
+
+    dev, test = _ven_items({0, 1, 2, 3}), _ven_items({0}, n=3, prefix="t")
+    rows = annotator_rows(dev)
+    probs = np.array([ROW_PROBS] * len(rows))
+    best = choose_on_dev(dev, rows, probs, "ven")[0]
+    choices, record = fit_decisions(test, dev, rows, probs, "ven")
+    assert choices == {item.id: best for item in test} and record["decision"] == best
+    assert record["decision_source"] == "fitted" and record["decision_fit"] == "fitted on all of dev"
+    choices, record = fit_decisions(dev, dev, rows, probs, "ven", folds=3)
+    assert record["decision_source"] == "cross-fitted" and record["decision_fit"] == "cross-fitted over 3 folds of dev"
+    assert record["decision_folds"] == len(record["fold_decisions"]) == 3 and set(choices) == {i.id for i in dev}
+    assert set(choices.values()) <= set(record["fold_decisions"]) and record["decision"] == best
+    choices, record = fit_decisions(dev, dev, rows, probs, "ven", fixed=0.7)
+    assert set(choices.values()) == {0.7} and record["decision_fit"] == "fixed"
+
+
 @pytest.mark.slow
 def test_annotator_token_lets_the_encoder_learn_each_annotators_habit(tmp_path):
     out, dev, metrics = _run(tmp_path, "ven", "ven")

@@ -166,6 +166,15 @@ def test_end_to_end_writes_every_stage_and_a_report_with_tables_and_plots(first)
     assert "holds 78 of the 100 VEN dev/test items" in lewidi["skipped"]["ven"]
     assert "no paraphrase explainers" in lewidi["skipped"]["par"]
     assert "**VEN: explainers not scored**" in report and "| ven | test | base | 50 |" in report
+    # LeWiDi dev rows are scored cross-fitted, test rows with the decision fitted on all of dev; the imitation
+    # tables say how many items each generated set and its human ceiling rest on
+    assert [r["decision_fit"] for r in lewidi["rows"]] == ["cross-fitted over 5 folds of dev", "fitted on all of dev",
+                                                          "cross-fitted over 5 folds of dev"]
+    assert "| ven | dev | base | 50 |" in report and "cross-fitted over 5 folds of dev: " in report
+    assert "items (generated / ceiling)" in report
+    nli = results["imitation"]["nli_trained"]
+    assert all(row["basis"]["generated"]["items"] == row["basis"]["human_ceiling"]["items"]
+               for per in nli["sources"].values() for row in per.values() if "basis" in row)
 
 
 def test_lewidi_explainers_score_explainers_trained_on_lewidi_and_say_why_not_otherwise(corpus_lm, tmp_path,
@@ -200,7 +209,10 @@ def test_lewidi_explainers_score_explainers_trained_on_lewidi_and_say_why_not_ot
     assert summary["skipped"] == {}
     rows = {(r["split"], r["predictor"]): r for r in summary["rows"]}
     assert set(rows) == {(split, p) for split in ("dev", "test") for p in ("base", "sft s0", "capo s0", "cond s0")}
-    assert all(r["items"] == 50 and 0 <= r["perspectivist"] <= 1 and r["decision_in_sample"] == (r["split"] == "dev")
+    assert all(r["items"] == 50 and 0 <= r["perspectivist"] <= 1 for r in rows.values())
+    # dev rows: each item fold with the decision fitted on the other folds; test rows: the one fitted on all of dev
+    assert all(r["decision_fit"] == ("cross-fitted over 5 folds of dev" if r["split"] == "dev" else
+                                     "fitted on all of dev") and ("fold_decisions" in r) == (r["split"] == "dev")
                for r in rows.values())
     assert len({rows["test", p]["soft_mean"] for p in ("base", "sft s0", "capo s0", "cond s0")}) == 4
     assert "--explainers '" + str(tmp_path / "capo" / "seed0" / "{task}" / "{annotator}") + "'" in \
@@ -377,30 +389,51 @@ def test_a_reported_command_is_one_line_that_bash_reads_back(value):
 
 
 def test_the_imitation_summary_pools_seeds_per_kind_and_counts_every_parsed_targeted_response():
-    from capo.pipeline.report import imitation_summary
+    from capo.pipeline.report import _summary_table, imitation_summary
 
-    def row(target, generated, unparsed, first, last, js, agreement):
+    def row(target, generated, unparsed, first, last, js, agreement, ceiling=0.6, items=5):
         return {"target": target, "generated": generated, "unparsed": unparsed,
                 "attribution": [{"k": 1, "groups": 4, "recognised": first}, {"k": 4, "groups": 1, "recognised": last},
                                 {"k": 16, "groups": 0, "recognised": float("nan")}],
-                "human_ceiling": [{"k": 1, "groups": 5, "recognised": 0.6}, {"k": 4, "groups": 1, "recognised": 1.0}],
+                "human_ceiling": [{"k": 1, "groups": 5, "recognised": ceiling},
+                                  {"k": 4, "groups": 1, "recognised": 1.0}, {"k": 16, "groups": 0}],
+                "basis": {"generated": {"items": items, "responses": generated},
+                          "human_ceiling": {"items": items, "responses": 5}},
                 "label_js_target": js, "item_label_agreement": agreement}
 
     entry = {
-        "human_heldout": {"n": 10, "accuracy": 0.7, "ci_low": 0.4, "ci_high": 0.9},
+        "human_heldout": {"n": 10, "accuracy": 0.7, "ci_low": 0.4, "ci_high": 0.9}, "heldout_items": 8,
         "sources": {
             "sft_s0": {"A1": row("A1", 5, 1, 0.5, 1.0, 0.2, 0.4), "A2": row("A2", 5, 0, 0.3, 0.0, 0.4, 0.6),
                        "A3": {"generated": 2, "unparsed": 0, "note": "no real held-out response from A3"}},
-            "sft_s1": {"A1": row("A1", 5, 0, 0.7, 1.0, 0.6, 0.2)},
+            "sft_s1": {"A1": row("A1", 5, 0, 0.7, 1.0, 0.6, 0.2, ceiling=0.9, items=4)},
             "base": {"None": {"generated": 5, "unparsed": 0, "attributed": {"A1": 1.0}}},
         },
         "confusion": {"sft_s0": {"n": 11, "accuracy": 0.4, "ci_low": 0.1, "ci_high": 0.7},
                       "sft_s1": {"n": 5, "accuracy": 0.6, "ci_low": 0.2, "ci_high": 1.0}},
     }
     human, sft = imitation_summary(entry)  # base has no target: no row
-    assert (human["responses"], human["first"], human["last"], human["last_k"]) == (10, 0.6, 1.0, 4)
+    # the human row: the judge's sanity check on every held-out response; its items
+    assert (human["responses"], human["items"]) == (10, "8") and "first" not in human
+    # each kind's ceiling is its own rows' (the targets' real responses on the items each generated set covers)
+    assert sft["ceiling_first"] == pytest.approx((0.6 + 0.6 + 0.9) / 3) and sft["ceiling_last"] == pytest.approx(1.0)
+    assert (sft["items"], sft["ceiling_items"]) == ("4–5", "4–5")
+    table = _summary_table([human, sft]).splitlines()  # the report says how many items each row rests on
+    assert "items (generated / ceiling)" in table[0] and "human ceiling k=1 (same items)" in table[0]
+    assert table[2].startswith("| human held-out | 8 | 10 |") and table[3].startswith("| sft | 4–5 / 4–5 | 17 |")
     # a row's `generated` counts its parsed responses (imitation leaves the unparsed ones out); a note row's count too
     assert sft["source"] == "sft" and sft["responses"] == 5 + 5 + 2 + 5
     assert sft["attributed"] == [("0", 0.4, 0.1, 0.7), ("1", 0.6, 0.2, 1.0)]
     assert sft["first"] == pytest.approx(0.5) and sft["last"] == pytest.approx(2 / 3) and sft["last_k"] == 4
     assert sft["js"] == pytest.approx(0.4) and sft["agreement"] == pytest.approx(0.4)
+
+
+def test_the_lewidi_table_says_how_each_decision_was_fitted():
+    from capo.pipeline.report import _decision
+
+    assert _decision({"decision": 0.55, "decision_fit": "fitted on all of dev"}) == \
+        "threshold 0.55 (fitted on all of dev)"
+    assert _decision({"decision": "median", "decision_fit": "cross-fitted over 5 folds of dev",
+                      "fold_decisions": ["median", "argmax", "median", "median", "argmax"]}) == \
+        "cross-fitted over 5 folds of dev: median ×3, argmax ×2"
+    assert _decision({"predictor": "random"}) == "–"

@@ -6,6 +6,10 @@ it trained on (row items and few-shot examples, plus those of the adapter it sta
 across data sets (nli341, ChaosNLI and the LeWiDi VariErrNLI files carry VariErr ids), so a held-out set is chosen by
 id: an item's split is the one it has in every adapter's training data, and its own data set's split only for ids
 that data never contained. `check_heldout` is the one check generation and attribution both run before any work.
+
+The check fails closed: an adapter without a run manifest (a hub adapter, a folder copied without it) cannot be
+checked, so it is refused (`unchecked_adapters`) unless the user passes `--allow_unchecked_adapters true`; then it is
+used, said in one line, and the tool's output records it as unverified.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from capo.io import read_json
 
 MANIFEST = "run_manifest.json"
 RECORD = "training_data"
+ALLOW_UNCHECKED = "--allow_unchecked_adapters true"  # the flag every adapter-taking tool offers for such adapters
 
 
 def training_record(
@@ -97,19 +102,46 @@ def select_heldout(data: TaskData, split: str | None, adapters: Mapping[str, str
     return [item for item in data.all_items() if all(name == split for name in names(item.id))]
 
 
-def check_heldout(items: Sequence[Item], adapters: Mapping[str, str | Path], log: Callable[[str], None] = print) -> None:
-    """Refuse (one-line DataError naming the adapter and the count) items any adapter trained on; an adapter without
-    a run manifest cannot be checked, which is said in one line."""
+def _unchecked(adapters: Mapping[str, str | Path], manifests: Mapping[str, dict | None], allow: bool,
+               log: Callable[[str], None]) -> dict[str, str]:
+    missing = {name: str(path) for name, path in adapters.items() if manifests[name] is None}
+    if missing and not allow:
+        name, path = next(iter(missing.items()))
+        more = f" ({len(missing) - 1} more adapter(s) lack one too)" if len(missing) > 1 else ""
+        raise DataError(f"adapter {name} has no run manifest ({MANIFEST}), so which items it trained on is unknown "
+                        f"and held-out items cannot be checked{more}: use an adapter trained by recipes/sft.py or "
+                        f"recipes/capo.py, or pass {ALLOW_UNCHECKED} to use it unverified", path=path)
+    for name, path in missing.items():
+        log(f"adapter {name} ({path}) has no run manifest: which items it trained on is unknown, not checked "
+            "(--allow_unchecked_adapters)")
+    return missing
+
+
+def unchecked_adapters(adapters: Mapping[str, str | Path], allow: bool = False,
+                       log: Callable[[str], None] = print) -> dict[str, str]:
+    """The adapters (name -> folder or hub id) without a run manifest, whose training items are unknown. Refused in
+    one line naming the first (call this before any model loads) unless `allow` (`--allow_unchecked_adapters
+    true`); then each is said in one line and the name -> path map returned, for the tool's output to record."""
+    return _unchecked(adapters, _manifests(adapters), allow, log)
+
+
+def check_heldout(items: Sequence[Item], adapters: Mapping[str, str | Path], log: Callable[[str], None] = print, *,
+                  allow_unchecked: bool = False) -> dict[str, str]:
+    """Refuse (one-line DataError naming the adapter and the count) items any adapter trained on. An adapter without
+    a run manifest cannot be checked: it is refused (`unchecked_adapters`) unless `allow_unchecked`, when it is said
+    in one line and skipped. Returns the unchecked adapters (name -> path; empty when every one was checked)."""
+    manifests = _manifests(adapters)
+    unchecked = _unchecked(adapters, manifests, allow_unchecked, log)
     ids = {item.id for item in items}
-    for (name, path), manifest in zip(adapters.items(), _manifests(adapters).values(), strict=True):
+    for (name, path), manifest in zip(adapters.items(), manifests.values(), strict=True):
         if manifest is None:
-            log(f"adapter {name} ({path}) has no run manifest: which items it trained on is unknown, not checked")
             continue
         seen = ids & training_items(manifest)
         if seen:
             record = _record(manifest, path)
             raise DataError(f"adapter {name} ({path}) trained on {len(seen)} of these {len(ids)} items (it trained on "
                             f"{record['dataset']} split seed {record['split_seed']}; pick its dev or test items)")
+    return unchecked
 
 
 def leave_out_pretrained(items: Sequence[Item], pretrained: set[str], exclude: bool,

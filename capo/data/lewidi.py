@@ -91,9 +91,10 @@ def parse_ven_labels(value, where: dict, field: str) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
-def parse_par_label(value, where: dict, field: str) -> int:
-    """A Likert point -5..5, as an int or its string spelling ("3", "+3")."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
+def parse_par_label(value, where: dict, field: str, *, strings: bool = True) -> int:
+    """A Likert point -5..5, as an int or (with `strings`: the LeWiDi split files spell them so) its string spelling
+    ("3", "+3")."""
+    if isinstance(value, bool) or not isinstance(value, int | str) or (isinstance(value, str) and not strings):
         raise DataError(f"expected an integer from -5 to 5, got {value!r}", field=field, **where)
     try:
         return int(LIKERT.normalise(value))

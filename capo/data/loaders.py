@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -106,17 +106,23 @@ def check_distribution(values, n_labels: int, where: dict, field: str) -> list[f
 # --- distribution files (one {"id", "distribution"} per line: HJDs, MJDs, predictions) --------------------------
 
 
+def row_id(row: Mapping, where: dict, seen: Container[str] = ()) -> str:
+    """A JSONL row's id as a string: present, a string or an integer (never a boolean), not one of `seen`; a row
+    without one is an error, never silently dropped. `where`: its path and line."""
+    item_id = row.get("id")
+    if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
+        raise DataError("missing or invalid id", field="id", **where)
+    if str(item_id) in seen:
+        raise DataError("duplicate id", field="id", item=str(item_id), **where)
+    return str(item_id)
+
+
 def read_distributions(path: str | Path, n_labels: int = 3) -> dict[str, list[float]]:
     """id -> distribution, validated (right length, non-negative, sums to 1, unique ids)."""
     out: dict[str, list[float]] = {}
     for line, row in iter_jsonl(path):
         where = {"path": str(path), "line": line}
-        item_id = row.get("id")
-        if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
-            raise DataError("missing or invalid id", field="id", **where)
-        item_id = str(item_id)
-        if item_id in out:
-            raise DataError("duplicate id", field="id", item=item_id, **where)
+        item_id = row_id(row, where, out)
         out[item_id] = check_distribution(row.get("distribution"), n_labels, {**where, "item": item_id}, "distribution")
     if not out:
         raise DataError("no distributions in file", path=str(path))

@@ -1,7 +1,8 @@
 """Likelihood attribution: does a model prefer the target annotator's real explanation over the others'?
 
 For a held-out item, each annotation's explanation is scored by the model as the mean log-probability of its tokens
-(and the end-of-turn token that closes it), conditioned on the task prompt and the annotation's own label line. The
+(and the end-of-turn token that closes it: the first special token the chat template writes after the assistant's
+message, eos or another, `turn_end`), conditioned on the task prompt and the annotation's own label line. The
 target wins a comparison when its explanation scores higher than another annotator's explanation on the same item
 (ties count half). An item's score is its share of wins; a model's win rate is the mean over items. A base model
 already prefers some annotators' style, so what matters is the gain over the base model, with a paired bootstrap
@@ -18,6 +19,7 @@ import numpy as np
 
 from capo.data.prompts import prompt_messages, render_chat, render_response
 from capo.data.schema import ANNOTATORS, Item
+from capo.precision import resolve_dtype
 
 EXPLANATION_MARK = "\nExplanation:"
 
@@ -30,14 +32,47 @@ class Scored:
     score: float  # mean log-probability per explanation token
 
 
+def _special_tokens(tokenizer) -> list[str]:
+    """Every special token's text (eos, added control tokens such as `<end_of_turn>` or `<|eot_id|>`), longest
+    first, so that where two start at one place the longer one is taken."""
+    tokens = set(getattr(tokenizer, "all_special_tokens", None) or ())
+    tokens |= {t.content for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values() if t.special}
+    return sorted((t for t in tokens if t), key=len, reverse=True)
+
+
+def turn_end(tokenizer, text: str, content_end: int, item: str | None = None) -> int:
+    """Where the assistant turn whose content ends at `content_end` in `text` (a chat-template rendering ending with
+    that turn) is closed: the end of the first special token the template writes after the content. That is the
+    eos token for many templates, but not for all (Gemma ends a turn with `<end_of_turn>` and has `<eos>`; Llama 3
+    has `<|eot_id|>`), so it is looked up in what the template appends, not assumed."""
+    from capo.errors import DataError
+
+    suffix = text[content_end:]
+    found = [(suffix.find(token), -len(token), token) for token in _special_tokens(tokenizer) if token in suffix]
+    if not found:
+        raise DataError(f"the chat template writes no special token after the assistant's message ({suffix!r}), so "
+                        "the end of its turn, scored with the explanation, cannot be found",
+                        path=getattr(tokenizer, "name_or_path", None) or None, item=item, field="chat_template")
+    position, _, token = min(found)
+    return content_end + position + len(token)
+
+
 def _explanation_mask(tokenizer, item: Item, label: str, explanation: str, persona: str | None = None
                       ) -> tuple[list[int], list[bool]]:
-    """Token ids of prompt + response and which of them belong to the explanation (found by character offsets)."""
+    """Token ids of prompt + response and which of them belong to the explanation (found by character offsets): the
+    explanation's tokens and the token that ends the assistant's turn after it (`turn_end`)."""
+    from capo.errors import DataError
+
     response = render_response(label, explanation)
     messages = prompt_messages(item, annotator=persona) + [{"role": "assistant", "content": response}]
     text = render_chat(tokenizer, messages, generation_prompt=False)
-    start = text.rindex(response) + response.index(EXPLANATION_MARK) + len(EXPLANATION_MARK)
-    end = text.index(tokenizer.eos_token, start) + len(tokenizer.eos_token)  # the turn's end closes the explanation
+    content = text.rfind(response)
+    if content < 0:
+        raise DataError("the chat template changes the assistant's message, so its explanation cannot be found in "
+                        "the rendered text", path=getattr(tokenizer, "name_or_path", None) or None, item=item.id,
+                        field="chat_template")
+    start = content + response.index(EXPLANATION_MARK) + len(EXPLANATION_MARK)
+    end = turn_end(tokenizer, text, content + len(response), item=item.id)  # the turn's end closes the explanation
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     mask = [s >= start and e <= end and e > s for s, e in encoded["offset_mapping"]]
     return encoded["input_ids"], mask
@@ -119,7 +154,7 @@ def control_annotator(annotator: str, among: Sequence[str] = ANNOTATORS) -> str:
 def _load(base_path: str, adapter: str | None, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=resolve_dtype(dtype))
     if adapter is None:
         return model
     from peft import PeftModel
@@ -162,6 +197,7 @@ def attribution_report(
     exclude_pretrained: bool = True,
     dtype: str = "float32",
     scores_dir: str | None = None,
+    allow_unchecked_adapters: bool = False,
     log=print,
 ) -> dict:
     """Win rates of base and adapted models for every target annotator, gains over base, and the control.
@@ -169,9 +205,10 @@ def attribution_report(
     `adapters` maps a kind ("sft", "capo") to a folder template with `{seed}`, `{task}` and `{annotator}` (without
     `{annotator}`: one conditioned explainer, prompted with each annotator's id); `dtype` is the models' weights
     (bfloat16: ~2x faster on CPUs with bf16 kernels, scores within ~0.05 nats/token). Items an adapter trained on (its
-    run manifest) are refused; items the base model was pre-trained on (a corpus LM) are counted and, with
-    `exclude_pretrained`, left out. With `scores_dir`, each model's scores are kept there as it finishes, so a killed
-    report resumes at the next model.
+    run manifest) are refused, and so is an adapter without a run manifest unless `allow_unchecked_adapters` (the
+    report's `unchecked_adapters` then names it); items the base model was pre-trained on (a corpus LM) are counted
+    and, with `exclude_pretrained`, left out. With `scores_dir`, each model's scores are kept there as it finishes,
+    so a killed report resumes at the next model.
     """
     from pathlib import Path
 
@@ -180,14 +217,17 @@ def attribution_report(
     from capo.data.heldout import check_heldout, leave_out_pretrained
     from capo.errors import DataError
     from capo.generate.backends.base import check_dtype
+    from capo.io import check_adapter_weights
     from capo.train.corpus_lm import pretraining_item_ids
 
-    check_dtype(dtype)  # before any model loads
+    dtype = resolve_dtype(check_dtype(dtype))  # before any model loads; auto: this machine's choice, as recorded
     folders = adapter_folders(adapters, seeds, annotators, task)
     missing = [folder for _, folder in sorted(folders.items()) if not (Path(folder) / "adapter_config.json").exists()]
     if missing:
         raise DataError(f"no adapter in {len(missing)} folder(s), first: {missing[0]}")
-    check_heldout(items, adapter_names(folders), log=log)
+    for _, folder in sorted(folders.items()):
+        check_adapter_weights(folder)
+    unchecked = check_heldout(items, adapter_names(folders), log=log, allow_unchecked=allow_unchecked_adapters)
     # An item whose explanations the base model was pre-trained on is not held out from it, whatever the split says
     # (e.g. another split seed than the corpus LM's, or LeWiDi test items that are VariErr train items).
     items = leave_out_pretrained(items, pretraining_item_ids(base_path), exclude_pretrained, log=log)
@@ -208,7 +248,8 @@ def attribution_report(
                     for key in keys}
         scores.update(cache.get(folder, keys, score_folder))
         log(f"scored {folder}")
-    report = {"items": len(items), "seeds": list(seeds), "annotators": {}}
+    report = {"items": len(items), "seeds": list(seeds), "dtype": dtype, "annotators": {},
+              "unchecked_adapters": unchecked}  # used without a run manifest: their items were not checked
     for target in annotators:
         base = item_win_rates(base_scores, target)
         row = {"base": mean_rate(base), "items": len(base)}

@@ -5,7 +5,7 @@ Distribution files themselves are read and written by `capo.data.loaders` (`read
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +21,34 @@ BASELINES = ("uniform", "mnli_onehot", "mnli_dist", "varierr_dist", "chaosnli")
 _BASELINE_SOURCE = {"mnli_onehot": "mnli_onehot", "mnli_dist": "mnli", "varierr_dist": "varierr", "chaosnli": "chaosnli"}
 
 
+def covered(reference: Iterable[str], covering: Collection[str], *, reference_name: str, covering_name: str,
+            allow_partial: bool = False) -> list[str]:
+    """The ids of `reference` that `covering` has, in `reference` order. A file that covers only some of them is
+    refused, saying how many of how many (numbers on part of the items would pass for numbers on all of them),
+    unless `allow_partial`."""
+    reference = list(reference)
+    ids = [i for i in reference if i in covering]
+    if len(ids) < len(reference) and not allow_partial:
+        first = next(i for i in reference if i not in covering)
+        raise DataError(f"covers {len(ids)} of the {len(reference)} items in {reference_name} (first missing: "
+                        f"{first!r}); --allow_partial true would score only those {len(ids)}", path=covering_name)
+    return ids
+
+
 def join(
-    human: Mapping[str, Sequence[float]], model: Mapping[str, Sequence[float]], *, human_name="human", model_name="model"
+    human: Mapping[str, Sequence[float]], model: Mapping[str, Sequence[float]], *, human_name="human", model_name="model",
+    allow_partial: bool = False,
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Align two id -> distribution maps; ids present in one but not the other are an error."""
+    """Align two id -> distribution maps on the human ids. An id only the model has is an error; so is a model that
+    covers only part of the human ids (`covered`), unless `allow_partial`: then the ids it covers are aligned."""
     missing = sorted(set(human) - set(model))
     extra = sorted(set(model) - set(human))
-    if missing or extra:
+    if extra:
         first = (missing or extra)[0]
         which = f"in {human_name} but not in {model_name}" if missing else f"in {model_name} but not in {human_name}"
         raise DataError(f"ids do not match: {len(missing) + len(extra)} mismatched, e.g. {first!r} is {which}")
-    ids = sorted(human)
+    ids = covered(sorted(human), model, reference_name=human_name, covering_name=model_name,
+                  allow_partial=allow_partial)
     return ids, np.array([human[i] for i in ids]), np.array([model[i] for i in ids])
 
 
@@ -59,7 +76,8 @@ def format_table(report: Mapping[str, Mapping[str, float]], columns: Sequence[st
     """A Markdown table, one row per source."""
     lines = ["| source | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
     for name, row in report.items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.4f}" for c in columns) + " |")
+        lines.append(f"| {name} | " + " | ".join(str(row[c]) if isinstance(row[c], int) else f"{row[c]:.4f}"
+                                                 for c in columns) + " |")  # ints: item counts
     return "\n".join(lines)
 
 

@@ -13,14 +13,20 @@ Templates take `{task}` (nli / paraphrase) and `{annotator}` (A1..A4; LeWiDi's A
 LeWiDi (`predict_lewidi`, `eval/lewidi.py predict --model`): VEN per-label probabilities in the official order
 (contradiction, entailment, neutral), a label predicted above a threshold (several, or none, where the probabilities
 allow); Par the 11 Likert probabilities, the label by argmax, rounded expectation or median. The threshold / rule is
-the one `capo.evaluate.perspectivist.choose_on_dev` finds best on a labelled decision split (dev), or a fixed one.
+the one `capo.evaluate.perspectivist.choose_on_dev` finds best on a labelled decision split (dev), or a fixed one;
+no scored item's own labels shape its decision (`capo.evaluate.perspectivist.fit_decisions`): the decision split's
+own items are scored cross-fitted (each item fold with the decision fitted on the other folds), another split's
+items with the decision fitted on all of the decision split.
 Adapters must not have trained on the evaluated or the decision split's items (`capo.data.heldout.check_heldout`
 against their run manifests): for LeWiDi that means adapters trained on LeWiDi's own train split
 (`recipes/sft.py --dataset lewidi-ven` / `lewidi-par`), never on VariErr split seed 0 (42 of the 50 VEN test items).
+An adapter without a run manifest cannot be checked and is refused, in LeWiDi prediction and in the jury alike,
+unless `allow_unchecked_adapters` (`--allow_unchecked_adapters true`); the report then names it (`unchecked_adapters`).
 
 Jury (`run_jury`, `eval/jury.py`): the annotators' probabilities averaged per item, written as a distribution file
 (`{"id", "distribution"}`, label-space order: [entailment, neutral, contradiction] for NLI) that
-`eval/distributions.py --model` compares with the ChaosNLI HJD; how many items any explainer trained on is reported.
+`eval/distributions.py --model` compares with the ChaosNLI HJD; how many items any explainer trained on is reported
+(an explainer without a run manifest is refused, as above: its training items could be neither counted nor left out).
 """
 
 from __future__ import annotations
@@ -111,22 +117,35 @@ def resolve_explainers(template: str | None, task: str, annotators: Sequence[str
         raise DataError(f"bad template {template!r}: use {{task}} and {{annotator}} ({err})",
                         field="explainers") from None
     for folder in folders.values():
-        check_model_path(folder, kind="adapter")
+        check_model_path(folder, kind="adapter")  # a folder, with its weights (`capo.io.check_adapter_weights`)
     return Explainers(kind, folders)
 
 
+def check_unchecked(explainers: Explainers, allow: bool = False, log: Callable[[str], None] = print) -> dict[str, str]:
+    """Refuse (one line naming the folder) an adapter without a run manifest, whose training items are unknown,
+    unless `allow`; returns those adapters (name -> folder) for the report (`capo.data.heldout.unchecked_adapters`)."""
+    from capo.data.heldout import unchecked_adapters
+
+    return unchecked_adapters(explainers.names(), allow=allow, log=log)
+
+
 def check_not_trained_on(items: Sequence[Item], explainers: Explainers, what: str,
-                         log: Callable[[str], None] = print) -> None:
+                         log: Callable[[str], None] = print, *, allow_unchecked: bool = False) -> dict[str, str]:
     """Refuse (one line naming the adapter's manifest and field) an adapter whose run manifest says it trained on
-    any of `items` (`capo.data.heldout.check_heldout`, one adapter at a time so the error names the folder)."""
+    any of `items` (`capo.data.heldout.check_heldout`, one adapter at a time so the error names the folder), and an
+    adapter without a run manifest unless `allow_unchecked`; returns the latter (name -> folder)."""
     from capo.data.heldout import MANIFEST, RECORD, check_heldout
 
+    unchecked = check_unchecked(explainers, allow_unchecked, log)
     for name, folder in explainers.names().items():
+        if name in unchecked:
+            continue
         try:
             check_heldout(items, {name: folder}, log=log)
         except DataError as err:
             raise DataError(f"{err.message}; {what}", path=err.path or str(Path(folder) / MANIFEST),
                             field=err.field or f"{RECORD}.item_ids") from None
+    return unchecked
 
 
 def training_overlap(items: Sequence[Item], explainers: Explainers) -> dict:
@@ -240,16 +259,19 @@ def predict_lewidi(
     explainers: str | None = None,
     decision: str = "dev",
     decision_split: str = "dev",
+    decision_folds: int | None = None,
     soft_output: str | None = None,
     soft_mean_output: str | None = None,
     probs_output: str | None = None,
     dtype: str = "float32",
     batch_size: int = 16,
     min_shared_tokens: int | None = 16,
+    allow_unchecked_adapters: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Per-annotator predictions for every (item, annotator) of `split` from explainers (or the base model), the
-    decision fitted on `decision_split`; writes predictions, organiser-aggregated soft labels, mean-probability soft
+    decision fitted on `decision_split` (for the decision split's own items cross-fitted over `decision_folds`
+    item folds, default `DECISION_FOLDS`: no item's labels shape its own decision); writes predictions, organiser-aggregated soft labels, mean-probability soft
     labels and per-row probabilities (official label order). Everything is checked before the model loads."""
     from capo.evaluate.lewidi import (
         aggregate_soft,
@@ -257,7 +279,7 @@ def predict_lewidi(
         write_annotator_predictions,
         write_soft_predictions,
     )
-    from capo.evaluate.perspectivist import choose_on_dev, decide, mean_soft
+    from capo.evaluate.perspectivist import DECISION_FOLDS, decide_per_item, fit_decisions, mean_soft
     from capo.generate.backends.base import check_dtype
     from capo.io import check_model_path, check_output, write_jsonl
     from capo.train.corpus_lm import pretraining_item_ids
@@ -273,6 +295,9 @@ def predict_lewidi(
     if fixed == "dev" and not all(item.labelled for item in dev_items):
         raise DataError("the decision split has no labels: the decision is fitted on it (give a labelled "
                         "--decision_split, or a fixed --decision)", path=str(dev_path), field="decision_split")
+    if fixed == "dev" and len(dev_items) < 2 and {i.id for i in items} & {i.id for i in dev_items}:
+        raise DataError("the decision is cross-fitted over the decision split's items: it needs at least 2",
+                        path=str(dev_path), field="decision_split")
     paths = output_paths(output, soft_output, soft_mean_output, probs_output)
     for path in paths.values():
         check_output(path)
@@ -283,8 +308,10 @@ def predict_lewidi(
     chosen = resolve_explainers(explainers, task, annotators)
     evaluated = [capo_item(item) for item in items] + ([] if same or fixed != "dev" else
                                                         [capo_item(item) for item in dev_items])
-    check_not_trained_on(evaluated, chosen, "score LeWiDi with adapters trained on LeWiDi's own train split "
-                         f"(recipes/sft.py --dataset lewidi-{dataset})", log=log)
+    # An adapter without a run manifest is refused here unless allow_unchecked_adapters; the report names it.
+    unchecked = check_not_trained_on(evaluated, chosen, "score LeWiDi with adapters trained on LeWiDi's own train "
+                                     f"split (recipes/sft.py --dataset lewidi-{dataset})", log=log,
+                                     allow_unchecked=allow_unchecked_adapters)
 
     # Said, not refused: a corpus LM pre-trained on VariErr explanations is a base model like any other here.
     pretrained = {item.id for item in evaluated} & pretraining_item_ids(model)
@@ -292,18 +319,24 @@ def predict_lewidi(
         log(f"{len(pretrained)} of the {len(evaluated)} evaluated items are in the base model's pre-training corpus")
     scorer = LabelScorer(model, chosen, dtype=dtype, batch_size=batch_size, min_shared_tokens=min_shared_tokens)
     report: dict = {"dataset": dataset, "split": split, "model": model, "predictor": chosen.kind,
-                    "explainers": chosen.folders, "n_items": len(items), "in_base_pretraining": len(pretrained)}
+                    "explainers": chosen.folders, "n_items": len(items), "in_base_pretraining": len(pretrained),
+                    "unchecked_adapters": unchecked}
+    rows, probs = lewidi_probabilities(scorer, items)
     if fixed == "dev":
-        dev_rows, dev_probs = lewidi_probabilities(scorer, dev_items)
-        choice, dev_choices = choose_on_dev(dev_items, dev_rows, dev_probs, dataset)
-        report.update(decision_split=decision_split, dev_choices=dev_choices)
-        log(f"decision: {'threshold' if dataset == 'ven' else 'rule'} {choice} (best on {decision_split})")
+        # No scored item's own labels shape its decision: the decision split's items get the decision cross-fitted
+        # over its item folds, the items of another split the one fitted on all of it (`fit_decisions`).
+        dev_rows, dev_probs = (rows, probs) if same else lewidi_probabilities(scorer, dev_items)
+        choices, fitted = fit_decisions(items, dev_items, dev_rows, dev_probs, dataset, split=decision_split,
+                                        folds=decision_folds or DECISION_FOLDS)
+        report.update(decision_split=decision_split, **fitted)
+        log(f"decision: {'threshold' if dataset == 'ven' else 'rule'} {fitted['decision']} (best on "
+            f"{decision_split}); {split}: {fitted['decision_fit']}")
     else:
-        choice = fixed
-    rows, probs = (dev_rows, dev_probs) if same and fixed == "dev" else lewidi_probabilities(scorer, items)
-    predictions = decide(rows, probs, dataset, choice)
+        choices = {item.id: fixed for item in items}
+        report.update(decision=fixed, decision_source="fixed", decision_fit="fixed")
+    predictions = decide_per_item(rows, probs, dataset, choices)
     soft, soft_mean = aggregate_soft(items, predictions), mean_soft(items, rows, probs)
-    report.update(decision=choice, decision_source="fitted" if fixed == "dev" else "fixed", n_pairs=len(rows))
+    report.update(n_pairs=len(rows))
     if all(item.labelled for item in items):
         report["scores"] = score(items, predictions, soft)
         report["soft_mean"] = score(items, None, soft_mean)["soft"]
@@ -340,12 +373,14 @@ def run_jury(
     dtype: str = "float32",
     batch_size: int = 16,
     min_shared_tokens: int | None = 16,
+    allow_unchecked_adapters: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
     """The explainer jury's distribution for every item of `dataset` (default the 341 ChaosNLI items), written to
     `output`; with `human_output`, the same items' ChaosNLI HJD beside it. Reports how many items the explainers
     trained on (run manifests) and the base model was pre-trained on (a corpus LM); `heldout_only` leaves out the
-    former, `exclude_pretrained` the latter."""
+    former, `exclude_pretrained` the latter. An explainer without a run manifest is refused (what it trained on can
+    be neither counted nor left out) unless `allow_unchecked_adapters`, when the report names it."""
     from capo.data.loaders import load_dataset, write_distributions
     from capo.data.schema import check_annotator
     from capo.generate.backends.base import check_dtype
@@ -372,9 +407,12 @@ def run_jury(
     check_model_path(model)
     task = tasks.pop()
     chosen = resolve_explainers(explainers, task, annotators)
+    unchecked_folders = check_unchecked(chosen, allow_unchecked_adapters, log)  # before the model loads
     overlap = training_overlap(items, chosen)
     unchecked = f" ({', '.join(overlap['unchecked'])} without a run manifest: not counted)" if overlap["unchecked"] else ""
     log(f"{overlap['in_training']} of {len(items)} items are in the explainers' training data{unchecked}")
+    if heldout_only and unchecked_folders:
+        log("--heldout_only leaves out only what the explainers with a run manifest trained on")
     pretrained = {item.id for item in items} & pretraining_item_ids(model)
     if pretrained:
         log(f"{len(pretrained)} of {len(items)} items are in the base model's pre-training corpus")
@@ -399,4 +437,5 @@ def run_jury(
             "annotators": annotators, "items": len(items), "labels": list(label_space(task).labels),
             "in_training": overlap["in_training"], "in_training_per_adapter": overlap["per_adapter"],
             "in_base_pretraining": len(pretrained), "heldout_only": heldout_only,
-            "exclude_pretrained": exclude_pretrained, "output": output, "human_output": human_output}
+            "exclude_pretrained": exclude_pretrained, "output": output, "human_output": human_output,
+            "unchecked_adapters": unchecked_folders}

@@ -1,7 +1,9 @@
 """Aggregation-aware imitation: does an explainer behave like *its* annotator once behaviour is aggregated?
 
 For one target annotator, the explainer's generated responses on held-out items are compared with every real
-annotator's held-out responses on the same items:
+annotator's held-out responses on the same items (the real responses are restricted to the items the generated set
+covers, so a source that covers 12 of 50 held-out items is compared with the humans on those 12; each report records
+in `basis` how many items and responses each number rests on):
 - group attribution: the judge applied to groups of k generated responses (k = 1, 2, 4, 8, 16); the same protocol
   on the target's own held-out responses is the human ceiling;
 - label-marginal match: JS distance between the target's label distribution and the generated one;
@@ -15,15 +17,18 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from capo.data.schema import ANNOTATORS, Item, LabelSpace
+from capo.data.schema import ANNOTATORS, Item, LabelSpace, check_annotator
 from capo.errors import DataError
 from capo.evaluate.judges import judge_report
 from capo.evaluate.patterns import Response, accuracy_interval, embed, group_predictions
+from capo.io import iter_jsonl
 
 _WORD = re.compile(r"[a-z']+")
+_ANNOTATOR_ID = re.compile(r"A\d+")  # shaped like an annotator id; other record names ("base", "sft") have no target
 HEDGES = ("may", "might", "could", "possibly", "perhaps", "probably", "likely", "unlikely", "seems", "seem",
           "unclear", "suggests", "suggest", "maybe", "uncertain", "assume")
 NEGATIONS = ("not", "no", "never", "nothing", "none", "neither", "nor", "without", "cannot")
@@ -33,6 +38,43 @@ def target_of(record: Mapping) -> str | None:
     """The annotator a generated record imitates: its `target` field, else its `annotator` when that is an id."""
     target = record.get("target") or record.get("annotator")
     return target if target in ANNOTATORS else None
+
+
+def read_generations(path: str | Path, items: Mapping[str, Item]) -> list[dict]:
+    """The records of a generations.jsonl (`recipes/generate.py`), each checked where it stands (file:line, item,
+    field), before any judging: its id is an item of the evaluation set (`items`); its `annotator` is a name, and a
+    known annotator where it looks like an id (A9 is a typo, not a nameless source), as its `target` must be; it has
+    `label` and `explanation` (null where the generation did not parse); and it is not a copy of an earlier row,
+    which would count twice. Several different responses by one annotator to one item are kept: real annotators
+    give them."""
+    rows: list[dict] = []
+    seen: dict[tuple, int] = {}
+    for line, row in iter_jsonl(path):
+        item_id = str(row.get("id"))
+        where = {"path": str(path), "line": line, "item": item_id}
+        if item_id not in items:
+            raise DataError("generated record for an item not in the evaluation set", field="id", **where)
+        name, target = row.get("annotator"), row.get("target")
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"expected the record's annotator name, got {name!r}", field="annotator", **where)
+        named = [("annotator", name)] if _ANNOTATOR_ID.fullmatch(name) else []
+        for field, value in named + ([("target", target)] if target is not None else []):
+            try:
+                check_annotator(value)
+            except DataError as err:
+                raise err.at(field=field, **where) from None
+        for field in ("label", "explanation"):
+            if field not in row:
+                raise DataError("missing field (null where the generation did not parse)", field=field, **where)
+        key = (item_id, name, target, str(row["label"]), str(row["explanation"]))
+        if key in seen:
+            raise DataError(f"the same response by {name} as on line {seen[key]}: it would count twice",
+                            field="annotator", **where)
+        seen[key] = line
+        rows.append(row)
+    if not rows:
+        raise DataError("no generation records in file", path=str(path))
+    return rows
 
 
 def generated_responses(records: Sequence[Mapping], items: Mapping[str, Item], label_space: LabelSpace
@@ -91,12 +133,27 @@ def group_attribution(log_proba: np.ndarray, rows: Sequence[Response], target: s
     return out
 
 
+def _basis(rows: Sequence[Response]) -> dict[str, int]:
+    return {"items": len({r.item_id for r in rows}), "responses": len(rows)}
+
+
+def on_items(real: Sequence[Response], generated: Sequence[Response]) -> list[Response]:
+    """The real responses on the items `generated` covers (the items every imitation number is computed on)."""
+    covered = {r.item_id for r in generated}
+    return [r for r in real if r.item_id in covered]
+
+
 def imitation_report(target: str, generated: Sequence[Response], real: Sequence[Response], judge, label_space: LabelSpace,
                      *, ks: Sequence[int] = (1, 2, 4, 8, 16), seed: int = 0, embeddings: bool = True) -> dict:
-    """Every imitation measure for one target; `real` are all annotators' held-out responses on the same items."""
+    """Every imitation measure for one target. `real` are all annotators' held-out responses; only those on the
+    items `generated` covers are used (`on_items`), so the human ceiling, the label JS distances, the style and
+    centroid comparisons rest on the same items as the generated set's attribution. `basis` records how many items
+    and responses each rests on: `generated`, `human_ceiling` (the target's real responses on those items), `real`
+    (each annotator's) and `item_label_agreement` (the generated responses on items the target answered)."""
     from scipy.spatial.distance import jensenshannon
 
     classes = list(judge.classes)
+    real = on_items(real, generated)
     # Annotators with no real response on these items (a small or partial held-out set) are left out of the
     # comparisons against each annotator rather than compared with an empty set.
     real_of: dict[str, list[Response]] = {}
@@ -105,10 +162,13 @@ def imitation_report(target: str, generated: Sequence[Response], real: Sequence[
     present = [name for name in classes if name in real_of]
     target_real = real_of.get(target, [])
     if not generated or not target_real:
-        raise DataError(f"target {target}: {len(generated)} generated and {len(target_real)} real held-out responses")
+        raise DataError(f"target {target}: {len(generated)} generated and {len(target_real)} real held-out responses"
+                        " on the generated items")
     report = {"target": target, "generated": len(generated),
               "attribution": group_attribution(judge.log_proba(generated), generated, target, ks, seed, classes),
-              "human_ceiling": group_attribution(judge.log_proba(target_real), target_real, target, ks, seed, classes)}
+              "human_ceiling": group_attribution(judge.log_proba(target_real), target_real, target, ks, seed, classes),
+              "basis": {"generated": _basis(generated), "human_ceiling": _basis(target_real),
+                        "real": {name: _basis(real_of[name]) for name in present}}}
     generated_labels = label_distribution(generated, label_space)
     report["label_js"] = {name: float(jensenshannon(label_distribution(real_of[name], label_space), generated_labels,
                                                     base=2))
@@ -119,6 +179,7 @@ def imitation_report(target: str, generated: Sequence[Response], real: Sequence[
         target_labels.setdefault(r.item_id, set()).add(r.label)
     shared = [r for r in generated if r.item_id in target_labels]
     report["item_label_agreement"] = float(np.mean([r.label in target_labels[r.item_id] for r in shared])) if shared else float("nan")
+    report["basis"]["item_label_agreement"] = _basis(shared)
     report["style"] = {"generated": style_stats(generated), **{name: style_stats(real_of[name]) for name in present}}
     if embeddings:
         centroid = embed([r.explanation for r in generated]).mean(axis=0)
@@ -138,7 +199,8 @@ def source_report(records: Sequence[Mapping], items: Mapping[str, Item], label_s
 
     Each row, keyed by `str(target)` ("None" for the base model), has `generated` and `unparsed` counts and, when
     any record parsed, the judge's attribution shares (`attributed`) and, for a target, its `imitation_report`
-    against `real`. The targeted responses (every parsed response with a target) feed a confusion matrix."""
+    against `real` restricted to the items the target's generated responses cover. The targeted responses (every
+    parsed response with a target) feed a confusion matrix."""
     by_target: dict[str | None, list[Mapping]] = {}
     for record in records:
         by_target.setdefault(target_of(record), []).append(record)
@@ -155,7 +217,7 @@ def source_report(records: Sequence[Mapping], items: Mapping[str, Item], label_s
                "attributed": dict(zip(judge.classes, attributed.round(4).tolist(), strict=True))}
         if target is not None:
             targeted.extend(responses)
-            if any(r.annotator == target for r in real):
+            if any(r.annotator == target for r in on_items(real, responses)):
                 row.update(imitation_report(target, responses, real, judge, label_space, ks=ks, seed=seed,
                                             embeddings=embeddings))
             else:  # nothing of the target's to imitate on these items (a small or partial held-out set)
@@ -167,12 +229,13 @@ def source_report(records: Sequence[Mapping], items: Mapping[str, Item], label_s
 def judge_sources(judge, real: Sequence[Response], items: Mapping[str, Item], label_space: LabelSpace,
                   sources: Mapping[str, Sequence[Mapping]], *, ks: Sequence[int] = (1, 2, 4, 8, 16), seed: int = 0,
                   embeddings: bool = True, on_source: Callable[[], None] | None = None) -> dict:
-    """The judge on the real held-out responses (the sanity check and the human ceiling) and on each generated
-    source: {"human_heldout": judge_report, "sources": {name: `source_report` rows}, "confusion": {name:
-    judge_report over the source's targeted responses}}. The script and the pipeline stage both call this, so the
-    command the pipeline quotes writes the same file."""
+    """The judge on all the real held-out responses (the sanity check) and on each generated source:
+    {"human_heldout": judge_report, "heldout_items": how many items those rest on, "sources": {name:
+    `source_report` rows, each target's human ceiling and label JS on the items its generated set covers},
+    "confusion": {name: judge_report over the source's targeted responses}}. The script and the pipeline stage
+    both call this, so the command the pipeline quotes writes the same file."""
     result = {"human_heldout": judge_report(judge.log_proba(real), [r.annotator for r in real], seed=seed),
-              "sources": {}, "confusion": {}}
+              "heldout_items": len({r.item_id for r in real}), "sources": {}, "confusion": {}}
     for name, records in sources.items():
         per, targeted = source_report(records, items, label_space, judge, real, ks=ks, seed=seed,
                                       embeddings=embeddings)

@@ -6,7 +6,7 @@ Two prediction files, both JSONL, ids being the split file's own LeWiDi keys:
 - per annotator (the perspectivist track), one row per (item, annotator) of the split:
   VEN `{"id": "138448", "annotator": "Ann2", "labels": ["contradiction", "neutral"]}` (an annotator may give
   several labels; `[]` predicts none of the three), Par `{"id": "248283", "annotator": "Ann1", "label": 5}`
-  (Likert -5..5). `A1`..`A4` are read as `Ann1`..`Ann4`.
+  (Likert -5..5, a JSON integer). `A1`..`A4` are read as `Ann1`..`Ann4`.
 - soft labels, one row per item: VEN `{"id": ..., "soft_label": {"contradiction": p, "entailment": p,
   "neutral": p}}` (each p in [0, 1] is one Bernoulli, the share of annotators giving that label: they need not
   sum to 1), Par `{"id": ..., "soft_label": {"-5": p, ..., "5": p}}` (11 bins summing to 1). Without a soft file,
@@ -110,7 +110,7 @@ def read_annotator_predictions(path: str | Path, dataset: str) -> AnnotatorPredi
         else:
             if "label" not in row:
                 raise DataError("missing field (a Likert integer -5..5)", field="label", **where)
-            value = (parse_par_label(row["label"], where, "label"),)
+            value = (parse_par_label(row["label"], where, "label", strings=False),)  # "5" is refused, as 2.5 is
         if (str(key), annotator) in out:
             raise DataError(f"a second prediction for {annotator}", field="annotator", **where)
         out[(str(key), annotator)] = value
@@ -415,6 +415,9 @@ class PredictArguments:
     min_shared_tokens: int = field(default=16, metadata={
         "help": "with --model: shortest prompt prefix the scorer's KV cache shares (capo/generate/scoring.py); "
                 "0: every prompt scored whole"})
+    allow_unchecked_adapters: bool = field(default=False, metadata={
+        "help": "with --explainers: use adapters without a run manifest (a hub adapter, a copied folder), whose "
+                "training items cannot be checked against the split (refused otherwise); the report names them"})
 
 
 @dataclass

@@ -12,15 +12,17 @@ are special tokens added to the vocabulary, and a classification head predicts t
   error the perspectivist score measures); `dev` picks whichever scores best on dev.
 
 Training uses the LeWiDi TRAIN split only (one example per (item, annotator)); the dev split is used for the two
-decision choices above, nothing else. Output files are those of `capo.evaluate.lewidi` (per-annotator predictions,
-and soft labels aggregated from them as the organisers aggregate annotations), so `eval/lewidi.py score` and
-`export` read them. `recipes/perspectivist.py` is the entry point.
+decision choices above, nothing else. No scored item's own labels shape its decision: dev itself is scored with
+decisions cross-fitted over item folds of dev (each fold's decision fitted on the other folds), any other split with
+the decision fitted on all of dev (`fit_decisions`). Output files are those of `capo.evaluate.lewidi`
+(per-annotator predictions, and soft labels aggregated from them as the organisers aggregate annotations), so
+`eval/lewidi.py score` and `export` read them. `recipes/perspectivist.py` is the entry point.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,12 +48,14 @@ from capo.evaluate.lewidi import (
     write_annotator_predictions,
     write_soft_predictions,
 )
-from capo.io import check_run_signature, read_json, write_json, write_jsonl
+from capo.io import check_run_signature, last_complete_checkpoint, read_json, write_json, write_jsonl
 
 ANNOTATOR_TOKENS: dict[str, str] = {a: f"[{a.upper()}]" for a in LEWIDI_ANNOTATORS}  # Ann1 -> [ANN1]
 # Dev grid for the VEN threshold; 0.5 first so that ties keep the untuned default.
 VEN_THRESHOLDS: tuple[float, ...] = (0.5, *(round(t, 2) for t in np.arange(0.1, 0.91, 0.05) if abs(t - 0.5) > 1e-9))
 PAR_DECISIONS: tuple[str, ...] = ("argmax", "expectation", "median")  # argmax first: ties keep it
+# Item folds of the decision split: a dev item is scored with the decision fitted on the other folds.
+DECISION_FOLDS = 5
 ANNOTATOR_INPUTS = ("token", "none")  # "none": the same encoder blind to the annotator (the ablation)
 
 # CPU defaults for `recipes/perspectivist.py` (TrainingArguments); a YAML config or the command line overrides each.
@@ -68,7 +72,7 @@ CPU_TRAINING_DEFAULTS = {
     "logging_steps": 10,
     "report_to": "none",
     "use_cpu": True,
-    "bf16": True,
+    "bf16": "auto",  # capo.precision: bf16 only where the CPU computes it natively
     "dataloader_pin_memory": False,
     "seed": 0,
 }
@@ -240,6 +244,75 @@ def choose_on_dev(items: Sequence[LewidiItem], rows: Sequence[dict], probs: np.n
     return best, scores
 
 
+def crossfit_choices(items: Sequence[LewidiItem], rows: Sequence[dict], probs: np.ndarray, dataset: str, *,
+                     folds: int = DECISION_FOLDS, seed: int = 0, choose=choose_on_dev) -> tuple[dict[str, object], list]:
+    """Cross-fitted decisions on a labelled decision split: item id -> the decision (VEN threshold / Par rule) that
+    `choose` finds best on the items of the other folds, and the decision of each fold. The folds are K item folds
+    (`sklearn.model_selection.KFold`, shuffled, as `capo.evaluate.calibration.crossfit` folds items; K = `folds`, at
+    most the number of items), so no item's own labels shape the decision applied to it. `rows` / `probs` are the
+    split's (item, annotator) rows and probabilities, as `decide` reads them."""
+    from sklearn.model_selection import KFold
+
+    items = list(items)
+    if len(items) < 2:
+        raise DataError(f"cross-fitting the decision needs at least 2 items of the decision split, got {len(items)}",
+                        field="decision_split")
+    of_item: dict[str, list[int]] = {}
+    for n, row in enumerate(rows):
+        of_item.setdefault(row["id"], []).append(n)
+    missing = next((item.id for item in items if item.id not in of_item), None)
+    if missing is not None:
+        raise DataError("item has no (item, annotator) row", item=missing)
+    choices: dict[str, object] = {}
+    per_fold = []
+    for fit, held in KFold(min(folds, len(items)), shuffle=True, random_state=seed).split(items):
+        fit_rows = [n for i in fit for n in of_item[items[i].id]]
+        choice, _ = choose([items[i] for i in fit], [rows[n] for n in fit_rows], probs[fit_rows], dataset)
+        per_fold.append(choice)
+        choices.update({items[i].id: choice for i in held})
+    return choices, per_fold
+
+
+def decide_per_item(rows: Sequence[dict], probs: np.ndarray, dataset: str, choices: Mapping[str, object]
+                    ) -> AnnotatorPredictions:
+    """`decide` with each row's decision taken from its item (`choices[item id]`), in row order."""
+    by_choice: dict[object, list[int]] = {}
+    for n, row in enumerate(rows):
+        by_choice.setdefault(choices[row["id"]], []).append(n)
+    out: AnnotatorPredictions = {}
+    for choice, picked in by_choice.items():
+        out.update(decide([rows[n] for n in picked], probs[picked], dataset, choice))
+    return {(r["id"], r["annotator"]): out[(r["id"], r["annotator"])] for r in rows}
+
+
+def fit_decisions(items: Sequence[LewidiItem], dev_items: Sequence[LewidiItem], dev_rows: Sequence[dict],
+                  dev_probs: np.ndarray, dataset: str, *, fixed=None, split: str = "dev", folds: int = DECISION_FOLDS,
+                  seed: int = 0) -> tuple[dict[str, object], dict]:
+    """The decision for each item of a scored split, never fitted on that item's own labels: an item of the
+    decision split (`dev_items`, with `dev_rows` / `dev_probs`) gets the decision cross-fitted on the other folds
+    (`crossfit_choices`), any other item the one fitted on all of the decision split (`choose_on_dev`); a `fixed`
+    decision (not None) is applied to every item as given. Returns (item id -> decision, a record: `decision` (the
+    one fitted on all of dev, or the fixed one), `dev_choices` (every candidate's score on all of dev),
+    `decision_source` (cross-fitted / fitted / fixed), `decision_fit` in words and, where cross-fitted,
+    `decision_folds` and `fold_decisions`)."""
+    best, dev_choices = choose_on_dev(dev_items, dev_rows, dev_probs, dataset)
+    record: dict = {"decision": best if fixed is None else fixed, "dev_choices": dev_choices}
+    if fixed is not None:
+        return {item.id: fixed for item in items}, {**record, "decision_source": "fixed", "decision_fit": "fixed"}
+    choices: dict[str, object] = {item.id: best for item in items}
+    dev_ids = {item.id for item in dev_items}
+    inside = [item.id for item in items if item.id in dev_ids]
+    if not inside:
+        return choices, {**record, "decision_source": "fitted", "decision_fit": f"fitted on all of {split}"}
+    folded, per_fold = crossfit_choices(dev_items, dev_rows, dev_probs, dataset, folds=folds, seed=seed)
+    choices.update({i: folded[i] for i in inside})
+    fit = f"cross-fitted over {len(per_fold)} folds of {split}"
+    if len(inside) < len(choices):  # a split that shares some items with the decision split
+        fit += f" for {len(inside)} of its {len(choices)} items, fitted on all of {split} for the others"
+    return choices, {**record, "decision_source": "cross-fitted", "decision_fit": fit,
+                     "decision_folds": len(per_fold), "fold_decisions": per_fold}
+
+
 # --- training and prediction -----------------------------------------------------------------------------------
 
 
@@ -250,7 +323,8 @@ def _predict(trainer, rows: Sequence[dict], tokenizer, max_length: int, dataset:
 
 
 def train_perspectivist(script: PerspectivistArguments, training_args, log=print) -> dict:
-    """Train on the LeWiDi train split, fix the decision on dev, predict every split in `script.predict_splits`.
+    """Train on the LeWiDi train split, fit the decision on dev (cross-fitted for dev's own items), predict every
+    split in `script.predict_splits`.
 
     Writes into `training_args.output_dir`: checkpoints (a killed run resumes from the last), `model/` (the trained
     classifier with its tokenizer), per split `predictions_<split>.jsonl` (per annotator), `soft_<split>.jsonl`
@@ -258,7 +332,6 @@ def train_perspectivist(script: PerspectivistArguments, training_args, log=print
     then `run_manifest.json` and `metrics.json` (last: its presence marks a finished run, which a rerun returns).
     """
     from transformers import DataCollatorWithPadding, Trainer, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from capo.manifest import write_manifest
 
@@ -297,7 +370,7 @@ def train_perspectivist(script: PerspectivistArguments, training_args, log=print
     if trained:
         log(f"already trained, loading {final}")
     else:
-        last = get_last_checkpoint(str(output_dir))
+        last = last_complete_checkpoint(output_dir)  # a save a kill cut short is skipped
         if last:
             log(f"resuming from {last}")
         log(f"training on {len(train_rows)} (item, annotator) pairs of {len(train_items)} {train_path.name} items")
@@ -307,9 +380,12 @@ def train_perspectivist(script: PerspectivistArguments, training_args, log=print
 
     dev_rows = annotator_rows(dev_items, script.annotator_input)
     dev_probs = _predict(trainer, dev_rows, tokenizer, script.max_length, dataset)
-    best, dev_choices = choose_on_dev(dev_items, dev_rows, dev_probs, dataset)
     fixed = script.ven_threshold if dataset == "ven" else script.par_decision
-    choice = best if fixed == "dev" else (float(fixed) if dataset == "ven" else fixed)
+    # A split's decision is never fitted on its own items' labels: dev items get the decision cross-fitted over
+    # item folds of dev, the items of any other split the one fitted on all of dev (`fit_decisions`).
+    fixed_choice = None if fixed == "dev" else (float(fixed) if dataset == "ven" else fixed)
+    _, fitted = fit_decisions([], dev_items, dev_rows, dev_probs, dataset, fixed=fixed_choice, split=script.dev_split)
+    choice, dev_choices = fitted["decision"], fitted["dev_choices"]
     default = 0.5 if dataset == "ven" else "argmax"
     log(f"decision: {'threshold' if dataset == 'ven' else 'rule'} {choice} (dev: {dev_choices})")
 
@@ -320,7 +396,9 @@ def train_perspectivist(script: PerspectivistArguments, training_args, log=print
     for name, items in splits.items():
         rows = dev_rows if items is dev_items else annotator_rows(items, script.annotator_input)
         probs = dev_probs if rows is dev_rows else _predict(trainer, rows, tokenizer, script.max_length, dataset)
-        predictions = decide(rows, probs, dataset, choice)
+        choices, fitted = fit_decisions(items, dev_items, dev_rows, dev_probs, dataset, fixed=fixed_choice,
+                                        split=script.dev_split)
+        predictions = decide_per_item(rows, probs, dataset, choices)
         soft, soft_mean = aggregate_soft(items, predictions), mean_soft(items, rows, probs)
         tag = _tag(name)
         write_annotator_predictions(output_dir / f"predictions_{tag}.jsonl", predictions, dataset)
@@ -329,7 +407,9 @@ def train_perspectivist(script: PerspectivistArguments, training_args, log=print
         write_jsonl(output_dir / f"probs_{tag}.jsonl",
                     ({"id": r["id"], "annotator": r["annotator"], "probs": [round(float(x), 6) for x in p]}
                      for r, p in zip(rows, probs)))
-        entry: dict = {"file": str(lewidi_split_path(dataset, name)), "n_items": len(items), "n_pairs": len(rows)}
+        entry: dict = {"file": str(lewidi_split_path(dataset, name)), "n_items": len(items), "n_pairs": len(rows),
+                       "decision_fit": fitted["decision_fit"],
+                       **{key: fitted[key] for key in ("decision_folds", "fold_decisions") if key in fitted}}
         if all(item.labelled for item in items):
             entry["scores"] = score(items, predictions, soft)
             entry["soft_mean"] = score(items, None, soft_mean)["soft"]

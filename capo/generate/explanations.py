@@ -5,7 +5,8 @@ Output folder layout::
     run_config.json          the run signature: arguments, model / adapter / data file content hashes
     shards/shard-00000.jsonl one file per shard of `shard_size` records, written atomically when complete
     generations.jsonl        all shards merged in unit order, once every shard exists
-    run_manifest.json        package versions, git commit, data hashes
+    run_manifest.json        package versions, git commit, data hashes; the summary names any adapter used without
+                             a run manifest (`allow_unchecked_adapters`: its training items were not checked)
 
 Units (item, annotator) are laid out in a fixed order (items in input order, annotators in the given order) and
 run by the one sharded engine, `capo.runner`: shard k belongs to process k % num_processes (`accelerate launch`
@@ -25,7 +26,8 @@ from capo.data.prompts import parse_response, prompt_messages, render_chat
 from capo.data.schema import Annotation, Item, check_annotator
 from capo.errors import DataError
 from capo.generate.backends import BACKENDS
-from capo.generate.backends.base import Backend
+from capo.generate.backends.base import Backend, check_dtype
+from capo.precision import resolve_dtype
 from capo.runner import ShardedRun, check_positive, fingerprint
 
 MERGED = "generations.jsonl"
@@ -234,6 +236,9 @@ class GenerateArguments:
     max_new_tokens: int = 128
     shard_size: int = 32  # records per shard: the most work a kill can lose
     tensor_parallel_size: int = 1  # vLLM only
+    allow_unchecked_adapters: bool = False  # use adapters without a run manifest (a hub adapter, a copied folder),
+    # whose training items cannot be checked against the items (refused otherwise); the summary and run_manifest.json
+    # name them (unchecked_adapters)
 
     def __post_init__(self) -> None:
         # Every value check happens here, while parsing: a bad value never reaches the output folder.
@@ -271,13 +276,14 @@ class GenerateArguments:
 
 
 def select_items(dataset: str, split: str | None, split_seed: int = 0, limit: int | None = None,
-                 adapters: Mapping[str, str] | None = None, log: Callable[[str], None] = print) -> list[Item]:
+                 adapters: Mapping[str, str] | None = None, log: Callable[[str], None] = print, *,
+                 allow_unchecked: bool = False) -> list[Item]:
     """The items of `split` (None = all) that none of `adapters` (name -> folder) trained on.
 
     An item's split is the one it has in the training data recorded in each adapter's run manifest (ids are shared
     across data sets), else the data set's own split as training cuts it (`capo.data.datasets.load_splits`: a
     LeWiDi file's own split, otherwise by `split_seed`); an item an adapter trained on is refused
-    (`capo.data.heldout.check_heldout`)."""
+    (`capo.data.heldout.check_heldout`), and so is an adapter without a run manifest unless `allow_unchecked`."""
     from capo.data.datasets import load_splits
     from capo.data.heldout import check_heldout, select_heldout
 
@@ -288,7 +294,7 @@ def select_items(dataset: str, split: str | None, split_seed: int = 0, limit: in
         items = items[:limit]
     if not items:
         raise DataError("no items to generate for", path=dataset, field="split")
-    check_heldout(items, adapters or {}, log=log)
+    check_heldout(items, adapters or {}, log=log, allow_unchecked=allow_unchecked)
     return items
 
 
@@ -308,6 +314,7 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
     import torch
     from accelerate import PartialState
 
+    from capo.data.heldout import unchecked_adapters
     from capo.generate.backends import backend_options, load_backend
     from capo.manifest import write_manifest
 
@@ -320,7 +327,9 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
                         field="backend")
     adapters = parse_adapters(args.adapters or [])
     items = select_items(args.dataset, args.split, args.split_seed, args.limit, adapters,
-                         log=lambda msg: print(msg, flush=True) if index == 0 else None)
+                         log=lambda msg: print(msg, flush=True) if index == 0 else None,
+                         allow_unchecked=args.allow_unchecked_adapters)
+    unchecked = unchecked_adapters(adapters, allow=True, log=lambda _: None)  # allowed above; recorded below
     annotators = args.annotators()
     examples = None
     if args.few_shot:
@@ -329,6 +338,7 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
         examples = few_shot_planner(load_splits(args.dataset, args.split_seed).items("train"), args.few_shot,
                                     args.few_shot_seed)
     units = plan_units(items, annotators, examples=examples, targets=args.targets or (), conditioned=args.conditioned)
+    args.dtype = resolve_dtype(check_dtype(args.dtype), "cuda" if args.backend == "vllm" else None)  # auto: recorded
     signature = {key: getattr(args, key) for key in ("split", "split_seed", "limit", "backend", "dtype", "batch_size",
                                                         "max_new_tokens", "tensor_parallel_size", "targets",
                                                         "few_shot", "few_shot_seed", "max_prompt_tokens")}
@@ -343,7 +353,8 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
     signature.update(model=fingerprint(args.model), dataset=fingerprint(args.dataset),
                      annotators={name: fingerprint(adapters[adapter]) if adapter else None
                                  for name, adapter in annotators.items()})
-    run = ShardedRun(args.output_dir, units, shard_size=args.shard_size, signature=signature, record_key=record_key)
+    run = ShardedRun(args.output_dir, units, shard_size=args.shard_size, signature=signature, record_key=record_key,
+                     code=(__name__,))
     run.check()  # before loading a model: fail fast
     main = index == 0
     if main:
@@ -363,7 +374,8 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
     throughput = progress.close()
     if process_index is None:
         state.wait_for_everyone()
-    summary = {"records": len(units), "shards": run.n_shards, "this_process": throughput, "merged": None}
+    summary = {"records": len(units), "shards": run.n_shards, "this_process": throughput, "merged": None,
+               "unchecked_adapters": unchecked}  # adapters used without a run manifest: held-out-ness unverified
     if main:
         records = run.merge(into=MERGED)
         if records is not None:

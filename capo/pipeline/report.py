@@ -6,6 +6,7 @@ runs of the same config, e.g. no wall times: two runs that agree have equal file
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from capo.io import atomic_write_bytes, atomic_write_text, read_json, write_json
 from capo.pipeline import plots
@@ -45,7 +46,10 @@ class Report:
         commands = record["summary"].get("commands", []) if commands is None else commands
         model = self.args.model if model is None else model
         seeds = " ".join(map(str, self.args.seeds)) if seeds is None else seeds
-        text = (f"_Stage `{stage}` · model `{model}` · seed(s) {seeds} · wall time {record['wall_seconds']:.1f} s · "
+        # What `auto` precision resolved to where the stage ran (bf16 only on hardware that computes it natively).
+        auto = (record.get("material") or {}).get("precision", "?")
+        text = (f"_Stage `{stage}` · model `{model}` · seed(s) {seeds} · precision auto = {auto} · "
+                f"wall time {record['wall_seconds']:.1f} s · "
                 f"command: `{commands[0] if commands else '–'}`"
                 + (f" (and {len(commands) - 1} more below)" if len(commands) > 1 else "") + "_")
         if len(commands) > 1:
@@ -182,8 +186,9 @@ def _kind_and_seed(source: str) -> tuple[str, str | None]:
 
 
 def _human_ceilings(entry: dict) -> dict[str, list[dict]]:
-    """Target -> the judge's recognition of that target's real held-out responses at each filled group size (the
-    same real responses grouped the same way, whatever the source)."""
+    """Target -> the judge's recognition of that target's real held-out responses at each filled group size, on the
+    items of the first source with that target (the plot's dashed line; each row's own ceiling is on its own items,
+    so sources that cover the same items share it)."""
     ceilings: dict[str, list[dict]] = {}
     for per in entry["sources"].values():
         for target, row in per.items():
@@ -192,12 +197,30 @@ def _human_ceilings(entry: dict) -> dict[str, list[dict]]:
     return ceilings
 
 
+def _ceiling_at(row: dict, k: int | None) -> float | None:
+    """The row's human ceiling (the target's real responses on the row's items) at group size k, if filled."""
+    return next((a["recognised"] for a in row.get("human_ceiling") or [] if a["k"] == k and a["groups"]), None)
+
+
+def _basis_items(row: dict, what: str) -> int | None:
+    return (row.get("basis") or {}).get(what, {}).get("items")
+
+
+def _counts(values) -> str:
+    """`12`, or `10–12` when the rows rest on different numbers of items; `–` when unknown."""
+    values = sorted({v for v in values if v is not None})
+    return "–" if not values else str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
+
+
 def imitation_summary(entry: dict) -> list[dict]:
-    """One row per kind of response (human held-out, then each generation run with its seeds pooled): every parsed
-    response with a target attributed by the judge, accuracy [95% CI] per seed; then the targets' means of
-    recognition at the smallest and largest group size, label JS distance and per-item label agreement."""
+    """One row per kind of response (human held-out, then each generation run with its seeds pooled). The human
+    row: the judge's accuracy on every real held-out response (the sanity check) and how many items those cover.
+    A kind's row: every parsed response with a target attributed by the judge, accuracy [95% CI] per seed; then
+    the targets' means of recognition at the smallest and largest group size beside the human ceiling on the same
+    items (the target's real responses on the items the generated set covers), label JS distance and per-item
+    label agreement, and how many items the generated sets and the ceilings rest on (`items`, `ceiling_items`)."""
     human = entry["human_heldout"]
-    rows = [{"source": "human held-out", "responses": human["n"],
+    rows = [{"source": "human held-out", "responses": human["n"], "items": _counts([entry.get("heldout_items")]),
              "attributed": [(None, human["accuracy"], human["ci_low"], human["ci_high"])]}]
     kinds: dict[str, dict] = {}
     for source, per in entry["sources"].items():
@@ -207,6 +230,7 @@ def imitation_summary(entry: dict) -> list[dict]:
             continue
         name, seed = _kind_and_seed(source)
         kind = kinds.setdefault(name, {"source": name, "responses": 0, "attributed": [], "first": [], "last": [],
+                                       "ceiling_first": [], "ceiling_last": [], "items": [], "ceiling_items": [],
                                        "js": [], "agreement": []})
         kind["responses"] += sum(row.get("generated", 0) for row in with_target)  # `generated`: parsed ones only
         rep = entry.get("confusion", {}).get(source)
@@ -216,15 +240,17 @@ def imitation_summary(entry: dict) -> list[dict]:
             filled = [a for a in row["attribution"] if a["groups"]]
             kind["first"].append(filled[0]["recognised"] if filled else None)
             kind["last"].append((filled[-1]["k"], filled[-1]["recognised"]) if filled else None)
+            kind["ceiling_first"].append(_ceiling_at(row, filled[0]["k"]) if filled else None)
+            kind["ceiling_last"].append(_ceiling_at(row, filled[-1]["k"]) if filled else None)
+            kind["items"].append(_basis_items(row, "generated"))
+            kind["ceiling_items"].append(_basis_items(row, "human_ceiling"))
             kind["js"].append(row.get("label_js_target"))
             kind["agreement"].append(row.get("item_label_agreement"))
-    filled = [c for c in _human_ceilings(entry).values() if c]
-    if filled:
-        rows[0].update(first=_mean([c[0]["recognised"] for c in filled]), last=_mean([c[-1]["recognised"] for c in filled]),
-                       last_k=max(c[-1]["k"] for c in filled))
     for kind in kinds.values():
         last = [x for x in kind.pop("last") if x]
         rows.append({**kind, "first": _mean(kind["first"]), "js": _mean(kind["js"]),
+                     "ceiling_first": _mean(kind["ceiling_first"]), "ceiling_last": _mean(kind["ceiling_last"]),
+                     "items": _counts(kind["items"]), "ceiling_items": _counts(kind["ceiling_items"]),
                      "agreement": _mean(kind["agreement"]),
                      "last_k": max((k for k, _ in last), default=None), "last": _mean([r for _, r in last])})
     return rows
@@ -237,11 +263,16 @@ def _summary_table(rows: list[dict]) -> str:
         mean = f"; mean {_mean([a for _, a, _, _ in row['attributed']]):.3f}" if len(parts) > 1 else ""
         return "; ".join(parts) + mean if parts else "–"
 
-    return _table(["source", "parsed responses", "attributed to its target [95% CI]", "recognised k=1",
-                   "recognised at the largest k", "label JS to target", "item label agreement"],
-                  [[row["source"], row["responses"], attributed(row), row.get("first"),
-                    f"{_num(row.get('last'))} (k={row['last_k']})" if row.get("last_k") else "–", row.get("js"),
-                    row.get("agreement")] for row in rows])
+    def items(row: dict) -> str:
+        return row["items"] + (f" / {row['ceiling_items']}" if "ceiling_items" in row else "")
+
+    return _table(["source", "items (generated / ceiling)", "parsed responses", "attributed to its target [95% CI]",
+                   "recognised k=1", "human ceiling k=1 (same items)", "recognised at the largest k",
+                   "human ceiling at that k", "label JS to target", "item label agreement"],
+                  [[row["source"], items(row), row["responses"], attributed(row), row.get("first"),
+                    row.get("ceiling_first"),
+                    f"{_num(row.get('last'))} (k={row['last_k']})" if row.get("last_k") else "–",
+                    row.get("ceiling_last"), row.get("js"), row.get("agreement")] for row in rows])
 
 
 def _imitation(report: Report) -> None:
@@ -264,9 +295,10 @@ def _imitation(report: Report) -> None:
                     notes.append(f"{source} {target}: {row['note']}")
                 first = (row.get("attribution") or [{}])[0]
                 judged = max(row.get("attributed", {}).items(), key=lambda kv: kv[1], default=None)
-                rows.append([source, target if target != "None" else "– (no target)", row.get("generated", 0),
+                items = f"{_counts([_basis_items(row, 'generated')])} / {_counts([_basis_items(row, 'human_ceiling')])}"
+                rows.append([source, target if target != "None" else "– (no target)", items, row.get("generated", 0),
                              row.get("unparsed"), f"{judged[0]} {judged[1]:.2f}" if judged else "–",
-                             first.get("recognised"), (row.get("human_ceiling") or [{}])[0].get("recognised"),
+                             first.get("recognised"), _ceiling_at(row, first.get("k")),
                              row.get("label_js_target"), row.get("item_label_agreement"),
                              row.get("nearest_annotator", "–")])
                 if row.get("attribution"):
@@ -275,11 +307,15 @@ def _imitation(report: Report) -> None:
         summary = imitation_summary(entry)
         report.add(f"**{entry['task']}, {entry['judge']} judge** — human held-out accuracy {human['accuracy']:.3f} "
                    f"[{human['ci_low']:.3f}, {human['ci_high']:.3f}] (chance {human['chance']:.2f}, "
-                   f"{human['n']} responses). Summary: every kind of response, seeds pooled (recognition, label JS "
-                   "and agreement are means over targets); then each run and target.",
+                   f"{human['n']} responses on {entry.get('heldout_items', '–')} items). Summary: every kind of "
+                   "response, seeds pooled (recognition, label JS and agreement are means over targets); then each "
+                   "run and target. Each generated set is compared with the human responses on the items it covers "
+                   "(the human ceiling: the judge on the target's own real responses to those items); `items` says "
+                   "how many items the generated set and the ceiling rest on.",
                    _summary_table(summary),
-                   _table(["source", "target", "generated", "unparsed", "judged mostly as", "recognised (k=1)",
-                           "human ceiling (k=1)", "label JS to target", "item label agreement", "nearest annotator"],
+                   _table(["source", "target", "items (generated / ceiling)", "generated", "unparsed",
+                           "judged mostly as", "recognised (k=1)", "human ceiling (k=1, same items)",
+                           "label JS to target", "item label agreement", "nearest annotator"],
                           rows),
                    *([f"No imitation measures for {'; '.join(notes)}."] if notes else []),
                    report.caption("imitation", model=report.args.model if entry["judge"] == "llm" else
@@ -401,7 +437,7 @@ def _lewidi(report: Report) -> None:
     ordered = [r for g in groups for r in [*rows, *llm] if (r["dataset"], r["split"]) == g]
     report.add("## LeWiDi 2025 (lower is better)",
                _table(["dataset", "split", "predictor", "items", "perspectivist", "soft", "soft (mean probs)",
-                       "decision (fitted on dev)"],
+                       "decision (how fitted)"],
                       [[r["dataset"], r["split"], r["predictor"], r["items"], r["perspectivist"], r["soft"],
                         r.get("soft_mean"), _decision(r)] for r in ordered]))
     if record:
@@ -414,7 +450,9 @@ def _lewidi(report: Report) -> None:
         skipped = explainers["summary"]["skipped"]
         report.add("`base`: the base model answers for every annotator; `sft sN` / `capo sN`: each annotator's "
                    "explainer of seed N; `cond sN`: the conditioned adapter prompted with each id. The label probabilities follow the explainer's prompt and `Label:`; the VEN "
-                   "threshold / Par rule is the one best on dev (on dev rows: in-sample)."
+                   "threshold / Par rule is chosen on dev, never on the scored item's own labels: dev rows are "
+                   "cross-fitted (each fold of dev items with the decision best on the other folds), test rows use "
+                   "the decision best on all of dev."
                    + "".join(f" **{d.upper()}: explainers not scored** – {reason}." for d, reason in skipped.items()),
                    report.caption("lewidi_explainers"))
         report.results["lewidi_explainers"] = {"rows": llm, "skipped": skipped}
@@ -423,9 +461,19 @@ def _lewidi(report: Report) -> None:
 
 
 def _decision(row: dict) -> str:
+    """The decision and how it was fitted: `cross-fitted over 5 folds of dev: threshold 0.5 ×3, threshold 0.55 ×2`
+    for dev rows (one decision per fold), `threshold 0.55 (fitted on all of dev)` for test rows."""
     if "decision" not in row:
         return "–"
-    return (f"threshold {row['decision']:g}" if isinstance(row["decision"], float) else f"{row['decision']}")
+
+    def name(decision) -> str:
+        return f"threshold {decision:g}" if isinstance(decision, float) else str(decision)
+
+    if row.get("fold_decisions"):
+        counts = Counter(name(d) for d in row["fold_decisions"])
+        return f"{row.get('decision_fit', 'cross-fitted')}: " + ", ".join(f"{d} ×{n}" for d, n in counts.items())
+    fit = row.get("decision_fit") or ("fitted on dev: in-sample" if row.get("decision_in_sample") else None)
+    return f"{name(row['decision'])} ({fit})" if fit else name(row["decision"])
 
 
 def _manifests(report: Report) -> None:

@@ -300,8 +300,13 @@ def run_imitation(ctx: Context) -> dict:
                             + f"{generated} --output {out / f'{task}_{judge_name}.json'}")
             result[f"{task}_{judge_name}"] = {"file": str((out / f"{task}_{judge_name}.json").relative_to(ctx.root)),
                                               "command": commands[-1]}
+            # each target's ceiling and label JS are on the items its generated set covers (`judge_sources`)
+            covered = sorted({row["basis"]["generated"]["items"] for per in judged["sources"].values()
+                              for row in per.values() if "basis" in row})
+            span = "" if not covered else f"{covered[0]}" if len(covered) == 1 else f"{covered[0]}-{covered[-1]}"
             lines.append(f"{task} {judge_name} judge: human held-out accuracy {human['accuracy']:.3f} "
-                         f"(chance {human['chance']:.2f})")
+                         f"(chance {human['chance']:.2f}, {judged['heldout_items']} items)"
+                         + (f"; generated sets and their human ceilings on {span} items" if span else ""))
     return {"line": "; ".join(lines), "reports": result, "commands": commands}
 
 
@@ -666,7 +671,9 @@ def explainers_skipped(args, dataset: str) -> str | None:
 def run_lewidi_explainers(ctx: Context) -> dict:
     """The base model and the SFT / CAPO explainers per seed as LeWiDi annotators (`eval/lewidi.py predict
     --model`): per (item, annotator) the label probabilities under the annotator's explainer, the VEN threshold /
-    Par rule chosen on dev, scored as the `lewidi` stage scores its constants (on dev that choice is in-sample).
+    Par rule chosen on dev, scored as the `lewidi` stage scores its constants. No scored item's labels choose its
+    own decision: dev is scored with decisions cross-fitted over item folds of dev, test with the one fitted on all
+    of dev (each row's `decision_fit` says which).
     Explainers that cannot be scored honestly on a data set (`explainers_skipped`) are left out, with the reason."""
     from capo.evaluate.explainer_predictions import predict_lewidi
 
@@ -686,7 +693,9 @@ def run_lewidi_explainers(ctx: Context) -> dict:
         write_json(out / f"{dataset}_{split}_{_slug(name)}_report.json", report)
         rows.append({"dataset": dataset, "split": split, "predictor": name, **_scores(report["scores"]),
                      "soft_mean": report["soft_mean"], "decision": report["decision"],
-                     "decision_in_sample": split == "dev", "in_base_pretraining": report["in_base_pretraining"]})
+                     "decision_fit": report["decision_fit"],
+                     **({"fold_decisions": report["fold_decisions"]} if "fold_decisions" in report else {}),
+                     "in_base_pretraining": report["in_base_pretraining"]})
         commands.append(f"python eval/lewidi.py predict --dataset {dataset} --split {split} --decision_split dev "
                         f"--model {args.model} " + (f"--explainers '{template}' " if template else "")
                         + f"--dtype {args.dtype} --batch_size {args.generate_batch_size} --output {output}")
@@ -724,7 +733,8 @@ def plan_lewidi(ctx: Context) -> None:
 
 def run_lewidi(ctx: Context) -> dict:
     """LeWiDi 2025 scores (`eval/lewidi.py predict/score`): the most-frequent and random constants, and the
-    perspectivist encoder per seed when configured (`recipes/perspectivist.py`)."""
+    perspectivist encoder per seed when configured (`recipes/perspectivist.py`: its VEN threshold / Par rule
+    cross-fitted over item folds of dev for the dev rows, fitted on all of dev for test)."""
     from capo.data.lewidi import lewidi_split_path, read_lewidi
     from capo.evaluate.lewidi import (
         most_frequent_predictions,
@@ -755,8 +765,10 @@ def run_lewidi(ctx: Context) -> dict:
                 metrics = read_json(Path(argv[argv.index("--output_dir") + 1]) / "metrics.json")
                 for split, entry in metrics["splits"].items():
                     if "scores" in entry:
+                        # the decision fitted on all of dev; dev's own items are scored cross-fitted over its folds
+                        fit = {key: entry[key] for key in ("decision_fit", "fold_decisions") if key in entry}
                         rows.append({"dataset": dataset, "split": split, "predictor": f"perspectivist s{seed}",
-                                     **_scores(entry["scores"])})
+                                     **_scores(entry["scores"]), "decision": metrics["decision"], **fit})
     write_json(out / "scores.json", rows)
     line = ", ".join(f"{r['dataset']} {r['split']} {r['predictor']} {r['perspectivist']:.3f}" for r in rows)
     return {"line": "perspectivist score: " + line, "rows": rows, "commands": commands}

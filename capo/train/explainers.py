@@ -137,8 +137,12 @@ def _training_data(data: TaskData, annotator: str, train, init_adapter: tuple[st
 def _model_init_kwargs(model_args, training_args) -> dict:
     from trl import get_quantization_config
 
+    from capo.precision import resolve_dtype
+
+    device = "cpu" if training_args.use_cpu else None
+    dtype = resolve_dtype(model_args.dtype, device) if model_args.dtype else None  # auto: as the hardware decides
     kwargs = {"revision": model_args.model_revision, "trust_remote_code": training_args.trust_remote_code,
-              "attn_implementation": model_args.attn_implementation, "dtype": model_args.dtype}
+              "attn_implementation": model_args.attn_implementation, "dtype": dtype}
     kwargs.update(training_args.model_init_kwargs or {})
     quantization = get_quantization_config(model_args)
     if quantization is not None:  # QLoRA: the base model in 4 bits, the adapter in full precision
@@ -163,21 +167,87 @@ def _prepare(capo_args: CapoArguments, training_args, model_args) -> None:
     capo_args.check()
     if not model_args.model_name_or_path:
         raise DataError("no model: pass --model_name_or_path (a hub id or a local folder)")
+    check_training_options(capo_args, training_args, model_args)
     training_args.output_dir = capo_args.format(training_args.output_dir)
 
 
+def check_training_options(capo_args: CapoArguments, training_args, model_args) -> None:
+    """Values TRL and transformers take without a word (max_steps -5 trains by epochs, few_shot -1 shows none) or
+    refuse only in a traceback once the model has loaded (a batch size of 0, LoRA target modules the model lacks):
+    each a one-line DataError naming the field, before any data set is built or model loaded."""
+    from capo.runner import check_positive
+
+    check_positive(training_args, "per_device_train_batch_size", "per_device_eval_batch_size",
+                   "gradient_accumulation_steps")
+    if training_args.max_steps != -1 and training_args.max_steps < 1:  # -1, the default: train num_train_epochs
+        raise DataError(f"must be a whole number of at least 1, or -1 to train for num_train_epochs, got "
+                        f"{training_args.max_steps}", field="max_steps")
+    if training_args.max_steps == -1 and not training_args.num_train_epochs > 0:
+        raise DataError(f"must be more than 0 when max_steps is -1, got {training_args.num_train_epochs}",
+                        field="num_train_epochs")
+    if capo_args.few_shot < 0:
+        raise DataError(f"must be a whole number of at least 0, got {capo_args.few_shot}", field="few_shot")
+    if model_args.model_name_or_path:
+        _check_lora_targets(model_args, training_args)
+
+
+def _check_lora_targets(model_args, training_args) -> None:
+    """LoRA target modules that match nothing in the model: peft says so only after the weights have loaded, in a
+    traceback. The model's skeleton (its config on the meta device: no weights, no memory) with peft's own matching
+    says it first."""
+    import copy
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    targets = model_args.lora_target_modules
+    if targets in (None, "all-linear", ["all-linear"]) and not model_args.lora_target_parameters:
+        return  # every linear layer: any causal LM has them
+    from peft import inject_adapter_in_model
+    from peft.utils.error import NoMatchingPeftModuleError
+
+    lora = _lora_config(copy.copy(model_args))  # a copy: the recorded arguments stay as given
+    model = model_args.model_name_or_path
+    config = AutoConfig.from_pretrained(model, revision=model_args.model_revision,
+                                        trust_remote_code=training_args.trust_remote_code)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=training_args.trust_remote_code)
+    try:
+        inject_adapter_in_model(lora, skeleton, low_cpu_mem_usage=True)
+    except NoMatchingPeftModuleError:
+        # TRL passes a single name on as a string, which peft reads as a regular expression over full names
+        how = ("a single name is a regular expression over full module names, e.g. '.*q_proj'" if isinstance(
+            targets, str) else "each name must end a module name, e.g. q_proj")
+        raise DataError(f"{targets!r} matches no module of {model} ({how}; all-linear: every linear layer)",
+                        field="lora_target_modules") from None
+    except ValueError as err:  # a module LoRA cannot adapt (e.g. a norm layer)
+        raise DataError(" ".join(str(err).split()), field="lora_target_modules") from None
+
+
+def quiet_checkpointing_rename() -> None:
+    """TRL's training configs default `gradient_checkpointing` to true, the name transformers now deprecates for
+    `activation_checkpointing`: every run, an error included, would start with the same two-line FutureWarning
+    about a name the user never wrote. Only that warning is silenced."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def _resume_point(training_args) -> str | None:
-    """`resume_from_checkpoint`: a folder, or true/auto for the newest checkpoint in output_dir (none -> fresh)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """`resume_from_checkpoint`: a folder, or true/auto for the newest complete checkpoint in output_dir (a save
+    that a kill cut short is skipped: `capo.io.last_complete_checkpoint`; none -> fresh)."""
+    from capo.io import checkpoint_problem, last_complete_checkpoint
 
     value = training_args.resume_from_checkpoint
     if value in (None, "", "false", "False"):
         return None
     if str(value).lower() in ("true", "auto"):
-        out = Path(training_args.output_dir)
-        return get_last_checkpoint(str(out)) if out.is_dir() else None
+        return last_complete_checkpoint(training_args.output_dir)
     if not Path(value).is_dir():
         raise DataError("checkpoint folder not found", path=str(value), field="resume_from_checkpoint")
+    problem = checkpoint_problem(value)
+    if problem:
+        raise DataError(f"not a complete checkpoint: {problem}", path=str(value), field="resume_from_checkpoint")
     return str(value)
 
 

@@ -23,7 +23,7 @@ from capo.evaluate.finetune.arguments import FinetuneArguments
 from capo.evaluate.finetune.data import Example, FinetuneData, load_finetune_data, source_name, to_dataset
 from capo.evaluate.finetune.plots import plot_training_curves
 from capo.evaluate.finetune.scoring import compute_metrics, constant_scores, score, softmax_logits
-from capo.io import check_run_signature, write_json
+from capo.io import check_run_signature, last_complete_checkpoint, write_json
 
 SIGNATURE_FILE = "run_signature.json"
 METRICS_FILE = "metrics.json"  # written last: its presence marks a finished run
@@ -73,15 +73,6 @@ def check_run_folder(output_dir: str | Path, signature: dict, *, record: bool = 
             raise DataError(f"holds run output ({min(held)}) but no {SIGNATURE_FILE} to match it to these "
                             "settings: use a new output_dir", path=str(output_dir))
     check_run_signature(path, signature, record=record)
-
-
-def last_complete_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest `checkpoint-N` whose trainer state was written (Trainer writes it last, so a kill during a save
-    leaves a folder without it, which is skipped)."""
-    output_dir = Path(output_dir)
-    steps = [(int(p.name.rsplit("-", 1)[1]), p) for p in output_dir.glob("checkpoint-*")
-             if p.name.rsplit("-", 1)[1].isdigit() and (p / "trainer_state.json").is_file()]
-    return str(max(steps)[1]) if steps else None
 
 
 # --- training --------------------------------------------------------------------------------------------------
