@@ -6,7 +6,8 @@
 token (`logits_to_keep` with those positions); the reference here projects and log-softmaxes every position, as the
 scorer did before. Both score every annotation of the first N VariErr items, in the same batches; the report gives
 seconds, sequences/s and the largest score difference between the two (they must agree to float rounding) and
-between float32 and bfloat16 weights.
+between float32 and bfloat16 weights. The first row is the CPU's bf16 capability
+(`capo.precision.precision_report`: emulated bf16 is 4-40x slower, so a bf16 timing means little without it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
+
+from capo.cli import run_main
 
 
 def all_positions_scores(model, tokenizer, items, batch_size: int = 16) -> list[float]:
@@ -43,21 +46,25 @@ def all_positions_scores(model, tokenizer, items, batch_size: int = 16) -> list[
     return scores
 
 
-def main() -> None:
+@run_main
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models/smollm2-135m-instruct")
     parser.add_argument("--items", type=int, default=12)
     parser.add_argument("--json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import numpy as np
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from capo.data.loaders import load_varierr
     from capo.evaluate.attribution import score_annotations
+    from capo.precision import precision_report
 
     items = load_varierr()[: args.items]
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    rows, kept = [], {}
+    # fp32 vs bf16 is what this measures; which CPU kind timed it goes first
+    rows, kept = [{"precision": precision_report("cpu"), "torch_threads": torch.get_num_threads()}], {}
     for dtype in ("float32", "bfloat16"):
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
         for variant in ("explanation positions", "every position"):
@@ -77,8 +84,10 @@ def main() -> None:
     for row in rows:
         print(json.dumps(row))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=1)
+        from capo.io import write_json
+
+        write_json(args.json, rows)  # atomic, like every file the project writes
+    return rows
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench/mjd_throughput.py                                  # CPU, the corpus LM at models/corpus-lm
     python bench/mjd_throughput.py --random_init llama3-8b --dtype bfloat16 --items 3   # GPU: 8B Llama shape
+    python bench/mjd_throughput.py --random_init tiny --num_hidden_layers 1 --items 1 --repeats 1  # smoke
 
 Seed method (the published MJD code): greedy `generate(..., output_scores=True)` in batches of 20 in data order,
 reading the letters' step-0 scores; run with max_new_tokens=32 (a typical chat answer) and =1 (credits only our
@@ -11,7 +12,9 @@ tokenizer: a right-padding tokenizer would put the step-0 scores after the paddi
 last-position logits only), also without prefix reuse.
 Reports prompts/s, the ratios, max |Δp| of the per-prompt p_softmax (T=20) and prob distributions and of the
 per-item MJDs, and an MFU estimate (model FLOPs / time / peak; the peak is the vendor's dense bf16/fp16 figure on a
-GPU in those dtypes, else a measured matmul rate, or --peak_tflops).
+GPU in those dtypes, else a measured matmul rate, or --peak_tflops). `--dtype auto` is bf16 only where the
+device computes it natively, else fp32; the report records the device's bf16 capability
+(`capo.precision.precision_report`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ LLAMA3_8B = {
     "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 8192, "rope_theta": 500000.0,
     "tie_word_embeddings": False,
 }
+# A corpus-LM-sized Llama: exercises the random-init path in seconds (the vocabulary is the tokenizer's).
+TINY = {
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "num_key_value_heads": 2, "max_position_embeddings": 4096, "rope_theta": 10000.0,
+    "tie_word_embeddings": True,
+}
+SHAPES = {"llama3-8b": LLAMA3_8B, "tiny": TINY}
 GPU_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense bf16/fp16, SXM
 
 
@@ -39,7 +49,8 @@ def load_model(args, torch):
     dtype = getattr(torch, args.dtype)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     if args.random_init:
-        shape = dict(LLAMA3_8B)
+        shape = dict(SHAPES[args.random_init])
+        shape.setdefault("vocab_size", len(tokenizer))
         if args.num_hidden_layers:
             shape["num_hidden_layers"] = args.num_hidden_layers
         config = LlamaConfig(**shape, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
@@ -129,13 +140,15 @@ def timed(fn, device: str, torch):
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models/corpus-lm", help="hub id or folder (ignored with --random_init)")
-    parser.add_argument("--random_init", choices=["llama3-8b"], help="a random-initialised model of this shape")
+    parser.add_argument("--random_init", choices=list(SHAPES),
+                        help="a random-initialised model of this shape (tiny: smoke tests)")
     parser.add_argument("--num_hidden_layers", type=int, help="override the random model's depth (smoke tests)")
     parser.add_argument("--tokenizer", help="tokenizer (default: --model; with --random_init: models/corpus-lm)")
     parser.add_argument("--items", type=int, default=3, help="first N of the 341 items")
     parser.add_argument("--mode", default="serial", help="none | serial | parallel")
     parser.add_argument("--k", type=int, help="serial: explanations per prompt")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="float32",
+                        help="auto | float32 | bfloat16 | float16 (auto: bf16 where native, else fp32)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--batch_size", type=int, default=64, help="our rows per forward pass")
     parser.add_argument("--max_batch_tokens", type=int, help="our most padded new tokens per forward pass")
@@ -152,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from capo.data.loaders import load_nli341
     from capo.data.prompts import render_chat
+    from capo.generate.backends.base import check_dtype
     from capo.generate.scoring import HFScorer, option_token_ids
     from capo.mjd.estimate import (
         OPTION_LETTERS,
@@ -162,8 +176,10 @@ def main(argv: list[str] | None = None) -> dict:
         prompt_specs,
         user_message,
     )
+    from capo.precision import precision_report, resolve_dtype
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.dtype = resolve_dtype(check_dtype(args.dtype), args.device)  # auto -> bf16 where native, else fp32
     if args.random_init and not args.tokenizer:
         args.tokenizer = "models/corpus-lm"
     model, tokenizer = load_model(args, torch)
@@ -244,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     device_name = torch.cuda.get_device_name() if args.device != "cpu" else f"CPU ({os.cpu_count()} threads visible)"
     report = {
-        "device": device_name, "dtype": args.dtype,
+        "device": device_name, "precision": precision_report(args.device), "dtype": args.dtype,
         "model": f"random-init {args.random_init}" + (f" ({args.num_hidden_layers} layers)" if args.num_hidden_layers else "")
         if args.random_init else args.model,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -263,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
 def format_report(report: dict) -> str:
     seeds = [k for k in report["results"] if k.startswith("seed")]
     lines = [
-        (f"{report['device']}, {report['dtype']}, {report['model']} ({report['parameters'] / 1e6:.1f}M params); "
+        (f"{report['device']} ({report['precision']['basis']}), {report['dtype']}, {report['model']} "
+        f"({report['parameters'] / 1e6:.1f}M params); "
         f"{report['prompts']} prompts ({report['items']} items, mode {report['mode']}), "
         f"{report['prompt_tokens_min_max_mean'][0]}-{report['prompt_tokens_min_max_mean'][1]} tokens "
         f"(mean {report['prompt_tokens_min_max_mean'][2]:.0f}); peak {report['peak_tflops']:.2f} TFLOP/s "

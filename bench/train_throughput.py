@@ -9,7 +9,9 @@ every step (and once more without checkpointing, for reference). `packed_trainer
 `DPOTrainer` subclass that `recipes/capo.py --shared_prefix true` uses (3 groups per batch, Trainer machinery). Ours packs prompt | chosen | rejected_1..k once per group with a block mask and no padding, 8 pairs per
 step, no checkpointing. `wall` counts everything after the model is loaded: tokenisation, grouping, training.
 Per-pair losses of both implementations are compared on the same randomly initialised (non-zero) LoRA policy, and
-each trained adapter's mean DPO loss on the target's dev pairs is measured with one scorer.
+each trained adapter's mean DPO loss on the target's dev pairs is measured with one scorer. bf16 is what this
+measures (TRL's default), so the results record the CPU's bf16 capability (`capo.precision.precision_report`:
+emulated bf16 is 4-40x slower) beside the timings.
 """
 
 from __future__ import annotations
@@ -247,7 +249,11 @@ def main(argv: list[str] | None = None) -> dict:
     results["memory_ratio_trainer_subclass"] = results["packed_trainer"]["peak_rss_mib"] / trl["peak_rss_mib"]
     for variant in ("trl", "trl_no_checkpointing", "packed", "packed_trainer"):
         results[variant]["mean_loss"] = sum(results[variant]["losses"]) / len(results[variant]["losses"])
+    from capo.precision import precision_report
+
+    results["precision"] = precision_report("cpu")  # every variant trains on the CPU (use_cpu, CPU autocast)
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}))
+    print(f"precision: {results['precision']}")
     if args.json:
         from capo.io import write_json
 
