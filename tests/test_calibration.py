@@ -39,13 +39,19 @@ def test_crossfit_recovers_the_temperature_that_made_the_human_distributions():
     assert fit_temperature(list(scores.values()), np.array(list(sharp.values()))) == pytest.approx(1.5, rel=1e-3)
 
 
-def test_cli_reports_and_writes_calibrated_mjds(tmp_path):
-    rng = np.random.default_rng(1)
+def _raw_and_human(seed: int, items: int = 20) -> tuple[list[dict], list[dict]]:
+    """Raw letter scores of 6 prompts per item, and human distributions that are their MJDs at T = 3."""
+    rng = np.random.default_rng(seed)
     raw, human = [], []
-    for k in range(20):
+    for k in range(items):
         s = rng.normal(0, 8, size=(6, 3))
         raw.append({"id": f"i{k}", "prompts": [{"options": "ENC", "letter_scores": row.tolist()} for row in s]})
         human.append({"id": f"i{k}", "distribution": mjd_at(s, 3.0).tolist()})
+    return raw, human
+
+
+def test_cli_reports_and_writes_calibrated_mjds(tmp_path):
+    raw, human = _raw_and_human(1)
     out = tmp_path / "cal.jsonl"
     result = call_script("eval/calibrate.py", "--raw", write_jsonl(tmp_path / "raw.jsonl", raw),
                         "--human", write_jsonl(tmp_path / "h.jsonl", human), "--output", out, "--json")
@@ -66,12 +72,7 @@ def test_cli_raw_file_without_prompt_scores_is_one_line(tmp_path):
 
 
 def test_cli_human_file_covering_part_of_the_raw_items_only_when_allowed(tmp_path):
-    rng = np.random.default_rng(2)
-    raw, human = [], []
-    for k in range(20):
-        s = rng.normal(0, 8, size=(6, 3))
-        raw.append({"id": f"i{k}", "prompts": [{"options": "ENC", "letter_scores": row.tolist()} for row in s]})
-        human.append({"id": f"i{k}", "distribution": mjd_at(s, 3.0).tolist()})
+    raw, human = _raw_and_human(2)
     args = ["--raw", write_jsonl(tmp_path / "raw.jsonl", raw), "--human", write_jsonl(tmp_path / "h.jsonl", human[:15]),
             "--output", tmp_path / "cal.jsonl"]
     refused = call_script("eval/calibrate.py", *args)
