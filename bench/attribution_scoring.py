@@ -2,7 +2,7 @@
 
     python bench/attribution_scoring.py --model models/smollm2-135m-instruct --items 12 [--json results/attr.json]
 
-`capo.evaluate.attribution.score_annotations` asks the model for logits only where some row predicts an explanation
+`capo.evaluate.behaviour.attribution.score_annotations` asks the model for logits only where some row predicts an explanation
 token (`logits_to_keep` with those positions); the reference here projects and log-softmaxes every position, as the
 scorer did before. Both score every annotation of the first N VariErr items, in the same batches; the report gives
 seconds, sequences/s and the largest score difference between the two (they must agree to float rounding) and
@@ -27,7 +27,7 @@ def all_positions_scores(model, tokenizer, items, batch_size: int = 16) -> list[
     import torch
 
     from capo.data.schema import ANNOTATORS
-    from capo.evaluate.attribution import _explanation_mask
+    from capo.evaluate.behaviour.attribution import _explanation_mask
 
     encoded = [_explanation_mask(tokenizer, item, a.label, a.explanation)
                for item in items for a in item.annotations if a.annotator in ANNOTATORS]
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from capo.data.loaders import load_varierr
-    from capo.evaluate.attribution import score_annotations
+    from capo.data.formats.varierr import load_varierr
+    from capo.evaluate.behaviour.attribution import score_annotations
     from capo.precision import precision_report
 
     items = load_varierr()[: args.items]

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import torch
 
-    from capo.data.loaders import load_nli341
+    from capo.data.formats.mjd_files import load_nli341
     from capo.data.prompts import render_chat
     from capo.generate.backends.base import check_dtype
     from capo.generate.scoring import HFScorer, option_token_ids

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from capo.cli import ArgumentParser
-    from capo.data.loaders import load_varierr
+    from capo.data.formats.varierr import load_varierr
     from capo.data.prompts import prompt_messages, render_chat
     from capo.generate.scoring import HFScorer
     from capo.mjd.estimate import OPTION_LETTERS, PromptSpec, user_message

@@ -94,9 +94,9 @@ def _trl_trainer(args, rows, out, init=True, model=None, gradient_checkpointing=
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from capo.train.packed import shared_prefix_dpo_trainer_class
+    from capo.train.packed_trainer import SharedPrefixDPOTrainer
 
-    trainer_class = shared_prefix_dpo_trainer_class() if shared_prefix else DPOTrainer
+    trainer_class = SharedPrefixDPOTrainer if shared_prefix else DPOTrainer
     # The shared-prefix trainer's batch counts groups of 1-3 pairs: 3 groups is about TRL's 8 pairs.
     config = DPOConfig(output_dir=out, use_cpu=True, per_device_train_batch_size=3 if shared_prefix else 8,
                        num_train_epochs=1,

@@ -21,7 +21,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotator", required=True, help="target annotator: A1..A4")
     parser.add_argument("--task", default="nli", help="nli or paraphrase")
     parser.add_argument("--dataset", help="varierr | lewidi-ven (nli), lewidi-par (paraphrase), or a path to your own "
-                        "JSONL (capo.data.loaders.load_items_jsonl, split by --split_seed); default per task")
+                        "JSONL (capo.data.formats.jsonl.load_items_jsonl, split by --split_seed); default per task")
     parser.add_argument("--split", default="train", help="train (training data) or dev/test (held-out evaluation)")
     parser.add_argument("--split_seed", type=int, default=0,
                         help="item split seed of VariErr and your own JSONL (the corpus LM uses 0)")

@@ -26,7 +26,12 @@ from capo.data.datasets import load_task_data
 from capo.data.heldout import select_heldout
 from capo.data.schema import ANNOTATORS, check_annotator
 from capo.errors import DataError
-from capo.evaluate.attribution import adapter_folders, adapter_names, attribution_report, format_report
+from capo.evaluate.behaviour.attribution import (
+    adapter_folders,
+    adapter_names,
+    attribution_report,
+    format_report,
+)
 from capo.generate.backends.base import DTYPES
 from capo.io import check_model_path, check_output, write_json
 

@@ -18,11 +18,11 @@ import numpy as np
 from transformers.hf_argparser import string_to_bool
 
 from capo.cli import ArgumentParser, run_main
-from capo.data.loaders import read_distributions, write_distributions
+from capo.data.distributions import read_distributions, write_distributions
 from capo.errors import DataError
-from capo.evaluate.calibration import crossfit, mjd_at, read_raw_scores, top_letter_shares
-from capo.evaluate.distributions import covered
-from capo.evaluate.metrics import distribution_report
+from capo.evaluate.distributions.calibration import crossfit, mjd_at, read_raw_scores, top_letter_shares
+from capo.evaluate.distributions.compare import covered
+from capo.evaluate.distributions.metrics import distribution_report
 from capo.io import check_output
 
 

@@ -17,16 +17,16 @@ from pathlib import Path
 from transformers.hf_argparser import string_to_bool
 
 from capo.cli import ArgumentParser, run_main
-from capo.data.loaders import read_distributions
+from capo.data.distributions import read_distributions
 from capo.errors import DataError
-from capo.evaluate.distributions import (
+from capo.evaluate.distributions.compare import (
     baseline_distributions,
     baseline_report,
     format_table,
     join,
     ternary_plot,
 )
-from capo.evaluate.metrics import distribution_report
+from capo.evaluate.distributions.metrics import distribution_report
 from capo.io import atomic_write_text, check_output
 
 

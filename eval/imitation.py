@@ -18,9 +18,9 @@ from pathlib import Path
 from capo.cli import ArgumentParser, run_main
 from capo.data.schema import label_space
 from capo.errors import DataError
-from capo.evaluate.imitation import judge_sources, read_generations
-from capo.evaluate.judges import TrainedJudge, confusion_plot, histories_and_heldout, llm_judge
-from capo.evaluate.patterns import FEATURES
+from capo.evaluate.behaviour.imitation import judge_sources, read_generations
+from capo.evaluate.behaviour.judges import TrainedJudge, confusion_plot, histories_and_heldout, llm_judge
+from capo.evaluate.behaviour.patterns import FEATURES
 from capo.io import atomic_write_text, check_model_path, check_output
 
 

@@ -13,7 +13,7 @@ is one conditioned explainer, prompted with each annotator's id; without --expla
 pre-trained on (a corpus LM) is printed and reported; --heldout_only true leaves out the former, --exclude_pretrained
 true the latter. An explainer without a run manifest (a hub adapter, a copied folder) is refused, since what it
 trained on can be neither counted nor left out, unless --allow_unchecked_adapters true (the report then names it:
-unchecked_adapters). Library: capo/evaluate/explainer_predictions.py.
+unchecked_adapters). Library: capo/lewidi/explainers.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads s
 from capo.cli import ArgumentParser, run_main
 from capo.data.schema import ANNOTATORS
 from capo.errors import DataError
-from capo.evaluate.explainer_predictions import run_jury
+from capo.evaluate.distributions.jury import run_jury
 from capo.io import write_json
 
 

@@ -23,7 +23,7 @@ score    prints {"perspectivist", "soft", ...} (lower is better) against a label
          misses an (item, annotator) of the split is refused, naming the first missing pair.
 export   writes <Dataset>_test_soft.tsv and <Dataset>_test_pe.tsv (one `key<TAB>[...]` line per item) and a flat
          res.zip of every submission file in --output_dir.
-File formats and sources: capo/evaluate/lewidi.py, capo/evaluate/explainer_predictions.py. Each command's flags
+File formats and sources: capo/lewidi/, capo/lewidi/explainers.py. Each command's flags
 follow.
 """
 
@@ -36,26 +36,8 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
 from capo.cli import ArgumentParser, run_main
-from capo.data.lewidi import check_dataset, lewidi_split_path, read_lewidi
 from capo.errors import DataError
-from capo.evaluate.explainer_predictions import predict_lewidi
-from capo.evaluate.lewidi import (
-    ExportArguments,
-    PredictArguments,
-    ScoreArguments,
-    aggregate_soft,
-    most_frequent_predictions,
-    random_predictions,
-    read_annotator_predictions,
-    read_soft_predictions,
-    score,
-    write_annotator_predictions,
-    write_soft_predictions,
-    write_submission,
-)
-from capo.io import write_json
-
-COMMANDS = {"predict": PredictArguments, "score": ScoreArguments, "export": ExportArguments}
+from capo.lewidi.commands import COMMANDS, RUN
 
 
 def make_parser(command: str):
@@ -63,60 +45,6 @@ def make_parser(command: str):
     parser.prog = f"eval/lewidi.py {command}"
     parser.description = COMMANDS[command].__doc__
     return parser
-
-
-def predict(args: PredictArguments) -> dict:
-    dataset = check_dataset(args.dataset)
-    if args.model:
-        if args.baseline:
-            raise DataError("--baseline and --model are two predictors: give one", field="baseline")
-        return predict_lewidi(dataset, args.split, args.output, model=args.model, explainers=args.explainers,
-                              decision=args.decision, decision_split=args.decision_split,
-                              soft_output=args.soft_output, soft_mean_output=args.soft_mean_output,
-                              probs_output=args.probs_output, dtype=args.dtype, batch_size=args.batch_size,
-                              min_shared_tokens=args.min_shared_tokens,
-                              allow_unchecked_adapters=args.allow_unchecked_adapters,
-                              log=lambda msg: print(msg, flush=True))
-    if args.explainers:
-        raise DataError("--explainers are adapters on a base model: give --model too", field="explainers")
-    items = read_lewidi(lewidi_split_path(dataset, args.split), dataset)
-    if (args.baseline or "most_frequent") == "most_frequent":
-        train = read_lewidi(args.train_file or lewidi_split_path(dataset, "train"), dataset)
-        predictions = most_frequent_predictions(train, items, args.vote)
-    elif args.baseline == "random":
-        predictions = random_predictions(items, args.seed)
-    else:
-        raise DataError(f"unknown baseline {args.baseline!r} (valid: most_frequent, random)", field="baseline")
-    write_annotator_predictions(args.output, predictions, dataset)
-    if args.soft_output:
-        write_soft_predictions(args.soft_output, aggregate_soft(items, predictions))
-    return {"items": len(items), "predictions": len(predictions), "output": args.output}
-
-
-def score_files(args: ScoreArguments) -> dict:
-    dataset = check_dataset(args.dataset)
-    items = read_lewidi(lewidi_split_path(dataset, args.split), dataset)
-    predictions = read_annotator_predictions(args.predictions, dataset) if args.predictions else None
-    soft = read_soft_predictions(args.soft, dataset) if args.soft else None
-    report = score(items, predictions, soft, predictions_path=args.predictions or "", soft_path=args.soft or "")
-    report = {"dataset": dataset, "split": args.split, **report}
-    if args.output:
-        write_json(args.output, report)
-    return report
-
-
-def export(args: ExportArguments) -> dict:
-    dataset = check_dataset(args.dataset)
-    items = read_lewidi(lewidi_split_path(dataset, args.split), dataset)
-    predictions = read_annotator_predictions(args.predictions, dataset)
-    soft = read_soft_predictions(args.soft, dataset) if args.soft else None
-    written = write_submission(args.output_dir, items, predictions, soft, naming=args.naming,
-                               zip_name=args.zip_name or None, predictions_path=args.predictions,
-                               soft_path=args.soft or "")
-    return {"items": len(items), "written": [str(p) for p in written]}
-
-
-RUN = {"predict": predict, "score": score_files, "export": export}
 
 
 @run_main

@@ -13,9 +13,9 @@ import json
 import time
 
 from capo.cli import ArgumentParser, run_main
-from capo.data.loaders import load_dataset
+from capo.data.registry import load_items
 from capo.errors import DataError
-from capo.evaluate.patterns import FEATURES, pattern_table, responses
+from capo.evaluate.behaviour.patterns import FEATURES, pattern_table, responses
 from capo.io import atomic_write_text, check_output
 
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise DataError(f"need at least 2 folds, got {args.folds}", field="--folds")
     if args.output:
         check_output(args.output)  # now, not after minutes of cross-fitting
-    rows = [r for name in args.dataset for r in responses(load_dataset(name))]
+    rows = [r for name in args.dataset for r in responses(load_items(name))]
     start = time.perf_counter()
     table = pattern_table(rows, kinds=args.features, ks=args.ks, seed=args.seed, folds=args.folds,
                           control=not args.no_control)

@@ -16,9 +16,10 @@ import json
 import time
 
 from capo.cli import run_main
-from capo.data.loaders import load_dataset, load_model_explanations
+from capo.data.formats.mjd_files import load_model_explanations
+from capo.data.registry import load_items
 from capo.errors import DataError
-from capo.evaluate.variability import pos_tagger, variability
+from capo.evaluate.behaviour.variability import pos_tagger, variability
 from capo.io import atomic_write_text, iter_jsonl
 
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no_embeddings", action="store_true")
     parser.add_argument("--output", help="write the table as JSON")
     args = parser.parse_args(argv)
-    items = load_dataset(args.human)
+    items = load_items(args.human)
     inputs = {item.id: " ".join(item.inputs.values()) for item in items}
     sources = {"human": {item.id: [a.explanation for a in item.annotations if a.explanation.strip()] for item in items}}
     for spec in args.model_explanations:

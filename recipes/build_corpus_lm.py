@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads s
 
 from capo.cli import ArgumentParser, run_main
 from capo.io import check_output
-from capo.train.corpus_lm import SIZES, build_corpus_lm, config_for
+from capo.models.corpus_lm import SIZES, build_corpus_lm, config_for
 
 
 @run_main

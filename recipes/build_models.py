@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared 2-core machines 10-25x
 
 from capo.cli import run_main
-from capo.train.base_models import BASE_MODELS, convert_gguf, model_spec
+from capo.models.base_models import BASE_MODELS, convert_gguf, model_spec
 
 
 @dataclass

@@ -7,7 +7,7 @@ label-free and label-guided (VariErr / MNLI label multisets) `first` / `longest`
         --output_dir runs/model_explanations/llama3
 
 The output folder holds `generations.jsonl` (raw text and parsed list per item and label) and the sets
-(`Label-Free-first.json`, `VariErr-Label-Guided-longest.json`, ...) that `capo.data.loaders.load_model_explanations`
+(`Label-Free-first.json`, `VariErr-Label-Guided-longest.json`, ...) that `capo.data.formats.mjd_files.load_model_explanations`
 and the MJD recipe read. A killed run started again with the same arguments skips the finished shards.
 """
 

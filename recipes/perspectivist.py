@@ -7,7 +7,7 @@ write per-annotator predictions and soft labels that `eval/lewidi.py score` / `e
         --output_dir runs/persp/par_s0 --num_train_epochs 5
     python eval/lewidi.py score --dataset ven --split test --predictions runs/persp/ven_s0/predictions_test.jsonl
 
-Defaults are `capo.evaluate.perspectivist.CPU_TRAINING_DEFAULTS`; a `--config` YAML replaces them, and every flag
+Defaults are `capo.lewidi.perspectivist.CPU_TRAINING_DEFAULTS`; a `--config` YAML replaces them, and every flag
 (a `PerspectivistArguments` or `transformers.TrainingArguments` field) given on the command line wins over both.
 A killed run resumes from its last checkpoint when started again with the same arguments and output folder.
 """
@@ -22,8 +22,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from transformers import TrainingArguments
 
 from capo.cli import parse_arguments, run_main
-from capo.evaluate.perspectivist import CPU_TRAINING_DEFAULTS, PerspectivistArguments, train_perspectivist
 from capo.io import check_output
+from capo.lewidi.perspectivist import CPU_TRAINING_DEFAULTS, PerspectivistArguments, train_perspectivist
 
 
 def parse(argv: list[str] | None = None) -> tuple:

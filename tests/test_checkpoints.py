@@ -75,7 +75,7 @@ def test_every_trainer_uses_the_shared_rule():
     """The perspectivist encoder and the fine-tuning resume through `capo.io.last_complete_checkpoint` too (not
     transformers' `get_last_checkpoint`, which returns the newest folder whatever it holds)."""
     import capo.evaluate.finetune.trainer as finetune
-    from capo.evaluate import perspectivist
+    from capo.lewidi import perspectivist
 
     assert perspectivist.last_complete_checkpoint is finetune.last_complete_checkpoint is last_complete_checkpoint
     library = Path(finetune.__file__).parents[2]

@@ -26,9 +26,9 @@ def _edit(monkeypatch, edited: str) -> None:
 
 
 def test_module_files_follow_imports_transitively_and_only_within_capo():
-    files = module_files(["capo.evaluate.distributions"])
+    files = module_files(["capo.evaluate.distributions.compare"])
     # distributions imports metrics; metrics' own imports and the packages' __init__ files come along
-    assert {"capo/evaluate/distributions.py", "capo/evaluate/metrics.py", "capo/__init__.py",
+    assert {"capo/evaluate/distributions/compare.py", "capo/evaluate/distributions/metrics.py", "capo/__init__.py",
             "capo/evaluate/__init__.py", "capo/errors.py"} <= files.keys()
     assert not any(name.startswith(("capo/train/", "capo/pipeline/")) for name in files)
     assert all(len(digest) == 16 for digest in files.values())
@@ -40,7 +40,7 @@ def test_a_stage_counts_its_own_functions_not_its_whole_module():
     assert pieces and all(key.startswith("capo.pipeline.") for key in pieces)
     assert "capo/pipeline/stages.py" not in by_name["distributions"]  # only the functions it runs
     assert "recipes/sft.py" in by_name["sft"] and "capo/train/explainers.py" in by_name["sft"]  # via its Job
-    assert "capo/evaluate/metrics.py" not in by_name["sft"]
+    assert "capo/evaluate/distributions/metrics.py" not in by_name["sft"]
 
 
 def _finished_run(root: Path, stages, args) -> dict:
@@ -60,7 +60,7 @@ def _downstream(stages, names: set[str]) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("edited", ["capo/evaluate/metrics.py", "capo/mjd/estimate.py", "capo/evaluate/judges.py"])
+@pytest.mark.parametrize("edited", ["capo/evaluate/distributions/metrics.py", "capo/mjd/estimate.py", "capo/evaluate/behaviour/judges.py"])
 def test_editing_a_module_makes_exactly_the_stages_that_run_it_stale(tmp_path, monkeypatch, edited):
     args = parse(["--config", "recipes/configs/pipeline_tiny.yaml", "--output_dir", str(tmp_path)])
     stages = cache.enabled_stages(STAGES, args)
@@ -81,11 +81,11 @@ def test_editing_a_module_makes_exactly_the_stages_that_run_it_stale(tmp_path, m
 def test_the_named_stages_depend_on_what_they_compute(tmp_path):
     args = parse(["--config", "recipes/configs/pipeline_tiny.yaml", "--output_dir", str(tmp_path)])
     runs = {stage.name: callable_files(stage.run) for stage in cache.enabled_stages(STAGES, args)}
-    assert "capo/evaluate/metrics.py" in runs["distributions"]
-    assert "capo/evaluate/judges.py" in runs["imitation"]
+    assert "capo/evaluate/distributions/metrics.py" in runs["distributions"]
+    assert "capo/evaluate/behaviour/judges.py" in runs["imitation"]
     for untouched in ("data", "sft", "capo", "generation"):
-        assert "capo/evaluate/metrics.py" not in runs[untouched]
-        assert "capo/evaluate/judges.py" not in runs[untouched]
+        assert "capo/evaluate/distributions/metrics.py" not in runs[untouched]
+        assert "capo/evaluate/behaviour/judges.py" not in runs[untouched]
 
 
 def test_a_sharded_run_refuses_to_resume_under_other_code(tmp_path, monkeypatch):
@@ -98,12 +98,12 @@ def test_a_sharded_run_refuses_to_resume_under_other_code(tmp_path, monkeypatch)
         key: str
 
     make = lambda: ShardedRun(tmp_path, [Unit("a"), Unit("b")], shard_size=1, signature={"x": 1},
-                              record_key=lambda r: r["key"], code=("capo.evaluate.metrics",))
+                              record_key=lambda r: r["key"], code=("capo.evaluate.distributions.metrics",))
     run = make()
     assert "code" in run.signature
     run.run(lambda chunk: [{"key": u.key} for u in chunk])
     make().check()  # same code: resumes
-    _edit(monkeypatch, "capo/evaluate/metrics.py")
+    _edit(monkeypatch, "capo/evaluate/distributions/metrics.py")
     with pytest.raises(DataError, match="code"):
         make().check()
 

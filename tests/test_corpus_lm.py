@@ -4,10 +4,10 @@ import math
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from capo.data.loaders import load_varierr
+from capo.data.formats.varierr import load_varierr
 from capo.data.prompts import parse_response, prompt_messages
 from capo.data.splits import split_items
-from capo.train.corpus_lm import SIZES, corpus_documents
+from capo.models.corpus_lm import SIZES, corpus_documents
 
 
 def test_corpus_lm_loads_like_a_hub_model_and_has_learned(corpus_lm):
@@ -50,12 +50,12 @@ def test_corpus_never_contains_held_out_explanations():
 
 
 def test_pretraining_items_are_known_for_corpus_lms_only(corpus_lm, tmp_path):
-    from capo.data.loaders import load_dataset
-    from capo.train.corpus_lm import pretraining_item_ids
+    from capo.data.registry import load_items
+    from capo.models.corpus_lm import pretraining_item_ids
 
     seen = pretraining_item_ids(corpus_lm)
     split = split_items(load_varierr(), seed=0)
     assert set(split.train) <= seen and not (set(split.dev) | set(split.test)) & seen
     # LeWiDi VariErrNLI test items that are VariErr train items would leak: they are flagged.
-    assert any(item.id in seen for item in load_dataset("lewidi-ven-test"))
+    assert any(item.id in seen for item in load_items("lewidi-ven-test"))
     assert pretraining_item_ids(tmp_path) == set()

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from conftest import call_script
 
-from capo.data.loaders import read_distributions, write_distributions
-from capo.evaluate.distributions import baseline_distributions, join
-from capo.evaluate.metrics import kl_per_item
+from capo.data.distributions import read_distributions, write_distributions
+from capo.evaluate.distributions.compare import baseline_distributions, join
+from capo.evaluate.distributions.metrics import kl_per_item
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_script, write_jsonl
 
-from capo.data.loaders import (
-    load_items_jsonl,
-    load_lewidi,
-    load_lewidi_annotators_meta,
-    load_nli341,
-    load_varierr,
-    read_distributions,
-)
+from capo.data.distributions import read_distributions
+from capo.data.formats.jsonl import load_items_jsonl
+from capo.data.formats.lewidi import load_lewidi, load_lewidi_annotators_meta
+from capo.data.formats.mjd_files import load_nli341
+from capo.data.formats.varierr import load_varierr
 from capo.errors import DataError
 
 GOOD = {

@@ -125,7 +125,7 @@ def test_packed_trainer_loss_equals_trl_dpo_loss(corpus_lm, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from capo.train.packed import shared_prefix_dpo_trainer_class
+    from capo.train.packed_trainer import SharedPrefixDPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
     torch.manual_seed(0)  # a non-zero "SFT adapter", saved as init_from sft would find it
@@ -158,7 +158,7 @@ def test_packed_trainer_loss_equals_trl_dpo_loss(corpus_lm, tmp_path):
         return loss.item(), metrics, grads, len(data)
 
     trl_loss, trl_metrics, trl_grads, trl_pairs = loss_and_gradients(DPOTrainer)
-    loss, metrics, grads, groups = loss_and_gradients(shared_prefix_dpo_trainer_class())
+    loss, metrics, grads, groups = loss_and_gradients(SharedPrefixDPOTrainer)
     assert trl_pairs == sum(p < max_length for p in prompts) and groups < trl_pairs
     assert len(trl_metrics) == 6 and abs(trl_metrics["rewards/margins"]) > 1e-2  # policy != reference
     assert loss == pytest.approx(trl_loss, rel=1e-5)
@@ -186,13 +186,13 @@ def test_unsupported_dpo_options_are_refused(tmp_path, option, value, named):
 
     from trl import DPOConfig
 
-    from capo.train.packed import shared_prefix_dpo_trainer_class
+    from capo.train.packed_trainer import SharedPrefixDPOTrainer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # keep_end's deprecation warning
         config = DPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], **{option: value})
     with pytest.raises(DataError) as error:
-        shared_prefix_dpo_trainer_class()(model="unused", args=config, train_dataset=None)
+        SharedPrefixDPOTrainer(model="unused", args=config, train_dataset=None)
     message = str(error.value)
     assert named in message and "\n" not in message and message.count("does not implement") == 1
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, call_script, write_jsonl
 
-from capo.data.loaders import load_nli341, read_distributions
+from capo.data.distributions import read_distributions
+from capo.data.formats.mjd_files import load_nli341
 from capo.errors import DataError
 from capo.evaluate.finetune.arguments import FinetuneArguments, default_model_path, parse_arguments
 from capo.evaluate.finetune.comparison import aggregate, beats_constants, format_csv, format_markdown
@@ -28,9 +29,9 @@ from capo.evaluate.finetune.data import (
 from capo.evaluate.finetune.scoring import METRICS, compute_metrics, constant_scores, score
 from capo.evaluate.finetune.trainer import (
     SIGNATURE_FILE,
+    SoftLabelTrainer,
     finetune,
     soft_cross_entropy,
-    soft_label_trainer_class,
 )
 from capo.io import last_complete_checkpoint
 
@@ -203,7 +204,7 @@ def test_soft_label_training_lowers_the_loss_on_a_handful_of_items(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     model = AutoModelForSequenceClassification.from_pretrained(default_model_path(), num_labels=3)
     data = to_dataset(examples, tokenizer, 64)
-    trainer = soft_label_trainer_class()(
+    trainer = SoftLabelTrainer(
         model=model,
         args=_cpu_args(tmp_path, max_steps=2, per_device_train_batch_size=8, learning_rate=1e-3,
                        save_strategy="no", logging_steps=1),

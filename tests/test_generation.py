@@ -109,7 +109,7 @@ def test_one_line_errors(argv, uninterrupted, tmp_path, capsys):
         lines = [line for line in err.splitlines() if line.startswith("error: ")]
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err, err
     with pytest.raises(DataError, match="duplicate item id"):
-        from capo.data.loaders import load_varierr
+        from capo.data.formats.varierr import load_varierr
         from capo.generate.explanations import plan_units
 
         item = load_varierr()[0]
@@ -132,7 +132,7 @@ def test_an_adapter_retrained_in_place_refuses_to_resume(corpus_lm, tmp_path, ca
 def test_a_tokenizer_without_chat_template_is_a_one_line_error(corpus_lm):
     from transformers import AutoTokenizer
 
-    from capo.data.loaders import load_varierr
+    from capo.data.formats.varierr import load_varierr
     from capo.generate.explanations import Unit, render_unit_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
@@ -145,7 +145,7 @@ def test_a_tokenizer_without_chat_template_is_a_one_line_error(corpus_lm):
 
 def test_held_out_items_are_never_in_the_explainers_training_rows():
     from capo.data.datasets import load_task_data
-    from capo.data.loaders import load_varierr
+    from capo.data.formats.varierr import load_varierr
     from capo.generate.explanations import select_items
     from capo.train.pairs import sft_rows
 

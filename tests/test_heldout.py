@@ -128,11 +128,11 @@ def test_adapters_without_a_record(varierr_seed0, tmp_path):
 
 
 def test_mjd_reports_and_can_leave_out_pretraining_items(corpus_lm, tmp_path):
-    from capo.data.loaders import load_dataset
+    from capo.data.registry import load_items
     from capo.mjd.run import MJDScriptArguments, run_mjd
 
-    first = load_dataset("nli341")[:12]
-    seen = sum(i.id in set(split_items(load_dataset("varierr"), seed=0).train) for i in first)
+    first = load_items("nli341")[:12]
+    seen = sum(i.id in set(split_items(load_items("varierr"), seed=0).train) for i in first)
     assert 0 < seen < 12
     runs = {}
     for exclude in (False, True):
@@ -144,7 +144,7 @@ def test_mjd_reports_and_can_leave_out_pretraining_items(corpus_lm, tmp_path):
     assert runs[True][1][0] == f"leaving out {seen} of 12 items the base model was pre-trained on"
     assert runs[False][0]["items"] == 12 and runs[True][0]["items"] == 12 - seen
     kept = [json.loads(line)["id"] for line in (tmp_path / "True" / "mjd.jsonl").read_text().splitlines()]
-    assert kept == [i.id for i in first if i.id not in set(split_items(load_dataset("varierr"), seed=0).train)]
+    assert kept == [i.id for i in first if i.id not in set(split_items(load_items("varierr"), seed=0).train)]
 
 
 # --- adapters without a run manifest, allowed explicitly: every tool runs and names them ---------------------------
@@ -206,7 +206,8 @@ def test_attribution_with_unchecked_adapters(bare, corpus_lm, tmp_path, capsys):
 def test_jury_with_unchecked_adapters(bare, corpus_lm, tmp_path, capsys):
     import dataclasses
 
-    from capo.data.loaders import item_to_json, load_nli341
+    from capo.data.formats.jsonl import item_to_json
+    from capo.data.formats.mjd_files import load_nli341
 
     items = [dataclasses.replace(item, annotations=[]) for item in load_nli341()[:2]]
     data = tmp_path / "two.jsonl"
@@ -222,7 +223,7 @@ def test_jury_with_unchecked_adapters(bare, corpus_lm, tmp_path, capsys):
 
 
 def test_lewidi_prediction_with_unchecked_adapters(bare, corpus_lm, tmp_path, capsys):
-    from capo.data.lewidi import lewidi_split_path
+    from capo.data.formats.lewidi import lewidi_split_path
 
     source = lewidi_split_path("ven", "test")
     rows = json.loads(source.read_text())
@@ -316,7 +317,7 @@ def test_generation_on_trained_adapters_follows_their_split_and_refuses_their_it
 
 @pytest.mark.slow
 def test_attribution_on_trained_adapters(trained, corpus_lm, tmp_path, capsys):
-    from capo.evaluate.attribution import attribution_report
+    from capo.evaluate.behaviour.attribution import attribution_report
 
     templates = {kind: str(trained / "seed{seed}" / kind / "{task}" / "{annotator}") for kind in ("sft", "capo")}
     out = tmp_path / "report.json"

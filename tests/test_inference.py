@@ -9,7 +9,7 @@ import torch
 from conftest import make_adapter
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from capo.data.loaders import load_varierr
+from capo.data.formats.varierr import load_varierr
 from capo.data.prompts import prompt_messages
 from capo.errors import DataError
 from capo.generate.backends import load_backend, vllm_available

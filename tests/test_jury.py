@@ -1,4 +1,4 @@
-"""The explainer jury (`eval/jury.py`, `capo.evaluate.explainer_predictions.run_jury`): per-annotator label
+"""The explainer jury (`eval/jury.py`, `capo.evaluate.distributions.jury.run_jury`): per-annotator label
 probabilities averaged into one distribution per item, every item written, the items the explainers trained on
 counted (and left out on request), and the file read by `eval/distributions.py` beside the ChaosNLI HJD."""
 
@@ -12,8 +12,10 @@ import pytest
 from conftest import load_script, make_adapter
 
 from capo.data.datasets import load_task_data
+from capo.data.distributions import read_distributions
+from capo.data.formats.jsonl import item_to_json
+from capo.data.formats.mjd_files import load_nli341
 from capo.data.heldout import training_record
-from capo.data.loaders import item_to_json, load_nli341, read_distributions
 from capo.io import write_json
 
 
@@ -74,7 +76,7 @@ def test_jury_averages_the_annotators_probabilities(corpus_lm, jury_setup, tmp_p
 
 
 def test_base_model_jury_covers_the_341_items_and_counts_pretraining(corpus_lm, tmp_path):
-    from capo.train.corpus_lm import pretraining_item_ids
+    from capo.models.corpus_lm import pretraining_item_ids
 
     out = tmp_path / "base.jsonl"
     report = load_script("eval/jury.py").main(["--model", str(corpus_lm), "--output", str(out)])

@@ -5,20 +5,18 @@ import numpy as np
 import pytest
 from conftest import call_script
 
-from capo.data.lewidi import lewidi_split_path, read_lewidi
+from capo.data.formats.lewidi import lewidi_split_path, read_lewidi
 from capo.errors import DataError
-from capo.evaluate.lewidi import (
+from capo.evaluate.distributions.metrics import lewidi_nli_perspectivist, lewidi_paraphrase_soft
+from capo.lewidi.baselines import annotator_constants, most_frequent_predictions, random_predictions
+from capo.lewidi.predictions import (
     aggregate_soft,
-    annotator_constants,
-    most_frequent_predictions,
-    random_predictions,
     read_annotator_predictions,
-    score,
     write_annotator_predictions,
     write_soft_predictions,
-    write_submission,
 )
-from capo.evaluate.metrics import lewidi_nli_perspectivist, lewidi_paraphrase_soft
+from capo.lewidi.score import score
+from capo.lewidi.submission import write_submission
 
 VEN_TEST = lewidi_split_path("ven", "test")
 PAR_DEV = lewidi_split_path("par", "dev")
@@ -248,7 +246,7 @@ def test_help_documents_all_three_commands():
     assert call_script("eval/lewidi.py", "bogus").returncode == 2
 
 
-# --- explainers as annotators (`--model`): capo/evaluate/explainer_predictions.py --------------------------------
+# --- explainers as annotators (`--model`): capo/lewidi/explainers.py --------------------------------
 
 
 def _subset(src, dst, keys) -> str:
@@ -285,7 +283,7 @@ def explainers(corpus_lm, tmp_path_factory):
         make_adapter(corpus_lm, root / "leaky" / annotator, seed=1)
         _manifest(root / "leaky" / annotator, annotator, sorted(varierr_train), dataset="varierr")
     test = read_lewidi(VEN_TEST)
-    from capo.evaluate.explainer_predictions import capo_item
+    from capo.data.formats.lewidi import capo_item
 
     clean = [i.id for i in test if capo_item(i).id not in varierr_train][:2]
     assert any({"Ann1", "Ann2"} <= set(i.annotators) for i in test if i.id in clean)
@@ -317,8 +315,8 @@ def _direct(corpus_lm, adapter, item, persona=None) -> np.ndarray:
     """P(label) in capo's [E, N, C] order under one adapter, straight from the engine (one adapter loaded)."""
     from scipy.special import softmax
 
+    from capo.data.formats.lewidi import capo_item
     from capo.data.prompts import prompt_messages, render_chat
-    from capo.evaluate.explainer_predictions import capo_item
     from capo.generate.backends.hf import HFBackend
     from capo.generate.scoring import label_log_probs
 
@@ -337,7 +335,7 @@ def test_scoring_prompt_ends_where_the_trained_label_starts(corpus_lm, smollm2):
 
     from capo.data.datasets import load_task_data
     from capo.data.prompts import prompt_messages, response_messages
-    from capo.evaluate.explainer_predictions import label_options, scoring_prompt
+    from capo.generate.labels import label_options, scoring_prompt
     from capo.train.pairs import split_prompt_completion
 
     for path in (corpus_lm, smollm2):
@@ -353,9 +351,10 @@ def test_scoring_prompt_ends_where_the_trained_label_starts(corpus_lm, smollm2):
 
 
 def test_explainers_predict_ven_test_with_the_threshold_fitted_on_dev(corpus_lm, explainers, tmp_path):
-    from capo.evaluate.explainer_predictions import LabelScorer, lewidi_probabilities, resolve_explainers
-    from capo.evaluate.lewidi import check_complete, read_soft_predictions
-    from capo.evaluate.perspectivist import choose_on_dev, decide, mean_soft
+    from capo.generate.labels import LabelScorer, resolve_explainers
+    from capo.lewidi.explainers import lewidi_probabilities
+    from capo.lewidi.perspectivist import choose_on_dev, decide, mean_soft
+    from capo.lewidi.predictions import check_complete, read_soft_predictions
 
     out = tmp_path / "ven_test.jsonl"
     test_items = read_lewidi(explainers["ven_test"])
@@ -389,8 +388,8 @@ def test_explainers_predict_ven_test_with_the_threshold_fitted_on_dev(corpus_lm,
 
 
 def test_explainers_predict_par_dev_with_the_rule_cross_fitted_over_dev_folds(corpus_lm, explainers, tmp_path):
-    from capo.evaluate.lewidi import check_complete
-    from capo.evaluate.perspectivist import PAR_DECISIONS, crossfit_choices, decide_per_item, par_labels
+    from capo.lewidi.perspectivist import PAR_DECISIONS, crossfit_choices, decide_per_item, par_labels
+    from capo.lewidi.predictions import check_complete
 
     items = read_lewidi(explainers["par_dev"])
     out = tmp_path / "par.jsonl"

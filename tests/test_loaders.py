@@ -2,20 +2,12 @@ import json
 
 import pytest
 
-from capo.data.loaders import (
-    CHAOS_DIR,
-    LEWIDI_DIR,
-    MODEL_EXPLANATIONS_DIR,
-    item_to_json,
-    load_chaosnli,
-    load_dataset,
-    load_items_jsonl,
-    load_lewidi,
-    load_lewidi_annotators_meta,
-    load_model_explanations,
-    load_nli341,
-    load_varierr,
-)
+from capo.data.formats.common import CHAOS_DIR, LEWIDI_DIR, MODEL_EXPLANATIONS_DIR
+from capo.data.formats.jsonl import item_to_json, load_items_jsonl
+from capo.data.formats.lewidi import load_lewidi, load_lewidi_annotators_meta
+from capo.data.formats.mjd_files import load_chaosnli, load_model_explanations, load_nli341
+from capo.data.formats.varierr import load_varierr
+from capo.data.registry import load_items
 from capo.data.schema import ANNOTATORS, NLI
 
 
@@ -80,7 +72,7 @@ def test_lewidi_varierrnli_alignment_matches_varierr(varierr):
 
 
 def test_lewidi_paraphrase():
-    items = load_dataset("lewidi-par-train")
+    items = load_items("lewidi-par-train")
     assert len(items) == 400 and all(i.annotators() == list(ANNOTATORS) for i in items)
     first = items[0]
     assert first.id == "218948" and first.task == "paraphrase"

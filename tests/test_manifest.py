@@ -1,7 +1,7 @@
 import json
 from dataclasses import dataclass
 
-from capo.data.loaders import VARIERR_PATH
+from capo.data.formats.common import VARIERR_PATH
 from capo.manifest import file_sha256, write_manifest
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import entropy
 
-from capo.evaluate import metrics
+from capo.evaluate.distributions import metrics
 
 
 def _ref_kl(h, m):

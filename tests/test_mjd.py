@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import accelerate_launch_two_cpu_processes, load_script
 
-from capo.data.loaders import load_nli341
+from capo.data.formats.mjd_files import load_nli341
 from capo.data.schema import Item
 from capo.errors import DataError
 from capo.generate.scoring import HFScorer
@@ -117,7 +117,8 @@ def test_explanation_orders_counts_and_seeded_sampling():
 
 
 def test_released_model_explanations_feed_the_prompts():
-    from capo.data.loaders import MODEL_EXPLANATIONS_DIR, load_model_explanations
+    from capo.data.formats.common import MODEL_EXPLANATIONS_DIR
+    from capo.data.formats.mjd_files import load_model_explanations
 
     items = load_nli341()
     pairs = item_explanations(items, load_model_explanations(MODEL_EXPLANATIONS_DIR / "Llama3" / "Label-Free-first.json"))

@@ -15,7 +15,8 @@ from collections import defaultdict
 
 import pytest
 
-from capo.data.loaders import MODEL_EXPLANATIONS_DIR, load_model_explanations, load_nli341
+from capo.data.formats.common import MODEL_EXPLANATIONS_DIR
+from capo.data.formats.mjd_files import load_model_explanations, load_nli341
 from capo.data.schema import NLI
 from capo.errors import DataError
 from capo.generate.model_explanations import (

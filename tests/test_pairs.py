@@ -9,7 +9,7 @@ import pytest
 from conftest import call_script
 
 from capo.data.datasets import load_task_data
-from capo.data.loaders import item_to_json
+from capo.data.formats.jsonl import item_to_json
 from capo.data.prompts import parse_response, persona_line, render_inputs, user_prompt
 from capo.data.schema import Annotation, Item
 from capo.data.splits import split_items

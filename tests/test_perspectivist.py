@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 from conftest import call_script, load_script
 
-from capo.data.lewidi import PAR_LABELS, VEN_LABELS, read_lewidi
+from capo.data.formats.lewidi import PAR_LABELS, VEN_LABELS, read_lewidi
 from capo.errors import DataError
-from capo.evaluate.lewidi import read_annotator_predictions, read_soft_predictions, score
-from capo.evaluate.perspectivist import (
+from capo.lewidi.perspectivist import (
     ANNOTATOR_TOKENS,
     PerspectivistArguments,
     annotator_rows,
@@ -17,6 +16,8 @@ from capo.evaluate.perspectivist import (
     train_perspectivist,
     ven_labels,
 )
+from capo.lewidi.predictions import read_annotator_predictions, read_soft_predictions
+from capo.lewidi.score import score
 
 NAMES = ("Ann1", "Ann2", "Ann3", "Ann4")
 # Annotators who differ systematically: each gives the same label (set) whatever the item says.
@@ -107,7 +108,7 @@ def test_dev_choice_picks_the_threshold_that_scores_best(tmp_path):
 
 def _ven_items(wide: set[int], n: int = 6, prefix: str = "d") -> list:
     """n VEN items; item k's four annotators all say {entailment, neutral} when k is in `wide`, else {neutral}."""
-    from capo.data.lewidi import LewidiItem
+    from capo.data.formats.lewidi import LewidiItem
 
     items = []
     for k in range(n):
@@ -123,7 +124,7 @@ ROW_PROBS = [0.3, 0.6, 0.8]
 
 
 def test_a_dev_items_decision_never_uses_that_items_own_labels():
-    from capo.evaluate.perspectivist import crossfit_choices, decide, decide_per_item
+    from capo.lewidi.perspectivist import crossfit_choices, decide, decide_per_item
 
     wide = {0, 1, 2}  # 3 wide, 3 narrow: the in-sample choice is a tie, kept by 0.5 (wide)
     items = _ven_items(wide)
@@ -149,7 +150,7 @@ def test_a_dev_items_decision_never_uses_that_items_own_labels():
 
 @pytest.mark.parametrize("dataset", ["ven", "par"])
 def test_crossfit_fits_each_fold_on_the_other_items_only(dataset, tmp_path):
-    from capo.evaluate.perspectivist import crossfit_choices
+    from capo.lewidi.perspectivist import crossfit_choices
 
     items = read_lewidi(_split(tmp_path / "d.json", dataset, 7, seed=5))
     rows = annotator_rows(items)
@@ -173,7 +174,7 @@ def test_crossfit_fits_each_fold_on_the_other_items_only(dataset, tmp_path):
 
 
 def test_dev_is_scored_cross_fitted_and_another_split_with_the_decision_fitted_on_all_of_dev():
-    from capo.evaluate.perspectivist import fit_decisions
+    from capo.lewidi.perspectivist import fit_decisions
 
     dev, test = _ven_items({0, 1, 2, 3}), _ven_items({0}, n=3, prefix="t")
     rows = annotator_rows(dev)

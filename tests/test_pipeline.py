@@ -189,7 +189,7 @@ def test_lewidi_explainers_score_explainers_trained_on_lewidi_and_say_why_not_ot
     from capo.io import write_json
     from capo.pipeline.arguments import parse
     from capo.pipeline.cache import Context
-    from capo.pipeline.stages import explainers_skipped, run_lewidi_explainers
+    from capo.pipeline.stages.lewidi import explainers_skipped, run_lewidi_explainers
 
     monkeypatch.chdir(ROOT)
 

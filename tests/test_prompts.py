@@ -1,7 +1,8 @@
 import pytest
 
-from capo.data.loaders import load_dataset, load_varierr
+from capo.data.formats.varierr import load_varierr
 from capo.data.prompts import parse_response, render_response, user_prompt
+from capo.data.registry import load_items
 
 
 def test_nli_prompt_shows_instruction_inputs_and_few_shot_examples():
@@ -14,7 +15,7 @@ def test_nli_prompt_shows_instruction_inputs_and_few_shot_examples():
 
 
 def test_paraphrase_prompt_uses_questions():
-    item = load_dataset("lewidi-par-dev")[0]
+    item = load_items("lewidi-par-dev")[0]
     text = user_prompt(item)
     assert f"Question 1: {item.inputs['question1']}" in text and "-5" in text
 

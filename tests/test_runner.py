@@ -231,7 +231,8 @@ def _replace_model(path):
 
 @pytest.mark.slow
 def test_generation_refuses_an_edited_data_file_and_a_replaced_model(corpus_lm, tmp_path):
-    from capo.data.loaders import item_to_json, load_varierr
+    from capo.data.formats.jsonl import item_to_json
+    from capo.data.formats.varierr import load_varierr
     from capo.generate.explanations import MERGED, GenerateArguments, run_generation
 
     model = _copy_model(corpus_lm, tmp_path / "model")
@@ -278,7 +279,7 @@ def test_model_explanations_resume_after_a_kill_and_refuse_a_replaced_model(corp
 
 @pytest.mark.slow
 def test_mjd_resumes_after_a_kill_and_refuses_a_changed_output_option_or_explanation_file(corpus_lm, tmp_path, capsys):
-    from capo.data.loaders import MODEL_EXPLANATIONS_DIR
+    from capo.data.formats.common import MODEL_EXPLANATIONS_DIR
 
     explanations = tmp_path / "Label-Free-first.json"
     shutil.copy(MODEL_EXPLANATIONS_DIR / "Llama3" / "Label-Free-first.json", explanations)

@@ -16,7 +16,7 @@ import torch
 from conftest import ROOT
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from capo.data.loaders import load_nli341
+from capo.data.formats.mjd_files import load_nli341
 from capo.data.prompts import render_chat
 from capo.errors import DataError
 from capo.generate.backends.hf import HFBackend

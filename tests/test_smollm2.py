@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from conftest import load_script
 
-from capo.data.loaders import load_varierr
+from capo.data.formats.varierr import load_varierr
 from capo.data.prompts import parse_response, prompt_messages, render_response
 from capo.errors import DataError
-from capo.train.base_models import convert_gguf, gguf_path, is_current, model_spec
+from capo.models.base_models import convert_gguf, gguf_path, is_current, model_spec
 
 SPEC = model_spec("smollm2-135m-instruct")
 

@@ -1,6 +1,7 @@
 import pytest
 
-from capo.data.loaders import load_dataset, load_varierr
+from capo.data.formats.varierr import load_varierr
+from capo.data.registry import load_items
 from capo.data.schema import Annotation, Item
 from capo.data.splits import history, predefined_split, split_items
 from capo.data.validity import not_error_label, own_vote, peer_majority, predicate, unanimous
@@ -35,7 +36,7 @@ def test_history_rejects_unknown_annotator(varierr):
 
 
 def test_predefined_lewidi_split():
-    items = load_dataset("lewidi-ven-train") + load_dataset("lewidi-ven-dev") + load_dataset("lewidi-ven-test")
+    items = load_items("lewidi-ven-train") + load_items("lewidi-ven-dev") + load_items("lewidi-ven-test")
     # VariErr ids: unlike LeWiDi's numeric keys, they do not collide across splits.
     assert len({i.id for i in items}) == len(items) == 488
     split = predefined_split(items)
@@ -76,7 +77,7 @@ def test_error_label_and_combined_predicates():
 
 
 def test_unvalidated_sources_count_every_response_as_valid():
-    item = load_dataset("lewidi-par-dev")[0]
+    item = load_items("lewidi-par-dev")[0]
     assert all(p(item, a) for a in item.annotations for p in (own_vote, peer_majority, unanimous))
 
 
@@ -92,7 +93,7 @@ def test_load_splits_cuts_every_data_set_as_training_does(varierr):
 
     parts = lambda split: [set(split.of(s)) for s in ("train", "dev", "test")]
     nli341 = load_splits("nli341", split_seed=2)
-    assert nli341.task == "nli" and parts(nli341.split()) == parts(split_items(load_dataset("nli341"), seed=2))
+    assert nli341.task == "nli" and parts(nli341.split()) == parts(split_items(load_items("nli341"), seed=2))
     assert parts(load_splits("varierr", split_seed=3).split()) == parts(split_items(varierr, seed=3))
     assert load_splits("varierr").split() == load_task_data("nli").split()
     ven_test = load_splits("lewidi-ven-test")  # one LeWiDi file keeps its own split, whatever the seed

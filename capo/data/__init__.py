@@ -1,2 +1,3 @@
-"""Stage 1, data: one neutral schema, loaders for every vendored dataset, validity predicates, item-disjoint
-splits and per-annotator histories, and the prompt formats every later stage shares."""
+"""Data: one neutral schema, a reader per source format and the registry of shipped data sets, validity predicates,
+item-disjoint splits, adapters' training records and held-out selection, and the prompt formats every later layer
+shares."""

@@ -44,7 +44,7 @@ class TaskData:
 
     def content_sha256(self) -> str:
         """A hash of every item's content and of the split it is in: equal hashes, equal training data."""
-        from capo.data.loaders import item_to_json
+        from capo.data.formats.jsonl import item_to_json
 
         digest = hashlib.sha256()
         for name in SPLITS:
@@ -62,16 +62,16 @@ def _cut(items: list[Item], split_seed: int) -> dict[str, list[Item]]:
 def load_splits(dataset: str, split_seed: int = 0) -> TaskData:
     """Any data set (a `DATASET_TASK` name, a shipped file name, or a path to your own JSONL / a LeWiDi file), cut
     exactly as training cuts it: VariErr and files without a split by `split_seed`, LeWiDi by its own files."""
-    from capo.data.loaders import DATASETS, load_dataset
+    from capo.data.registry import DATASETS, load_items
 
     if dataset in DATASET_TASK:
         if dataset == "varierr":
-            splits = _cut(load_dataset("varierr"), split_seed)
+            splits = _cut(load_items("varierr"), split_seed)
         else:  # keys repeat across LeWiDi files, so each file stays its own split
-            splits = {name: load_dataset(f"{dataset}-{name}") if f"{dataset}-{name}" in DATASETS else []
+            splits = {name: load_items(f"{dataset}-{name}") if f"{dataset}-{name}" in DATASETS else []
                       for name in SPLITS}
         return TaskData(DATASET_TASK[dataset], dataset, split_seed, splits)
-    items = load_dataset(dataset)
+    items = load_items(dataset)
     if not items:
         raise DataError("the data set has no items", path=dataset)
     tasks = {item.task for item in items}

@@ -146,7 +146,7 @@ def check_heldout(items: Sequence[Item], adapters: Mapping[str, str | Path], log
 
 def leave_out_pretrained(items: Sequence[Item], pretrained: set[str], exclude: bool,
                          log: Callable[[str], None] = print) -> list[Item]:
-    """Say how many of `items` the base model was pre-trained on (`capo.train.corpus_lm.pretraining_item_ids`), and
+    """Say how many of `items` the base model was pre-trained on (`capo.models.corpus_lm.pretraining_item_ids`), and
     with `exclude` leave them out."""
     seen = [item for item in items if item.id in pretrained]
     if not seen:

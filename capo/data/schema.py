@@ -1,6 +1,6 @@
 """One neutral schema for VariErr-style data: items, per-annotator annotations, label spaces.
 
-Every loader in `capo.data.loaders` produces these objects, and every later stage (pair building, training,
+Every reader in `capo.data.formats` produces these objects, and every later stage (pair building, training,
 MJD estimation, evaluation) reads them. Annotator ids are canonical `A1..A4` whatever the source calls them.
 """
 

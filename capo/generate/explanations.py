@@ -212,7 +212,7 @@ class GenerateArguments:
     """Arguments of `recipes/generate.py` (a `TrlParser` dataclass; YAML config keys have the same names)."""
 
     model: str = "models/corpus-lm"  # base model: hub id or local folder
-    dataset: str = "varierr"  # a `capo.data.loaders.load_dataset` name or path
+    dataset: str = "varierr"  # a `capo.data.registry.load_items` name or path
     output_dir: str = "runs/generate"
     adapters: list[str] | None = None  # annotator explainers as NAME=PATH (hub id or folder), on the one base model
     base: bool = False  # also generate with the base model (annotator "base"); implied when there is nothing else

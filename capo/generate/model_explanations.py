@@ -11,7 +11,7 @@ Explanation sets are then built from the pools:
 `first` takes each label's explanations in generation order, `longest` by decreasing character count (ties keep
 generation order). When a label is needed more often than it has explanations, the extra slots repeat the label's
 top-ranked explanation: the released files show `a b a a` for four slots over two explanations, not `a b a b`.
-The resulting structures are those `capo.data.loaders.load_model_explanations` returns for the released files, and
+The resulting structures are those `capo.data.formats.mjd_files.load_model_explanations` returns for the released files, and
 `released_row` writes files in the released format.
 """
 
@@ -143,7 +143,7 @@ def label_multiset(item: Item, source: str) -> list[str]:
     if source == "mnli":
         counts = item.meta.get("mnli_counts")
         if not counts or len(counts) != len(NLI):
-            raise DataError("no MNLI label counts (load the 341-item set: capo.data.loaders.load_nli341)", item=item.id,
+            raise DataError("no MNLI label counts (load the 341-item set: capo.data.formats.mjd_files.load_nli341)", item=item.id,
                             field="mnli labels")
         return [label for label, count in zip(NLI.labels, counts, strict=True) for _ in range(int(count))]
     raise DataError(f"unknown label multiset {source!r} (valid: {', '.join(MULTISETS)})", field="multiset")
@@ -168,7 +168,7 @@ def set_name(kind: str, strategy: str) -> str:
 
 
 def released_row(item: Item, pairs: Pairs, kind: str) -> dict:
-    """One line of a released-format file (`capo.data.loaders.load_model_explanations` reads it back)."""
+    """One line of a released-format file (`capo.data.formats.mjd_files.load_model_explanations` reads it back)."""
     return {
         "premise": item.inputs["premise"],
         "hypothesis": item.inputs["hypothesis"],
@@ -226,16 +226,16 @@ def _label_key(record: dict) -> str:
 
 def run_model_explanations(args: ModelExplanationArguments) -> dict:
     """Generate every label's explanation list for every item (sharded, resumable), then write the six released-
-    format sets (`Label-Free-first.json`, ...) that `capo.data.loaders.load_model_explanations` reads."""
-    from capo.data.loaders import load_dataset
+    format sets (`Label-Free-first.json`, ...) that `capo.data.formats.mjd_files.load_model_explanations` reads."""
     from capo.data.prompts import render_chat
+    from capo.data.registry import load_items
     from capo.generate.backends import backend_options, load_backend
     from capo.generate.explanations import MERGED, Progress
     from capo.io import write_jsonl
     from capo.manifest import write_manifest
     from capo.runner import ShardedRun, fingerprint
 
-    items = load_dataset(args.dataset)
+    items = load_items(args.dataset)
     items = [item for item in items if item.task == "nli"][: args.limit]
     if not items:
         raise DataError("no NLI items to explain", path=args.dataset, field="dataset")

@@ -1,1 +1,1 @@
-"""Stage 4, model judgment distributions: prompts, option- and explanation-order averaging, scoring, runs."""
+"""Model judgment distributions: prompts, option- and explanation-order averaging, scoring, sharded runs."""

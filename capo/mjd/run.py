@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from capo.data.loaders import write_distributions
+from capo.data.distributions import write_distributions
 from capo.data.prompts import render_chat
 from capo.data.schema import Item
 from capo.errors import DataError
@@ -98,7 +98,7 @@ class MJDScriptArguments:
 
     output_dir: str | None = field(default=None, metadata={"help": "folder for mjd.jsonl, shards, manifest"})
     model_name_or_path: str = field(default="models/corpus-lm", metadata={"help": "hub id or local folder"})
-    dataset: str = field(default="nli341", metadata={"help": "a shipped data set name or a file (capo.data.loaders)"})
+    dataset: str = field(default="nli341", metadata={"help": "a shipped data set name or a file (capo.data.registry)"})
     explanations: str = field(
         default="human", metadata={"help": "human (the items' annotations), none, or a released model-explanation file"}
     )
@@ -166,16 +166,17 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
     from accelerate import PartialState
     from transformers.utils import logging as hf_logging
 
+    from capo.data.formats.mjd_files import load_model_explanations
     from capo.data.heldout import leave_out_pretrained
-    from capo.data.loaders import load_dataset, load_model_explanations
+    from capo.data.registry import load_items
     from capo.generate.backends.base import check_dtype
     from capo.manifest import write_manifest
+    from capo.models.corpus_lm import pretraining_item_ids
     from capo.precision import resolve_dtype
-    from capo.train.corpus_lm import pretraining_item_ids
 
     settings = args.settings()
     args.dtype = resolve_dtype(check_dtype(args.dtype))  # auto: this machine's choice, so signature and manifest say it
-    items = load_dataset(args.dataset)[: args.limit]
+    items = load_items(args.dataset)[: args.limit]
     if not items:
         raise DataError("no items", path=args.dataset)
     items = leave_out_pretrained(items, pretraining_item_ids(args.model_name_or_path), args.exclude_pretrained, log)

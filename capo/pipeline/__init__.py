@@ -1,2 +1,2 @@
-"""Stage 6, the pipeline: the whole study from one config (`recipes/pipeline.py`), each stage cached by signature,
-a report folder at the end. It calls the stages' own library functions; nothing below it imports it."""
+"""The pipeline: the whole study from one config (`recipes/pipeline.py`), each stage launching the entry points it
+quotes and cached by signature, a report folder at the end; nothing below it imports it."""

@@ -98,7 +98,7 @@ class PipelineArguments:
     perspectivist_config: str = "recipes/configs/perspectivist_cpu.yaml"
     perspectivist_args: list[str] = field(default_factory=list, metadata={"help": "recipes/perspectivist.py "
                                                                                   "options as KEY=VALUE"})
-    # The explainers' label probabilities (capo.evaluate.explainer_predictions): the jury on the 341 items vs
+    # The explainers' label probabilities (capo.generate.labels): the jury on the 341 items vs
     # ChaosNLI, and LeWiDi per-annotator predictions (base model, SFT and CAPO explainers per seed).
     jury: bool = field(default=False, metadata={"help": "the explainer jury (eval/jury.py) on the 341 ChaosNLI "
                                                         "items, beside the MJDs (needs task nli)"})
@@ -140,7 +140,7 @@ class PipelineArguments:
             _choice(kind, GENERATE_KINDS, "generate_kinds")
         for judge in self.judges:
             _choice(judge, JUDGES, "judges")
-        from capo.evaluate.patterns import FEATURES
+        from capo.evaluate.behaviour.patterns import FEATURES
 
         _choice(self.judge_features, FEATURES, "judge_features")
         for dataset in self.lewidi_datasets:

@@ -48,7 +48,8 @@ class Context:
     args: Any
     root: Path
     log: Callable[[str], None] = print
-    enabled: tuple[str, ...] = ()
+    enabled: tuple[str, ...] = ()  # the stages this run has
+    every: tuple[str, ...] = ()  # every stage there is (the report names those this configuration leaves out)
 
     def dir(self, stage: str) -> Path:
         return self.root / stage
@@ -228,8 +229,9 @@ def run_stages(stages: Sequence[Stage], args: Any, root: str | Path, *, from_sta
     """Run `stages` in order with caching; returns one row per enabled stage: name, status (ran / resumed /
     cached), signature, wall_seconds, summary."""
     root = Path(root)
+    every = tuple(s.name for s in stages)
     stages, forced = _plan_order(stages, args, from_stage, skip)
-    ctx = Context(args, root, log, tuple(s.name for s in stages))
+    ctx = Context(args, root, log, tuple(s.name for s in stages), every)
     materials, signatures = _materials(stages, args)
     records = {s.name: _read(root / s.name / STAGE_FILE) for s in stages}
     todo = [s for s in stages

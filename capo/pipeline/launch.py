@@ -106,13 +106,13 @@ def _parse_perspectivist(argv: list[str]) -> tuple:
     from transformers import TrainingArguments
 
     from capo.cli import parse_arguments
-    from capo.evaluate.perspectivist import CPU_TRAINING_DEFAULTS, PerspectivistArguments
+    from capo.lewidi.perspectivist import CPU_TRAINING_DEFAULTS, PerspectivistArguments
 
     return parse_arguments((PerspectivistArguments, TrainingArguments), argv, defaults=CPU_TRAINING_DEFAULTS)
 
 
 def _run_perspectivist(parsed: tuple) -> dict:
-    from capo.evaluate.perspectivist import train_perspectivist
+    from capo.lewidi.perspectivist import train_perspectivist
 
     return train_perspectivist(*parsed)
 

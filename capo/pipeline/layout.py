@@ -53,7 +53,7 @@ def task_dataset(args, task: str) -> str:
 
 def heldout_split(task: str, split_seed: int, dataset: str | None = None) -> str:
     """The held-out split that generation and the judges share: test, or dev where test is not shipped
-    (Paraphrase), as `capo.evaluate.judges.histories_and_heldout` picks it."""
+    (Paraphrase), as `capo.evaluate.behaviour.judges.histories_and_heldout` picks it."""
     from capo.data.datasets import load_task_data
 
     return "test" if load_task_data(task, dataset, split_seed).items("test") else "dev"

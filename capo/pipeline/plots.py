@@ -1,5 +1,5 @@
 """The report's own plots (training curves, imitation against group size, LeWiDi bars); the ternary and confusion
-plots are the evaluation stage's (`capo.evaluate.distributions.ternary_plot`, `capo.evaluate.judges.confusion_plot`).
+plots are the evaluation stage's (`capo.evaluate.distributions.compare.ternary_plot`, `capo.evaluate.behaviour.judges.confusion_plot`).
 Every PNG goes through `capo.evaluate.figures.save_figure` (complete or not at all)."""
 
 from __future__ import annotations

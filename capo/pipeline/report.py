@@ -97,9 +97,7 @@ def _stages(report: Report) -> None:
         else:
             rows.append([name, record["signature"], f"{record['wall_seconds']:.1f}", record["finished"],
                          str(len(record.get("attempts", [None])))])
-    from capo.pipeline.stages import STAGE_NAMES
-
-    off = [name for name in STAGE_NAMES if name not in report.ctx.enabled]
+    off = [name for name in report.ctx.every if name not in report.ctx.enabled]
     report.add("## Stages", _table(["stage", "signature", "wall time (s)", "finished", "attempts"], rows))
     if off:
         report.add("Not run in this configuration: " + ", ".join(f"`{n}`" for n in off) + ".")
@@ -276,7 +274,7 @@ def _summary_table(rows: list[dict]) -> str:
 
 
 def _imitation(report: Report) -> None:
-    from capo.evaluate.judges import confusion_plot
+    from capo.evaluate.behaviour.judges import confusion_plot
 
     record = report.record("imitation")
     if record is None:
@@ -359,8 +357,8 @@ def _variability(report: Report) -> None:
 
 
 def _distributions(report: Report) -> None:
-    from capo.data.loaders import read_distributions
-    from capo.evaluate.distributions import ternary_plot
+    from capo.data.distributions import read_distributions
+    from capo.evaluate.distributions.compare import ternary_plot
 
     record, jury = report.record("distributions"), report.record("jury")
     if record is None and jury is None:

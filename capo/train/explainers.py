@@ -33,7 +33,7 @@ class CapoArguments:
     task: str = field(default="nli", metadata={"help": "nli or paraphrase"})
     dataset: str | None = field(
         default=None, metadata={"help": "varierr | lewidi-ven (nli), lewidi-par (paraphrase), or a path to your own "
-                                        "JSONL (capo.data.loaders.load_items_jsonl); default per task"}
+                                        "JSONL (capo.data.formats.jsonl.load_items_jsonl); default per task"}
     )
     split_seed: int = field(default=0, metadata={"help": "VariErr item split seed (the corpus LM is built on 0)"})
     few_shot: int = field(default=0, metadata={"help": "k worked examples from the target's training history"})
@@ -253,7 +253,7 @@ def _resume_point(training_args) -> str | None:
 
 def _finish(trainer, training_args, config: dict, extra: dict) -> dict:
     """Adapter, tokenizer, metrics and manifest into output_dir (the manifest last: its presence marks a done run)."""
-    from capo.data.loaders import DATA_DIR
+    from capo.data.formats.common import DATA_DIR
 
     history = trainer.state.log_history
     metrics = dict(history[-1]) if history else {}
@@ -342,9 +342,9 @@ def train_capo(script_args: ExplainerScriptArguments, capo_args: CapoArguments, 
         model, peft_config = model_args.model_name_or_path, _lora_config(model_args)
         extra[RECORD] = _training_data(data, capo_args.annotator, train)
     if script_args.shared_prefix:
-        from capo.train.packed import shared_prefix_dpo_trainer_class
+        from capo.train.packed_trainer import SharedPrefixDPOTrainer
 
-        trainer_class = shared_prefix_dpo_trainer_class()
+        trainer_class = SharedPrefixDPOTrainer
     else:
         trainer_class = DPOTrainer
     extra["shared_prefix"] = script_args.shared_prefix

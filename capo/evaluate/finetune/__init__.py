@@ -8,7 +8,7 @@ thin entry points over these modules, one job each:
 - `arguments`: `FinetuneArguments`, the papers' `TrainingArguments` defaults, parsing a command line / YAML config.
 - `data`: training sources (`chaosnli`, `varierr_dist`, `mnli_dist`, `mnli_onehot`, or a distribution JSONL over the
   341 items), ChaosNLI dev/test, hard-label NLI files (ANLI / MNLI format), tokenised datasets.
-- `scoring`: the comparison metrics (`capo.evaluate.metrics`) on predictions, the constant predictors.
+- `scoring`: the comparison metrics (`capo.evaluate.distributions.metrics`) on predictions, the constant predictors.
 - `trainer`: the soft-label `Trainer`, the run signature that guards resumption, `finetune()` itself.
 - `plots`: training curves.
 - `comparison`: mean ± sd over seeds, constants, the verdict sentence, Markdown / CSV tables.

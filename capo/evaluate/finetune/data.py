@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from capo.data.loaders import CHAOS_DIR, load_chaosnli, load_nli341, read_distributions
+from capo.data.distributions import read_distributions
+from capo.data.formats.common import CHAOS_DIR
+from capo.data.formats.mjd_files import load_chaosnli, load_nli341
 from capo.data.schema import NLI
 from capo.errors import DataError
-from capo.evaluate.distributions import baseline_distributions
+from capo.evaluate.distributions.compare import baseline_distributions
 from capo.evaluate.finetune.arguments import SOURCES, FinetuneArguments
 from capo.io import iter_jsonl
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from capo.evaluate.distributions.metrics import distribution_report
 from capo.evaluate.finetune.data import Example
-from capo.evaluate.metrics import distribution_report
 
 # Metrics in the order tables print them; lower is better for all but the classification scores.
 METRICS = ("accuracy", "macro_f1", "weighted_f1", "soft_ce", "kl", "kl_torch_mean", "jsd", "tvd")

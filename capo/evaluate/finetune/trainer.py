@@ -15,8 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from transformers import Trainer
 
-from capo.data.loaders import CHAOS_DIR, load_nli341, write_distributions
+from capo.data.distributions import write_distributions
+from capo.data.formats.common import CHAOS_DIR
+from capo.data.formats.mjd_files import load_nli341
 from capo.data.schema import NLI
 from capo.errors import DataError
 from capo.evaluate.finetune.arguments import FinetuneArguments
@@ -85,26 +88,21 @@ def soft_cross_entropy(logits, targets):
     return F.cross_entropy(logits.float(), targets.to(logits.device).float())
 
 
-def soft_label_trainer_class():
-    """`transformers.Trainer` with the loss replaced by soft cross-entropy (built lazily: importing transformers is
-    slow, and the data and table modules do not need it)."""
-    from transformers import Trainer
+class SoftLabelTrainer(Trainer):
+    """`transformers.Trainer` with the loss replaced by soft cross-entropy."""
 
-    class SoftLabelTrainer(Trainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            # Our loss is a plain batch mean; let Trainer divide by the accumulation steps itself (otherwise it
-            # would expect compute_loss to normalise by a token count that means nothing for soft labels).
-            self.model_accepts_loss_kwargs = False
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Our loss is a plain batch mean; let Trainer divide by the accumulation steps itself (otherwise it
+        # would expect compute_loss to normalise by a token count that means nothing for soft labels).
+        self.model_accepts_loss_kwargs = False
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs = dict(inputs)  # prediction_step reads the labels from the caller's dict afterwards
-            targets = inputs.pop("labels")
-            outputs = model(**inputs)
-            loss = soft_cross_entropy(outputs.logits, targets)
-            return (loss, outputs) if return_outputs else loss
-
-    return SoftLabelTrainer
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)  # prediction_step reads the labels from the caller's dict afterwards
+        targets = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = soft_cross_entropy(outputs.logits, targets)
+        return (loss, outputs) if return_outputs else loss
 
 
 def _load_model(path: str, num_labels: int = 3):
@@ -137,7 +135,7 @@ def _first_stage(model, tokenizer, script: FinetuneArguments, examples: list[Exa
         load_best_model_at_end=False,
         metric_for_best_model=None,
     )
-    trainer = soft_label_trainer_class()(
+    trainer = SoftLabelTrainer(
         model=model,
         args=args,
         train_dataset=to_dataset(examples, tokenizer, script.max_length),
@@ -189,7 +187,7 @@ def finetune(script: FinetuneArguments, training_args, log=print, callbacks: Seq
     if data.first_stage and not script.eval_only:
         _first_stage(model, tokenizer, script, data.first_stage, training_args, log)
 
-    trainer = soft_label_trainer_class()(
+    trainer = SoftLabelTrainer(
         model=model,
         args=training_args,
         train_dataset=to_dataset(data.train, tokenizer, script.max_length),

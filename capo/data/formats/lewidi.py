@@ -1,15 +1,21 @@
-"""LeWiDi 2025 split files as the shared task sees them: LeWiDi item keys, LeWiDi annotator names, and labels that
-may be absent (the official `*_test_clear.json` files keep every key but blank every label).
+"""LeWiDi 2025 split files (VariErrNLI, Paraphrase): the one parser of their records, with the two views the rest
+needs.
 
-`capo.data.loaders.load_lewidi` turns a labelled file into `Item`s (VariErr ids, canonical `A1..A4`) for the rest of
-the pipeline; this module keeps what a submission needs instead: the file's own keys and order, the distinct
-annotators of each item in `annotations` key order (the order the official scorer builds its targets in), and
-targets only where the file has them. Field meanings: `data/lewidi2025/README.md`.
+- `read_lewidi`: the file as the shared task sees it — LeWiDi keys and annotator names (`Ann1..Ann4`), the distinct
+  annotators of each item in `annotations` key order (the order the official scorer builds its targets in), labels
+  only where the file has them (`LewidiItem`): what predictions, scores and submission files use (`capo.lewidi`).
+- `load_lewidi`: a labelled file as capo's `Item`s — VariErr ids for VEN items, canonical `A1..A4`, one `Annotation`
+  per explanation slot — what training, generation and the behaviour study use.
+One annotator converter (`lewidi_annotator` / `capo_annotator`: `Ann2` is `A2`) and one task map (`LEWIDI_TASK`).
+Field meanings: `data/lewidi2025/README.md`.
 
 A label-less file is any file whose `annotations` values are all `""` (the `_test_clear` form, e.g.
 AadiSanghani/LeWidi `dataset/VariErrNLI/VariErrNLI_test_clear.json`) or whose `annotations` is `{}`/absent (then
 the annotators come from the `annotators` string); its `soft_label` is ignored. A file labelled for some items or
 annotators only is an error: partial gold would be scored silently wrong.
+
+(The parser lives in `capo.data` rather than `capo.lewidi`: the data registry, and so training on LeWiDi's splits,
+reads these files, and the data layer imports no later one.)
 """
 
 from __future__ import annotations
@@ -17,14 +23,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from capo.data.loaders import LEWIDI_DIR
-from capo.data.schema import LIKERT, NLI
+from capo.data.formats.common import LEWIDI_DIR, check_distribution, check_explanation, nli_item_id
+from capo.data.schema import LIKERT, NLI, TASK_INPUTS, Annotation, Item, label_space
 from capo.errors import DataError
 from capo.io import read_json
 
 # Short names (as in the task's overview paper) -> the organisers' file prefix.
 LEWIDI_DATASETS: dict[str, str] = {"ven": "VariErrNLI", "par": "Paraphrase"}
-_TASKS = {"natural language inference": "ven", "paraphrase detection": "par"}
+LEWIDI_TASK: dict[str, str] = {"ven": "nli", "par": "paraphrase"}  # the one task map: data set -> capo task
+_TASKS = {"natural language inference": "ven", "paraphrase detection": "par"}  # the files' `annotation task`
 _TEXT_FIELDS = {"ven": ("context", "statement"), "par": ("Question1", "Question2")}
 LEWIDI_ANNOTATORS: tuple[str, ...] = ("Ann1", "Ann2", "Ann3", "Ann4")
 # Label order of the official VEN targets and submission rows (the `soft_label` key order), not capo's [E, N, C].
@@ -53,14 +60,20 @@ class LewidiItem:
         return self.labels is not None
 
 
-def lewidi_annotator(name, where: dict, field: str) -> str:
+def lewidi_annotator(name, where: dict | None = None, field: str = "annotator") -> str:
     """`Ann1`..`Ann4`; capo's canonical `A1`..`A4` are accepted for the same people."""
     text = str(name).strip()
     if text.startswith("A") and not text.startswith("Ann"):
         text = "Ann" + text[1:]
     if text not in LEWIDI_ANNOTATORS:
-        raise DataError(f"unknown annotator {name!r} (valid: {', '.join(LEWIDI_ANNOTATORS)})", field=field, **where)
+        raise DataError(f"unknown annotator {name!r} (valid: {', '.join(LEWIDI_ANNOTATORS)} or A1-A4)", field=field,
+                        **(where or {}))
     return text
+
+
+def capo_annotator(name, where: dict | None = None, field: str = "annotator") -> str:
+    """LeWiDi `Ann2` -> capo `A2` (capo ids pass through): the same converter, capo's spelling."""
+    return "A" + lewidi_annotator(name, where, field)[3:]
 
 
 def lewidi_split_path(dataset: str, split: str, data_dir: str | Path = LEWIDI_DIR) -> Path:
@@ -106,16 +119,31 @@ def _blank(value) -> bool:
     return value is None or value == ""
 
 
-def read_lewidi(path: str | Path, dataset: str | None = None) -> list[LewidiItem]:
-    """Every item of a LeWiDi VEN or Par split file, labelled or not, in file order.
+@dataclass(frozen=True)
+class _Record:
+    """One validated record of a split file, before either view: `slots` are the `annotators` string's entries (one
+    per explanation, an annotator repeated once per label), `annotators` the distinct ones in target order."""
 
-    `dataset` (ven/par), when given, must match the file's `annotation task`.
-    """
+    key: str
+    dataset: str
+    inputs: tuple[str, str]
+    slots: tuple[str, ...]
+    annotators: tuple[str, ...]
+    labels: dict[str, tuple] | None
+    soft_label: dict | None
+    row: dict
+    where: dict
+
+
+def _records(path: str | Path, dataset: str | None = None, *, soft_required: bool = True) -> list[_Record]:
+    """The one parser: every record of a VEN or Par split file, labelled or not, in file order. `dataset` (ven/par),
+    when given, must match the file's `annotation task`; a labelled record needs its `soft_label` (the official
+    soft targets) unless `soft_required` is false."""
     path = str(path)
     data = read_json(path)
     if not isinstance(data, dict) or not data:
         raise DataError("expected a non-empty JSON object mapping item ids to records", path=path)
-    items, first = [], None
+    records, first = [], None
     for key, row in data.items():
         where = {"path": path, "item": str(key)}
         if not isinstance(row, dict):
@@ -134,7 +162,7 @@ def read_lewidi(path: str | Path, dataset: str | None = None) -> list[LewidiItem
         names_field = row.get("annotators")
         if not isinstance(names_field, str):
             raise DataError("expected a comma-separated string", field="annotators", **where)
-        slots = [lewidi_annotator(n, where, "annotators") for n in names_field.split(",") if n.strip()]
+        slots = tuple(lewidi_annotator(n, where, "annotators") for n in names_field.split(",") if n.strip())
         distinct = tuple(dict.fromkeys(slots))
         annotations = row.get("annotations") or {}
         if not isinstance(annotations, dict):
@@ -165,10 +193,86 @@ def read_lewidi(path: str | Path, dataset: str | None = None) -> list[LewidiItem
             else:
                 labels = {k: (parse_par_label(v, where, f"annotations.{raw}"),)
                           for k, raw, v in zip(keys, annotations, annotations.values())}
-            soft = _soft_label(row.get("soft_label"), found, where)
-        items.append(LewidiItem(id=str(key), dataset=found, inputs=(text[fields[0]], text[fields[1]]),
-                                annotators=annotators, labels=labels, soft_label=soft))
+            if soft_required or row.get("soft_label") is not None:
+                soft = _soft_label(row.get("soft_label"), found, where)
+        records.append(_Record(str(key), found, (text[fields[0]], text[fields[1]]), slots, annotators, labels, soft,
+                               row, where))
+    return records
+
+
+def read_lewidi(path: str | Path, dataset: str | None = None) -> list[LewidiItem]:
+    """The shared task's view: every item of a VEN or Par split file, labelled or not, in file order (`dataset`,
+    when given, must match the file)."""
+    return [LewidiItem(id=r.key, dataset=r.dataset, inputs=r.inputs, annotators=r.annotators, labels=r.labels,
+                       soft_label=r.soft_label) for r in _records(path, dataset)]
+
+
+def load_lewidi(path: str | Path) -> list[Item]:
+    """capo's view of a labelled split file: `Item`s with one `Annotation` per explanation.
+
+    VariErrNLI: explanation i belongs to annotator i of the expanded `annotators` string, and to that annotator's
+    k-th label in their alphabetically sorted label set. Paraphrase: one Likert label and explanation per Ann1..Ann4.
+    LeWiDi keys repeat across splits for different items, so `meta["split"]` is part of an item's identity.
+    """
+    items = []
+    for record in _records(path, soft_required=False):  # training needs labels and explanations, not soft targets
+        where, row = record.where, record.row
+        if record.labels is None:
+            raise DataError("no labels: a label-less split has nothing to train or evaluate on", field="annotations",
+                            **where)
+        task = LEWIDI_TASK[record.dataset]
+        space = label_space(task)
+        other = row.get("other_info")
+        explanations = other.get("explanations") if isinstance(other, dict) else None
+        if not isinstance(explanations, list):
+            raise DataError("missing or not a list", field="other_info.explanations", **where)
+        if len(explanations) != len(record.slots):
+            raise DataError(f"{len(explanations)} explanations for {len(record.slots)} annotator slots",
+                            field="other_info.explanations", **where)
+        seen: dict[str, int] = {}
+        annotations = []
+        for slot, (name, text) in enumerate(zip(record.slots, explanations)):
+            label_set = record.labels[name]
+            k = seen.get(name, 0)
+            seen[name] = k + 1
+            if k >= len(label_set):
+                raise DataError(f"{name} has more explanation slots than labels", field="annotators", **where)
+            annotations.append(Annotation(annotator=capo_annotator(name, where, "annotators"),
+                                          label=space.normalise(str(label_set[k])),
+                                          explanation=check_explanation(text, where, f"other_info.explanations[{slot}]")))
+        inputs = dict(zip(TASK_INPUTS[task], record.inputs))
+        meta = {"split": row.get("split"), "source": f"lewidi2025-{task}"}
+        distributions = {}
+        if record.soft_label is not None and task == "paraphrase":
+            distributions["lewidi_soft"] = check_distribution([record.soft_label[p] for p in PAR_LABELS], len(space),
+                                                              where, "soft_label")
+        elif record.soft_label is not None:  # one Bernoulli per label (annotators may give several): not a distribution
+            meta["label_presence"] = [record.soft_label[label] for label in space.labels]
+        item_id = record.key
+        if task == "nli":
+            # The VariErr id (MNLI pairID), as everywhere else: LeWiDi keys drop its letter and repeat across splits.
+            meta["lewidi_id"] = record.key
+            item_id = nli_item_id(inputs["premise"], inputs["hypothesis"])
+        items.append(Item(id=str(item_id), task=task, inputs=inputs, annotations=annotations,
+                          distributions=distributions, meta=meta))
     return items
+
+
+def load_lewidi_annotators_meta(path: str | Path) -> dict[str, dict]:
+    """The `*_annotators_meta.json` files (not strict JSON: trailing commas), keyed by canonical annotator id."""
+    raw = read_json(path, allow_trailing_commas=True)
+    if not isinstance(raw, dict):
+        raise DataError("expected a JSON object of annotators", path=str(path))
+    return {capo_annotator(name, {"path": str(path)}, name): info for name, info in raw.items()}
+
+
+def capo_item(item: LewidiItem) -> Item:
+    """A LeWiDi item as the explainers' prompts and training records know it: VEN under its VariErr id (the id the
+    adapters' run manifests record), Par under its LeWiDi key; no annotations (the split may be label-less)."""
+    task = LEWIDI_TASK[item.dataset]
+    inputs = dict(zip(TASK_INPUTS[task], item.inputs))
+    item_id = nli_item_id(*item.inputs) if task == "nli" else item.id
+    return Item(id=item_id, task=task, inputs=inputs, meta={"lewidi_id": item.id})
 
 
 def _soft_label(soft, dataset: str, where: dict) -> dict:

@@ -1,6 +1,6 @@
 """Comparing distributions: aligning two id -> distribution maps, the 341-item baselines, reports, plots.
 
-Distribution files themselves are read and written by `capo.data.loaders` (`read_distributions`,
+Distribution files themselves are read and written by `capo.data.distributions` (`read_distributions`,
 `write_distributions`)."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from capo.data.loaders import load_nli341
+from capo.data.formats.mjd_files import load_nli341
 from capo.data.schema import NLI
 from capo.errors import DataError
+from capo.evaluate.distributions.metrics import distribution_report
 from capo.evaluate.figures import save_figure
-from capo.evaluate.metrics import distribution_report
 
 BASELINES = ("uniform", "mnli_onehot", "mnli_dist", "varierr_dist", "chaosnli")
 # Distribution name in `Item.distributions` behind each baseline (uniform is built here).

@@ -218,7 +218,7 @@ def attribution_report(
     from capo.errors import DataError
     from capo.generate.backends.base import check_dtype
     from capo.io import check_adapter_weights
-    from capo.train.corpus_lm import pretraining_item_ids
+    from capo.models.corpus_lm import pretraining_item_ids
 
     dtype = resolve_dtype(check_dtype(dtype))  # before any model loads; auto: this machine's choice, as recorded
     folders = adapter_folders(adapters, seeds, annotators, task)

@@ -14,7 +14,7 @@ are special tokens added to the vocabulary, and a classification head predicts t
 Training uses the LeWiDi TRAIN split only (one example per (item, annotator)); the dev split is used for the two
 decision choices above, nothing else. No scored item's own labels shape its decision: dev itself is scored with
 decisions cross-fitted over item folds of dev (each fold's decision fitted on the other folds), any other split with
-the decision fitted on all of dev (`fit_decisions`). Output files are those of `capo.evaluate.lewidi`
+the decision fitted on all of dev (`fit_decisions`). Output files are those of `capo.lewidi`
 (per-annotator predictions, and soft labels aggregated from them as the organisers aggregate annotations), so
 `eval/lewidi.py score` and `export` read them. `recipes/perspectivist.py` is the entry point.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from capo.data.lewidi import (
+from capo.data.formats.lewidi import (
     LEWIDI_ANNOTATORS,
     PAR_LABELS,
     VEN_LABELS,
@@ -39,16 +39,16 @@ from capo.data.lewidi import (
 )
 from capo.errors import DataError
 from capo.evaluate.finetune.arguments import default_model_path
-from capo.evaluate.lewidi import (
+from capo.io import check_run_signature, last_complete_checkpoint, read_json, write_json, write_jsonl
+from capo.lewidi.baselines import most_frequent_predictions
+from capo.lewidi.predictions import (
     AnnotatorPredictions,
     SoftPredictions,
     aggregate_soft,
-    most_frequent_predictions,
-    score,
     write_annotator_predictions,
     write_soft_predictions,
 )
-from capo.io import check_run_signature, last_complete_checkpoint, read_json, write_json, write_jsonl
+from capo.lewidi.score import score
 
 ANNOTATOR_TOKENS: dict[str, str] = {a: f"[{a.upper()}]" for a in LEWIDI_ANNOTATORS}  # Ann1 -> [ANN1]
 # Dev grid for the VEN threshold; 0.5 first so that ties keep the untuned default.
@@ -248,7 +248,7 @@ def crossfit_choices(items: Sequence[LewidiItem], rows: Sequence[dict], probs: n
                      folds: int = DECISION_FOLDS, seed: int = 0, choose=choose_on_dev) -> tuple[dict[str, object], list]:
     """Cross-fitted decisions on a labelled decision split: item id -> the decision (VEN threshold / Par rule) that
     `choose` finds best on the items of the other folds, and the decision of each fold. The folds are K item folds
-    (`sklearn.model_selection.KFold`, shuffled, as `capo.evaluate.calibration.crossfit` folds items; K = `folds`, at
+    (`sklearn.model_selection.KFold`, shuffled, as `capo.evaluate.distributions.calibration.crossfit` folds items; K = `folds`, at
     most the number of items), so no item's own labels shape the decision applied to it. `rows` / `probs` are the
     split's (item, annotator) rows and probabilities, as `decide` reads them."""
     from sklearn.model_selection import KFold

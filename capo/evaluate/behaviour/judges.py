@@ -21,8 +21,8 @@ import numpy as np
 
 from capo.data.schema import ANNOTATORS
 from capo.errors import DataError
+from capo.evaluate.behaviour.patterns import Response, accuracy_interval, features, make_classifier
 from capo.evaluate.figures import save_figure
-from capo.evaluate.patterns import Response, accuracy_interval, features, make_classifier
 from capo.io import read_json, write_json
 
 LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
@@ -184,7 +184,7 @@ def histories_and_heldout(task: str, dataset: str | None = None, split_seed: int
     explainers' data is (VariErr: seeded item-disjoint split, held-out = test; LeWiDi: its own files, held-out = dev
     where the test split carries no labels)."""
     from capo.data.datasets import load_task_data
-    from capo.evaluate.patterns import responses
+    from capo.evaluate.behaviour.patterns import responses
 
     data = load_task_data(task, dataset, split_seed)
     heldout = data.items("test") or data.items("dev")

@@ -105,7 +105,7 @@ def variability(sets: Mapping[str, Sequence[str]], inputs: Mapping[str, str], *,
             out[f"{view}{n}_within"] = _mean(pairwise_overlap(g, n) for g in groups)
             out[f"{view}{n}_input"] = _mean(input_overlap(t, inp, n) for g, inp in zip(groups, input_tokens) for t in g)
     if embeddings:
-        from capo.evaluate.patterns import embed
+        from capo.evaluate.behaviour.patterns import embed
 
         flat = [t for group in texts for t in group]
         emb = embed(flat + [inputs[item] for item in ids])

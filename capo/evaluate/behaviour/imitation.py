@@ -23,8 +23,8 @@ import numpy as np
 
 from capo.data.schema import ANNOTATORS, Item, LabelSpace, check_annotator
 from capo.errors import DataError
-from capo.evaluate.judges import judge_report
-from capo.evaluate.patterns import Response, accuracy_interval, embed, group_predictions
+from capo.evaluate.behaviour.judges import judge_report
+from capo.evaluate.behaviour.patterns import Response, accuracy_interval, embed, group_predictions
 from capo.io import iter_jsonl
 
 _WORD = re.compile(r"[a-z']+")

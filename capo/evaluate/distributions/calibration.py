@@ -16,10 +16,10 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import softmax
 
-from capo.data.loaders import row_id
+from capo.data.formats.common import row_id
 from capo.data.schema import NLI
 from capo.errors import DataError
-from capo.evaluate.metrics import kl_per_item
+from capo.evaluate.distributions.metrics import kl_per_item
 from capo.io import iter_jsonl
 
 

@@ -63,7 +63,10 @@ SIZES = {
 
 def corpus_documents(split_seed: int = 0) -> tuple[list[str], list[str]]:
     """(train, held-out) documents as chat message lists rendered later; held-out = VariErr dev items."""
-    from capo.data.loaders import MODEL_EXPLANATIONS_DIR, load_dataset, load_model_explanations, load_varierr
+    from capo.data.formats.common import MODEL_EXPLANATIONS_DIR
+    from capo.data.formats.mjd_files import load_model_explanations
+    from capo.data.formats.varierr import load_varierr
+    from capo.data.registry import load_items
     from capo.data.splits import split_items
 
     varierr = load_varierr()
@@ -74,7 +77,7 @@ def corpus_documents(split_seed: int = 0) -> tuple[list[str], list[str]]:
         target = train if item.id in train_ids else held_out if item.id in dev_ids else None
         if target is not None:
             target.extend(prompt_messages(item) + response_messages(a.label, a.explanation) for a in item.annotations)
-    for item in load_dataset("lewidi-par-train"):
+    for item in load_items("lewidi-par-train"):
         train.extend(prompt_messages(item) + response_messages(a.label, a.explanation) for a in item.annotations)
     # LLM explanations (machine style, any label): more English for the model, no human annotator's text.
     by_id = {item.id: item for item in varierr}
@@ -88,14 +91,15 @@ def corpus_documents(split_seed: int = 0) -> tuple[list[str], list[str]]:
 def pretraining_item_ids(model_path: str | Path) -> set[str]:
     """Ids of the items whose human explanations the corpus LM at `model_path` was pre-trained on (VariErr train
     items of its split seed, LeWiDi Paraphrase train); empty for any other model (e.g. a hub id)."""
-    from capo.data.loaders import load_dataset, load_varierr
+    from capo.data.formats.varierr import load_varierr
+    from capo.data.registry import load_items
     from capo.data.splits import split_items
 
     info = Path(model_path) / "corpus_lm.json"
     if not info.is_file():
         return set()
     split_seed = json.loads(info.read_text())["config"]["split_seed"]
-    return set(split_items(load_varierr(), seed=split_seed).train) | {i.id for i in load_dataset("lewidi-par-train")}
+    return set(split_items(load_varierr(), seed=split_seed).train) | {i.id for i in load_items("lewidi-par-train")}
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
