@@ -139,10 +139,8 @@ def callable_files(fn: Callable, follow: str = "capo.pipeline") -> dict[str, str
         if isinstance(value, types.ModuleType):
             if value.__name__.split(".")[0] == PACKAGE:
                 modules.add(value.__name__)
-        elif hasattr(value, "script") and hasattr(value, "parse") and hasattr(value, "run"):  # a launch.Job
-            scripts.append(value.script)
-            visit(value.parse)
-            visit(value.run)
+        elif hasattr(value, "script") and hasattr(value, "parse") and hasattr(value, "run"):  # a launch.Job:
+            scripts.append(value.script)  # it runs its script, which imports what it runs
         elif isinstance(value, (types.FunctionType, functools.partial, type)):
             visit(value)
 

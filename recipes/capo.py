@@ -57,8 +57,13 @@ else:
         from trl import DPOConfig, ModelConfig
 
         quiet_checkpointing_rename()
-        return parse_arguments((ExplainerScriptArguments, CapoArguments, DPOConfig, ModelConfig, SftFirstArguments),
-                               argv)
+        parsed = parse_arguments((ExplainerScriptArguments, CapoArguments, DPOConfig, ModelConfig, SftFirstArguments),
+                                 argv)
+        if parsed[0].shared_prefix:  # refuse DPOConfig options the packed trainer lacks before anything is trained
+            from capo.train.packed import check_options
+
+            check_options(parsed[2])
+        return parsed
 
     def train_missing_sft_adapter(script_args, capo_args, training_args, model_args, sft_first) -> None:
         """init_from sft without an adapter: train it with the SFT recipe's entry point (resumable), then go on.
@@ -91,10 +96,6 @@ else:
         check_model_path(model_args.model_name_or_path)
         if script_args.init_from == "sft":  # an SFT adapter folder without weights: one line, before any model loads
             check_adapter_weights(capo_args.format(script_args.sft_adapter))
-        if script_args.shared_prefix:  # refuse before a missing SFT adapter is trained, not after
-            from capo.train.packed import check_options
-
-            check_options(training_args)
         check_training_options(capo_args, training_args, model_args)  # this run's values, before any SFT-first
         train_missing_sft_adapter(script_args, capo_args, training_args, model_args, sft_first)
         return train_capo(script_args, capo_args, training_args, model_args)

@@ -21,9 +21,13 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from capo.cli import run_main
-from capo.evaluate.finetune.arguments import parse_arguments as parse
+from capo.evaluate.finetune.arguments import parse_arguments
 from capo.evaluate.finetune.trainer import finetune
 from capo.io import check_model_path, check_output
+
+
+def parse(argv: list[str] | None = None) -> tuple:
+    return parse_arguments(argv)
 
 
 @run_main

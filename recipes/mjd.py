@@ -27,7 +27,11 @@ from capo.mjd.run import MJDScriptArguments, run_mjd
 
 
 def parse(argv: list[str] | None = None) -> tuple[MJDScriptArguments]:
-    return parse_arguments((MJDScriptArguments,), argv)
+    (args,) = parse_arguments((MJDScriptArguments,), argv)
+    if args.explanations == "none" and args.mode != "none":  # else every prompt fails after the model loaded
+        raise DataError(f"'none' leaves nothing to show in mode {args.mode!r}: use --mode none, or explanations "
+                        "human or a file", field="explanations")
+    return (args,)
 
 
 @run_main
@@ -35,9 +39,6 @@ def main(argv: list[str] | None = None) -> dict:
     (args,) = parse(argv)
     if args.output_dir:  # required: run_mjd says so
         check_output(args.output_dir, folder=True)
-    if args.explanations == "none" and args.mode != "none":  # else every prompt fails after the model loaded
-        raise DataError(f"'none' leaves nothing to show in mode {args.mode!r}: use --mode none, or explanations "
-                        "human or a file", field="explanations")
     check_model_path(args.model_name_or_path)
     return run_mjd(args)
 

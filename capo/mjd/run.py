@@ -216,17 +216,16 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
                                                                   prompt_specs(first.id, len(explanations[first.id]), settings)[0],
                                                                   settings.explicit))], OPTION_LETTERS)
 
+    from tqdm.auto import tqdm
+
     start = time.time()
     rank, world = state.process_index, state.num_processes
-    mine = run.shards_of(rank, world)
-    done = [0]
-
-    def progress(_units: int, _records: list[dict]) -> None:
-        done[0] += 1
-        log(f"[{rank}/{world}] shard {done[0]}/{len(mine)} ({done[0] / max(time.time() - start, 1e-9):.2f} shards/s)")
-
+    todo = [k for k in run.shards_of(rank, world) if k not in set(run.done())]
+    bar = tqdm(total=len(todo), desc=f"mjd {Path(args.output_dir).name}", unit="shard", disable=rank != 0,
+               leave=False)  # the main process's shards stand for all of them
     written = score_shards(run, explanations, scorer, settings, render, keep_prompts=args.save_raw_scores,
-                           process_index=rank, num_processes=world, progress=progress)
+                           process_index=rank, num_processes=world, progress=lambda *_: bar.update(1))
+    bar.close()
     seconds = time.time() - start
     state.wait_for_everyone()
     summary = {"items": len(items), "shards": run.n_shards, "shards_scored_here": len(written),

@@ -5,10 +5,11 @@ the report quotes the command line that reproduces the job on its own."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,120 +22,44 @@ REPO = Path(__file__).resolve().parents[2]  # recipes/ and eval/ live here
 
 @dataclass(frozen=True)
 class Job:
-    """An entry point: `parse(argv)` (its own argument parsing and checks) and `run(parsed)` (its library call)."""
+    """An entry point, run through its own module: `parse(argv)` is the script's `parse` (its argument parsing and
+    the checks that need no work), `run(argv)` the script's `main` without its `run_main` wrapper (a refusal stays a
+    `DataError` for the pipeline to locate). Every entry point the pipeline launches defines both, so the command
+    the report quotes runs exactly what the stage ran."""
 
     script: str
-    parse: Callable[[list[str]], tuple]
-    run: Callable[..., object]  # (parsed, **options of the in-process call)
     distributed: bool = True  # runs under accelerate launch when the launcher is accelerate
 
+    def module(self):
+        return _script_module(self.script)
 
-def _parse_sft(argv: list[str]) -> tuple:
-    from trl import ModelConfig, SFTConfig
+    def parse(self, argv: list[str]) -> tuple:
+        return self.module().parse(argv)
 
-    from capo.cli import parse_arguments
-    from capo.train.explainers import CapoArguments, ExplainerScriptArguments
-
-    return parse_arguments((ExplainerScriptArguments, CapoArguments, SFTConfig, ModelConfig), argv)
-
-
-def _run_sft(parsed: tuple) -> dict:
-    from capo.train.explainers import train_sft
-
-    return train_sft(*parsed)
+    def run(self, argv: list[str]):
+        return self.module().main.__wrapped__(argv)
 
 
-@dataclass
-class _CapoRecipeOnly:
-    """recipes/capo.py's own option (it trains a missing SFT adapter with it); the pipeline's sft stage has trained
-    that adapter already, so a CAPO config that names one parses here too and the value is not used."""
-
-    sft_config: str | None = None
-
-
-def _parse_capo(argv: list[str]) -> tuple:
-    from trl import DPOConfig, ModelConfig
-
-    from capo.cli import parse_arguments
-    from capo.train.explainers import CapoArguments, ExplainerScriptArguments
-
-    parsed = parse_arguments((ExplainerScriptArguments, CapoArguments, DPOConfig, ModelConfig, _CapoRecipeOnly), argv)
-    if parsed[0].shared_prefix:  # as recipes/capo.py: refuse DPOConfig options the packed trainer lacks, now
-        from capo.train.packed import check_options
-
-        check_options(parsed[2])
-    return parsed[:4]
+@functools.cache
+def _script_module(script: str):
+    """An entry point loaded as a module (once), under a name of its own: `recipes/capo.py` is no `capo`."""
+    path = REPO / script
+    if not path.is_file():
+        raise DataError("the pipeline runs the repository's entry points, and this one is missing", path=str(path))
+    name = "capo_entry_" + script.removesuffix(".py").replace("/", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
 
 
-def _run_capo(parsed: tuple) -> dict:
-    from capo.train.explainers import train_capo
-
-    return train_capo(*parsed)
-
-
-def _parse_generate(argv: list[str]) -> tuple:
-    from capo.cli import parse_arguments
-    from capo.generate.explanations import GenerateArguments
-
-    return parse_arguments((GenerateArguments,), argv)
-
-
-def _run_generate(parsed: tuple) -> dict:
-    from capo.generate.explanations import run_generation
-
-    return run_generation(parsed[0])
-
-
-def _parse_mjd(argv: list[str]) -> tuple:
-    from capo.cli import parse_arguments
-    from capo.mjd.run import MJDScriptArguments
-
-    (args,) = parse_arguments((MJDScriptArguments,), argv)
-    if args.explanations == "none" and args.mode != "none":  # as recipes/mjd.py: else every prompt fails
-        raise DataError(f"'none' leaves nothing to show in mode {args.mode!r}: use mode none, or explanations "
-                        "human or a file", field="explanations")
-    return (args,)
-
-
-def _run_mjd(parsed: tuple, log: Callable[[str], None] = print) -> dict:
-    from capo.mjd.run import run_mjd
-
-    return run_mjd(parsed[0], log=log)
-
-
-def _parse_perspectivist(argv: list[str]) -> tuple:
-    from transformers import TrainingArguments
-
-    from capo.cli import parse_arguments
-    from capo.lewidi.perspectivist import CPU_TRAINING_DEFAULTS, PerspectivistArguments
-
-    return parse_arguments((PerspectivistArguments, TrainingArguments), argv, defaults=CPU_TRAINING_DEFAULTS)
-
-
-def _run_perspectivist(parsed: tuple) -> dict:
-    from capo.lewidi.perspectivist import train_perspectivist
-
-    return train_perspectivist(*parsed)
-
-
-def _parse_finetune(argv: list[str]) -> tuple:
-    from capo.evaluate.finetune.arguments import parse_arguments
-
-    return parse_arguments(argv)
-
-
-def _run_finetune(parsed: tuple) -> dict:
-    from capo.evaluate.finetune.trainer import finetune
-
-    return finetune(*parsed)
-
-
-SFT = Job("recipes/sft.py", _parse_sft, _run_sft)
-CAPO = Job("recipes/capo.py", _parse_capo, _run_capo)
-GENERATE = Job("recipes/generate.py", _parse_generate, _run_generate)
-MJD = Job("recipes/mjd.py", _parse_mjd, _run_mjd)
-PERSPECTIVIST = Job("recipes/perspectivist.py", _parse_perspectivist, _run_perspectivist, distributed=False)
-FINETUNE = Job("recipes/finetune.py", _parse_finetune, _run_finetune, distributed=False)
+SFT = Job("recipes/sft.py")
+CAPO = Job("recipes/capo.py")
+GENERATE = Job("recipes/generate.py")
+MJD = Job("recipes/mjd.py")
+PERSPECTIVIST = Job("recipes/perspectivist.py", distributed=False)
+FINETUNE = Job("recipes/finetune.py", distributed=False)
 
 
 _ANSI_C_ESCAPES = str.maketrans({"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
@@ -156,9 +81,8 @@ def command_line(args, job: Job, argv: list[str]) -> str:
     return " ".join(map(shell_quote, words))
 
 
-def launch(args, job: Job, argv: list[str], **options) -> str:
-    """Run `job` with `argv` under the configured launcher (`options` go to an in-process run, e.g. a logger);
-    returns its command line."""
+def launch(args, job: Job, argv: list[str]) -> str:
+    """Run `job` with `argv` under the configured launcher; returns its command line."""
     if args.launcher == "accelerate" and job.distributed:
         script = REPO / job.script
         if not script.is_file():
@@ -172,5 +96,5 @@ def launch(args, job: Job, argv: list[str], **options) -> str:
                             field="launcher")
     else:
         with job_command([job.script, *argv]):  # its manifest records this job's command, not the pipeline's
-            job.run(job.parse(argv), **options)
+            job.run(argv)
     return command_line(args, job, argv)

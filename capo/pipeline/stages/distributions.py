@@ -11,7 +11,7 @@ from capo.io import atomic_write_text, iter_jsonl, read_json, write_json
 from capo.pipeline.arguments import named_paths, overrides
 from capo.pipeline.cache import Context
 from capo.pipeline.launch import FINETUNE, MJD, launch
-from capo.pipeline.progress import bar, counting_log
+from capo.pipeline.progress import bar
 from capo.pipeline.stages.common import explainer_predictors, refused, slug, use_cpu
 
 
@@ -49,7 +49,6 @@ def plan_mjd(ctx: Context) -> None:
 
 def run_mjd_stage(ctx: Context) -> dict:
     """MJDs per configured run (`recipes/mjd.py`), each calibrated by cross-fitting (`eval/calibrate.py`)."""
-    import math
 
     from capo.data.registry import load_items
 
@@ -58,9 +57,7 @@ def run_mjd_stage(ctx: Context) -> dict:
         argv = mjd_argv(ctx, name, config)
         (parsed,) = MJD.parse(argv)
         n_items = len(load_items(parsed.dataset)[: parsed.limit])
-        progress = bar(math.ceil(n_items / parsed.items_per_chunk), f"mjd {name}", "shard")
-        commands.append(launch(ctx.args, MJD, argv, log=counting_log(progress, lambda m: m.startswith("["))))
-        progress.close()
+        commands.append(launch(ctx.args, MJD, argv))  # its own progress bar
         folder = ctx.dir("mjd") / name
         entry = {"folder": str(folder.relative_to(ctx.root)), "items": n_items, "config": config,
                  "explanations": parsed.explanations, "mode": parsed.mode}
