@@ -237,7 +237,7 @@ CASES_CLI = [
      r"\S+/bad\.yaml:3: malformed YAML"),
     ("distributions-unknown-flag", D, "--human {in}/h.jsonl --model {in}/h.jsonl --bogus", r"unrecognized arguments: --bogus"),
     ("build-sft-flag-wrong-type", BS, "--annotator A1 --few_shot x --output {out}/sft.jsonl",
-     r"argument --few_shot: invalid int value: 'x'"),
+     r"argument --few_shot(/--few-shot)?: invalid int value: 'x'"),
     ("build-pairs-missing-required", BP, "--output {out}/p.jsonl", r"the following arguments are required: --annotator"),
     ("finetune-compare-unknown-yaml-key", FC, "--sources chaosnli --config {in}/ft_unknown.yaml --output_dir {out}",
      r"\S+/ft_unknown\.yaml:2: field 'bogus_key': unknown key: not an argument of"),

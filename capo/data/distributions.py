@@ -1,5 +1,4 @@
-"""Distribution files (HJDs, MJDs, predictions): one `{"id", "distribution"}` per line, read with located checks.
-"""
+"""Distribution files (HJDs, MJDs, predictions): one `{"id", "distribution"}` per line, read with located checks."""
 
 from __future__ import annotations
 
@@ -24,7 +23,6 @@ def read_distributions(path: str | Path, n_labels: int = 3) -> dict[str, list[fl
     if not out:
         raise DataError("no distributions in file", path=str(path))
     return out
-
 
 
 def write_distributions(

@@ -32,7 +32,6 @@ DATASETS = {
 }
 
 
-
 def load_items(name_or_path: str) -> list[Item]:
     """A shipped data set by name (see `DATASETS`) or a path: `.jsonl` in capo's format, LeWiDi `.json`."""
     if name_or_path in DATASETS:

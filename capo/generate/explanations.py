@@ -106,8 +106,6 @@ def record_key(record: dict) -> str:
     return f"{record.get('id')}\t{record.get('annotator')}"
 
 
-
-
 def render_unit_prompt(tokenizer, unit: Unit, response_prefix: str = "") -> str:
     """The explainer's prompt for a unit, as in SFT/CAPO training (`capo.data.prompts.prompt_messages`), with the
     unit's worked examples (prompting baselines) or none, and the target's id for a conditioned explainer; then the

@@ -91,7 +91,6 @@ def write_human(path: str | Path, items: Sequence[Item], name: str = "chaosnli")
     write_distributions(path, {item.id: item.distributions[name] for item in items})
 
 
-
 @dataclass
 class MJDScriptArguments:
     """Arguments of `recipes/mjd.py` (YAML via `--config`, command-line flags override)."""

@@ -1,7 +1,6 @@
 """What every source format shares: where the vendored data lives, item ids (VariErr ids for VariErr items,
 content ids otherwise: `text_id`, `nli_item_id`), and the located checks of fields, labels, explanations and
-distributions that the readers run.
-"""
+distributions that the readers run."""
 
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ from collections.abc import Container, Mapping
 from functools import lru_cache
 from pathlib import Path
 
+from capo.data.schema import Item
 from capo.errors import DataError
 from capo.io import iter_jsonl
 
@@ -36,10 +36,8 @@ LEWIDI_DIR = DATA_DIR / "lewidi2025"
 SUM_TOLERANCE = 5e-3  # distributions may be rounded to 2 decimals in source files
 
 
-
 def norm_text(text: str) -> str:
     return " ".join(text.split())
-
 
 
 def text_id(*inputs: str) -> str:
@@ -57,12 +55,10 @@ def _varierr_ids(path: str) -> dict[tuple[str, str], str]:
     }
 
 
-
 def nli_item_id(premise: str, hypothesis: str, varierr_path: str | Path = VARIERR_PATH) -> str:
     """The VariErr id of a premise/hypothesis pair when it is a VariErr item, else its content id."""
     found = _varierr_ids(str(varierr_path)).get((norm_text(premise), norm_text(hypothesis)))
     return found or text_id(premise, hypothesis)
-
 
 
 def require_field(row: dict, key: str, kind: type | tuple, where: dict):
@@ -77,13 +73,11 @@ def require_field(row: dict, key: str, kind: type | tuple, where: dict):
     return value
 
 
-
 def optional_field(row: dict, key: str, kind: type, where: dict, default):
     """A field that may be absent (or null); when present it must have the right type."""
     if row.get(key) is None:
         return default
     return require_field(row, key, kind, where)
-
 
 
 def check_explanation(text, where: dict, field: str) -> str:
@@ -94,13 +88,11 @@ def check_explanation(text, where: dict, field: str) -> str:
     return text.strip()
 
 
-
 def check_label(space, label, where: dict, field: str) -> str:
     try:
         return space.normalise(label)
     except ValueError as err:
         raise DataError(str(err), field=field, **where) from None
-
 
 
 def check_distribution(values, n_labels: int, where: dict, field: str) -> list[float]:
@@ -117,7 +109,6 @@ def check_distribution(values, n_labels: int, where: dict, field: str) -> list[f
     return [v / total for v in values]
 
 
-
 def row_id(row: Mapping, where: dict, seen: Container[str] = ()) -> str:
     """A JSONL row's id as a string: present, a string or an integer (never a boolean), not one of `seen`; a row
     without one is an error, never silently dropped. `where`: its path and line."""
@@ -132,3 +123,16 @@ def row_id(row: Mapping, where: dict, seen: Container[str] = ()) -> str:
 def normalise_counts(counts: list[float]) -> list[float]:
     total = sum(counts)
     return [c / total for c in counts] if total else [0.0] * len(counts)
+
+
+def nli_pair(row: dict, where: dict, varierr_path: str | Path = VARIERR_PATH) -> tuple[str, str, str]:
+    """(premise, hypothesis, item id) of an MJD-paper row; the id is also put into `where` for later errors."""
+    premise = require_field(row, "premise", str, where)
+    hypothesis = require_field(row, "hypothesis", str, where)
+    where["item"] = nli_item_id(premise, hypothesis, varierr_path)
+    return premise, hypothesis, where["item"]
+
+
+def nli_item(item_id: str, premise: str, hypothesis: str, **fields) -> Item:
+    """An NLI `Item` (the other `Item` fields by keyword)."""
+    return Item(id=item_id, task="nli", inputs={"premise": premise, "hypothesis": hypothesis}, **fields)

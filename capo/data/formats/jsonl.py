@@ -1,5 +1,4 @@
-"""capo's own bring-your-own JSONL item format (`load_items_jsonl`) and its writer (`item_to_json`).
-"""
+"""capo's own bring-your-own JSONL item format (`load_items_jsonl`) and its writer (`item_to_json`)."""
 
 from __future__ import annotations
 
@@ -91,7 +90,6 @@ def load_items_jsonl(path: str | Path) -> list[Item]:
             )
         )
     return items
-
 
 
 def item_to_json(item: Item) -> dict:

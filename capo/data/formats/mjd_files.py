@@ -1,6 +1,5 @@
 """The MJD papers' files: the 341-item `NLI_explanations.json`, ChaosNLI dev/test and the released LLM
-model-explanation files.
-"""
+model-explanation files."""
 
 from __future__ import annotations
 
@@ -12,7 +11,9 @@ from capo.data.formats.common import (
     check_distribution,
     check_explanation,
     check_label,
+    nli_item,
     nli_item_id,
+    nli_pair,
     norm_text,
     normalise_counts,
     require_field,
@@ -33,10 +34,7 @@ def load_nli341(path: str | Path = NLI341_PATH, varierr_path: str | Path = VARIE
     items = []
     for line, row in iter_jsonl(path):
         where = {"path": str(path), "line": line}
-        premise = require_field(row, "premise", str, where)
-        hypothesis = require_field(row, "hypothesis", str, where)
-        item_id = nli_item_id(premise, hypothesis, varierr_path)
-        where["item"] = item_id
+        premise, hypothesis, item_id = nli_pair(row, where, varierr_path)
         mnli = require_field(row, "mnli labels", list, where)
         if len(mnli) != 2 or not isinstance(mnli[1], list):
             raise DataError("expected [gold_letter, [nE, nN, nC]]", field="mnli labels", **where)
@@ -54,10 +52,8 @@ def load_nli341(path: str | Path = NLI341_PATH, varierr_path: str | Path = VARIE
                 Annotation(annotator=authors.get((norm_text(explanation), label)), label=label, explanation=explanation)
             )
         items.append(
-            Item(
-                id=item_id,
-                task="nli",
-                inputs={"premise": premise, "hypothesis": hypothesis},
+            nli_item(
+                item_id, premise, hypothesis,
                 annotations=annotations,
                 distributions={
                     "chaosnli": check_distribution(require_field(row, "chaos probs", list, where), 3, where, "chaos probs"),
@@ -71,21 +67,16 @@ def load_nli341(path: str | Path = NLI341_PATH, varierr_path: str | Path = VARIE
     return items
 
 
-
 def load_chaosnli(path: str | Path, varierr_path: str | Path = VARIERR_PATH) -> list[Item]:
     """ChaosNLI dev/test as shipped by MJD-Estimator: premise, hypothesis, `label` = [pE, pN, pC]."""
     items = []
     for line, row in iter_jsonl(path):
         where = {"path": str(path), "line": line}
-        premise = require_field(row, "premise", str, where)
-        hypothesis = require_field(row, "hypothesis", str, where)
-        item_id = nli_item_id(premise, hypothesis, varierr_path)
+        premise, hypothesis, item_id = nli_pair(row, where, varierr_path)
         items.append(
-            Item(
-                id=item_id,
-                task="nli",
-                inputs={"premise": premise, "hypothesis": hypothesis},
-                distributions={"chaosnli": check_distribution(row.get("label"), 3, {**where, "item": item_id}, "label")},
+            nli_item(
+                item_id, premise, hypothesis,
+                distributions={"chaosnli": check_distribution(row.get("label"), 3, where, "label")},
                 meta={"source": f"chaosnli-{Path(path).stem}"},
             )
         )
@@ -93,7 +84,6 @@ def load_chaosnli(path: str | Path, varierr_path: str | Path = VARIERR_PATH) -> 
 
 
 _MODEL_EXPLANATION_KEYS = ("machine_comments", "machine_replaced_comments", "machine_generated_comments")
-
 
 
 def load_model_explanations(

@@ -1,5 +1,4 @@
-"""VariErr NLI (JSONL): round-1 label-explanation pairs with round-2 validity votes.
-"""
+"""VariErr NLI (JSONL): round-1 label-explanation pairs with round-2 validity votes."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ from capo.data.formats.common import (
     check_distribution,
     check_explanation,
     check_label,
+    nli_item,
     normalise_counts,
     optional_field,
     require_field,
@@ -67,10 +67,8 @@ def load_varierr(path: str | Path = VARIERR_PATH) -> list[Item]:
         round1 = row.get("label_count_round_1") or {}
         distributions["varierr"] = normalise_counts([round1.get(lab) or 0.0 for lab in NLI.labels])
         items.append(
-            Item(
-                id=item_id,
-                task="nli",
-                inputs={"premise": premise, "hypothesis": hypothesis},
+            nli_item(
+                item_id, premise, hypothesis,
                 annotations=annotations,
                 error_labels=error_labels,
                 distributions=distributions,
@@ -85,7 +83,6 @@ def load_varierr(path: str | Path = VARIERR_PATH) -> list[Item]:
             )
         )
     return items
-
 
 
 def _annotator_from_index(value, where: dict, field: str) -> str:
