@@ -158,11 +158,42 @@ def _check_value(action: argparse.Action, value, where: dict) -> None:
             raise DataError(f"invalid choice {one!r} (valid: {', '.join(map(str, action.choices))})", **where)
 
 
+class _Repeated(argparse.Action):
+    """`--flag A --flag B` and `--flag A B` both give [A, B]; the first use on the command line replaces a `--config`
+    list rather than adding to it (command line over config, as for every other option)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        kept = [] if current is None or current is self.default else list(current)
+        setattr(namespace, self.dest, [*kept, *values])
+
+
+def repeatable(help: str, **metadata) -> dict:
+    """Field metadata of a `list[str]` option that is given once per value (`--generated a=x --generated b=y`, as
+    argparse's `action="append"`): a dataclass list field is `nargs="+"`, whose second use would drop the first."""
+    return {"action": _Repeated, "help": help, **metadata}
+
+
+def named_values(specs: Sequence[str], field: str) -> dict[str, str]:
+    """`["capo=runs/g.jsonl"]` -> {"capo": "runs/g.jsonl"}: NAME=VALUE options, each name once (an output keyed by
+    name would lose the first of two)."""
+    named: dict[str, str] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name or not value:
+            raise DataError(f"expected NAME=PATH, got {spec!r}", field=field)
+        if name in named:
+            raise DataError(f"name {name!r} given twice", field=field)
+        named[name] = value
+    return named
+
+
 def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None = None, *,
-                    defaults: dict | None = None) -> tuple:
+                    defaults: dict | None = None, prog: str | None = None, description: str | None = None) -> tuple:
     """The scripts' one way to read arguments: command line over `--config` YAML over `defaults` over the
-    dataclasses' own defaults, every mistake a located one-line `DataError` (raised inside `run_main`)."""
-    parser = ArgumentParser(tuple(dataclass_types))
+    dataclasses' own defaults, every mistake a located one-line `DataError` (raised inside `run_main`). `prog` and
+    `description` head `--help` (default: the name the script was started by, no description)."""
+    parser = ArgumentParser(tuple(dataclass_types), prog=prog, description=description)
     parser.code_defaults = dict(defaults or {})
     if defaults and (unused := parser.set_defaults_with_config(**defaults)):
         raise TypeError(f"defaults that are no argument: {unused[::2]}")  # a programming error, not the user's

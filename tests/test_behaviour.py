@@ -328,6 +328,40 @@ def test_variability_of_identical_explanations_is_maximal_and_tags_are_used_when
         variability({"k": ["x"]}, {"i": "y"})
 
 
+def test_variability_cli_measures_the_humans_on_the_generated_items_and_writes_what_it_measured(tmp_path):
+    """--items generated: the human set on the items the generated file holds (one whose only record did not parse
+    too), of --annotators only; --human_output writes that set, and --human reads it back to the same row."""
+    import json
+
+    from conftest import write_jsonl
+
+    from capo.data.registry import load_items
+
+    items = load_items("varierr")[:3]
+    rows = [{"id": item.id, "annotator": "A1", "label": a.label, "explanation": a.explanation, "parsed": True}
+            for item in items[:2] for a in item.annotations if a.annotator == "A1"]
+    rows.append({"id": items[2].id, "annotator": "A1", "label": None, "explanation": None, "parsed": False})
+    generated = write_jsonl(tmp_path / "generations.jsonl", rows)
+    out, human = tmp_path / "v.json", tmp_path / "human.jsonl"
+    result = call_script("eval/variability.py", "--human", "varierr", "--items", "generated", "--annotators", "A1",
+                        "A2", "--generated", f"copy={generated}", "--no_embeddings", "--output", out,
+                        "--human_output", human)
+    assert result.returncode == 0, result.stderr
+    table = json.loads(out.read_text())["table"]
+    kept = [json.loads(line) for line in human.read_text().splitlines()]
+    assert [k["id"] for k in kept] == [item.id for item in items]
+    assert {a["annotator"] for k in kept for a in k["annotations"]} <= {"A1", "A2"}
+    assert table["human"]["items"] == 3 and table["copy"]["items"] == 2 and "| copy | 2 |" in result.stdout
+    again = call_script("eval/variability.py", "--human", human, "--no_embeddings", "--output", tmp_path / "w.json")
+    assert again.returncode == 0 and json.loads((tmp_path / "w.json").read_text())["table"]["human"] == table["human"]
+    for argv, field in ((["--generated", f"human={generated}"], "--generated"),
+                        (["--model_explanations", f"x={generated}", "--generated", f"x={generated}"], "--generated"),
+                        (["--items", "generated"], "items")):
+        refused = call_script("eval/variability.py", *argv, "--output", tmp_path / "x.json")
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and f"field '{field}'" in refused.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
 # --- the imitation script on real VariErr data ---------------------------------------------------------------------
 def test_imitation_cli_a_copy_of_the_target_matches_the_human_ceiling(tmp_path):
     import json

@@ -99,7 +99,7 @@ def test_jury_help_and_errors_are_one_line(corpus_lm, jury_setup, tmp_path, caps
     for argv, expected in (
         (["--explainers", f"{tmp_path}/{{annotator}}"], f"error: {tmp_path}/A1: adapter folder not found"),
         (["--annotators", "A9"], "error: unknown annotator 'A9'"),
-        (["--heldout_only", "maybe"], "error: field 'heldout_only': expected true or false"),
+        (["--heldout_only", "maybe"], "error: argument --heldout_only/--heldout-only: Truthy value expected"),
         (["--dataset", "lewidi-par-dev", "--human_output", str(tmp_path / "h.jsonl")],
          "error: lewidi-par-dev: item"),
     ):

@@ -246,6 +246,30 @@ def test_help_documents_all_three_commands():
     assert call_script("eval/lewidi.py", "bogus").returncode == 2
 
 
+def test_the_script_parses_as_the_pipeline_launches_it_and_writes_what_it_prints(tmp_path, capsys):
+    """`parse` is (command, arguments), as `capo.pipeline.launch.Job` runs it; the pipeline reads the printed report
+    (predict --report_output) and the scores (score --output) from files, so both must be what the script prints."""
+    from conftest import load_script
+
+    from capo.lewidi.commands import ScoreArguments
+
+    cli = load_script("eval/lewidi.py")
+    command, args = cli.parse(["score", "--dataset", "ven", "--split", "test", "--predictions", "p.jsonl"])
+    assert command == "score" and isinstance(args, ScoreArguments) and args.predictions == "p.jsonl"
+    with pytest.raises(DataError, match="no command given"):
+        cli.parse([])
+    where = ["--dataset", "ven", "--split", "test"]
+    predictions, report, scores = tmp_path / "mf.jsonl", tmp_path / "mf_report.json", tmp_path / "mf_scores.json"
+    printed = cli.main(["predict", *where, "--output", str(predictions), "--report_output", str(report)])
+    assert json.loads(report.read_text()) == printed and printed["predictions"] == 192
+    printed = cli.main(["score", *where, "--predictions", str(predictions), "--output", str(scores)])
+    assert json.loads(scores.read_text()) == printed and round(printed["perspectivist"], 3) == 0.345
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(["predict", *where, "--output", str(predictions), "--report_output", str(predictions)])
+    assert "field 'report_output': names the same file as another output" in capsys.readouterr().err
+
+
 # --- explainers as annotators (`--model`): capo/lewidi/explainers.py --------------------------------
 
 

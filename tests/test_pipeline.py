@@ -1,6 +1,7 @@
 """recipes/pipeline.py on the tiny corpus LM: a real end-to-end run and its report (the explainer jury and the
 LeWiDi explainer predictors included); the LeWiDi explainers' run and skip paths; stage caching (a second run skips
-every stage and leaves the report as it was); --from; a changed key re-running only the stages it shapes; a real
+every stage and leaves the report as it was); the command each evaluation stage quotes, run on its own,
+writes that stage's file again; --from; a changed key re-running only the stages it shapes; a real
 SIGKILL mid-training and another mid-generation, then a resume that ends where an uninterrupted run does; bad input
 as one located line that leaves no stage.json behind; `--status` reads where a run stands and runs nothing.
 
@@ -242,6 +243,34 @@ def test_status_says_every_stage_finished_and_runs_nothing(first, capsys):
     assert all(r["attempts"] == 1 and r["wall_seconds"] >= 0 for r in rows)
     assert f"{len(STAGES)} of {len(STAGES)} stages finished" in capsys.readouterr().out
     assert {p: p.read_bytes() for p in (first / "run").rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("stage,script", [("imitation", "eval/imitation.py"), ("attribution", "eval/attribution.py"),
+                                          ("variability", "eval/variability.py"), ("mjd", "eval/calibrate.py"),
+                                          ("distributions", "eval/distributions.py")])
+def test_a_quoted_evaluation_command_writes_what_its_stage_wrote(first, tmp_path, stage, script):
+    """The command a stage quotes is the job it ran: run as a user would, from the run's folder (its paths are
+    relative to it) and into a new output file, it writes the stage's file again, number for number."""
+    import shlex
+
+    from conftest import call_script
+
+    commands = json.loads((first / "run" / stage / STAGE_FILE).read_text())["summary"]["commands"]
+    words = shlex.split(next(c for c in commands if shlex.split(c)[1] == script))  # the mjd stage runs two scripts
+    assert words[:2] == ["python", script]
+    argv = words[2:]
+    written = {}
+    for flag in ("--output", "--human_output", "--report"):  # every file the job writes goes to the new folder
+        if flag in argv:
+            k = argv.index(flag) + 1
+            written[first / argv[k]], argv[k] = tmp_path / Path(argv[k]).name, str(tmp_path / Path(argv[k]).name)
+    with _inside(first):
+        result = call_script(script, *argv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert written
+    for original, again in written.items():
+        read = json.loads if original.suffix == ".json" else str
+        assert read(again.read_text()) == read(original.read_text()), original.name
 
 
 def test_from_reruns_that_stage_and_every_later_one(first, tmp_path):

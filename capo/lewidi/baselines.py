@@ -1,6 +1,6 @@
-"""The organisers' two reference baselines.
+"""The organisers' two LeWiDi 2025 reference baselines: `most_frequent_predictions` (each annotator's most frequent
+train value) and `random_predictions`.
 
-Baselines: `most_frequent_predictions` (each annotator's most frequent train value) and `random_predictions`.
 The published most-frequent VEN test score, 0.345, is reproduced by `vote="value"` (the most frequent 0/1 value of
 each annotator's train label-presence vectors, which is 0: the empty label set); each annotator's most frequent
 label set scores 0.355 and a per-label majority 0.341 (see docs/results.md).
@@ -14,11 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from capo.data.formats.lewidi import (
-    PAR_LABELS,
-    VEN_LABELS,
-    LewidiItem,
-)
+from capo.data.formats.lewidi import PAR_LABELS, VEN_LABELS, LewidiItem
 from capo.errors import DataError
 from capo.lewidi.predictions import AnnotatorPredictions, dataset_of
 

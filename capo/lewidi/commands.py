@@ -1,17 +1,18 @@
 """`eval/lewidi.py`'s three commands as library calls: `predict` (a baseline or an LLM predictor), `score`
-(official scores of prediction files) and `export` (Codabench files); their argument dataclasses (TrlParser
+(official scores of prediction files) and `export` (Codabench files), each with its argument dataclass (TrlParser
 dataclasses: YAML keys have the same names).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from capo.data.formats.lewidi import check_dataset, lewidi_split_path, read_lewidi
 from capo.errors import DataError
-from capo.io import write_json
+from capo.io import check_output, write_json
 from capo.lewidi.baselines import most_frequent_predictions, random_predictions
-from capo.lewidi.explainers import predict_lewidi
+from capo.lewidi.explainers import output_paths, predict_lewidi
 from capo.lewidi.predictions import (
     aggregate_soft,
     read_annotator_predictions,
@@ -68,6 +69,9 @@ class PredictArguments:
     allow_unchecked_adapters: bool = field(default=False, metadata={
         "help": "with --explainers: use adapters without a run manifest (a hub adapter, a copied folder), whose "
                 "training items cannot be checked against the split (refused otherwise); the report names them"})
+    report_output: str | None = field(default=None, metadata={
+        "help": "also write the JSON report predict prints (with --model: the decision, how it was fitted and, on a "
+                "labelled split, the scores) to this file"})
 
 
 @dataclass
@@ -97,17 +101,35 @@ class ExportArguments:
 
 
 def predict(args: PredictArguments) -> dict:
+    """`eval/lewidi.py predict`: writes the predictions (and soft labels) and returns the report it prints, also
+    written to --report_output when given (checked before any work: an LLM run takes minutes)."""
     dataset = check_dataset(args.dataset)
-    if args.model:
-        if args.baseline:
-            raise DataError("--baseline and --model are two predictors: give one", field="baseline")
-        return predict_lewidi(dataset, args.split, args.output, model=args.model, explainers=args.explainers,
-                              decision=args.decision, decision_split=args.decision_split,
-                              soft_output=args.soft_output, soft_mean_output=args.soft_mean_output,
-                              probs_output=args.probs_output, dtype=args.dtype, batch_size=args.batch_size,
-                              min_shared_tokens=args.min_shared_tokens,
-                              allow_unchecked_adapters=args.allow_unchecked_adapters,
-                              log=lambda msg: print(msg, flush=True))
+    if args.report_output:
+        check_output(args.report_output)
+        outputs = (output_paths(args.output, args.soft_output, args.soft_mean_output, args.probs_output).values()
+                   if args.model else (args.output, args.soft_output))
+        if Path(args.report_output).resolve() in {Path(path).resolve() for path in outputs if path}:
+            raise DataError("names the same file as another output", field="report_output")
+    report = _predict_model(dataset, args) if args.model else _predict_baseline(dataset, args)
+    if args.report_output:
+        write_json(args.report_output, report)
+    return report
+
+
+def _predict_model(dataset: str, args: PredictArguments) -> dict:
+    """An LLM predictor (`capo.lewidi.explainers.predict_lewidi`)."""
+    if args.baseline:
+        raise DataError("--baseline and --model are two predictors: give one", field="baseline")
+    return predict_lewidi(dataset, args.split, args.output, model=args.model, explainers=args.explainers,
+                          decision=args.decision, decision_split=args.decision_split, soft_output=args.soft_output,
+                          soft_mean_output=args.soft_mean_output, probs_output=args.probs_output, dtype=args.dtype,
+                          batch_size=args.batch_size, min_shared_tokens=args.min_shared_tokens,
+                          allow_unchecked_adapters=args.allow_unchecked_adapters,
+                          log=lambda msg: print(msg, flush=True))
+
+
+def _predict_baseline(dataset: str, args: PredictArguments) -> dict:
+    """A reference baseline (`capo.lewidi.baselines`), fitted on the train split only."""
     if args.explainers:
         raise DataError("--explainers are adapters on a base model: give --model too", field="explainers")
     items = read_lewidi(lewidi_split_path(dataset, args.split), dataset)
@@ -125,6 +147,7 @@ def predict(args: PredictArguments) -> dict:
 
 
 def score_files(args: ScoreArguments) -> dict:
+    """`eval/lewidi.py score`: the official scores of the prediction files, also written to --output when given."""
     dataset = check_dataset(args.dataset)
     items = read_lewidi(lewidi_split_path(dataset, args.split), dataset)
     predictions = read_annotator_predictions(args.predictions, dataset) if args.predictions else None
@@ -137,6 +160,7 @@ def score_files(args: ScoreArguments) -> dict:
 
 
 def export(args: ExportArguments) -> dict:
+    """`eval/lewidi.py export`: the Codabench files of one dataset (and the zip of the folder's files)."""
     dataset = check_dataset(args.dataset)
     items = read_lewidi(lewidi_split_path(dataset, args.split), dataset)
     predictions = read_annotator_predictions(args.predictions, dataset)

@@ -33,6 +33,9 @@ from capo.data.formats.lewidi import (
 from capo.data.schema import NLI
 from capo.errors import DataError
 from capo.generate.labels import LabelScorer, check_not_trained_on, resolve_explainers
+from capo.lewidi.perspectivist import DECISION_FOLDS, PAR_DECISIONS, decide_per_item, fit_decisions, mean_soft
+from capo.lewidi.predictions import aggregate_soft, write_annotator_predictions, write_soft_predictions
+from capo.lewidi.score import score
 
 
 def lewidi_rows(items: Sequence[LewidiItem]) -> list[dict]:
@@ -52,8 +55,6 @@ def lewidi_probabilities(scorer: LabelScorer, items: Sequence[LewidiItem]) -> tu
 
 def parse_decision(decision: str, dataset: str):
     """"dev" (chosen on the decision split), a VEN threshold strictly between 0 and 1, or a Par rule."""
-    from capo.lewidi.perspectivist import PAR_DECISIONS
-
     if decision == "dev":
         return decision
     if dataset == "par":
@@ -99,13 +100,12 @@ def predict_lewidi(
 ) -> dict:
     """Per-annotator predictions for every (item, annotator) of `split` from explainers (or the base model), the
     decision fitted on `decision_split` (for the decision split's own items cross-fitted over `decision_folds`
-    item folds, default `DECISION_FOLDS`: no item's labels shape its own decision); writes predictions, organiser-aggregated soft labels, mean-probability soft
-    labels and per-row probabilities (official label order). Everything is checked before the model loads."""
+    item folds, default `DECISION_FOLDS`: no item's labels shape its own decision); writes predictions,
+    organiser-aggregated soft labels, mean-probability soft labels and per-row probabilities (official label
+    order), and returns the report (decision, its fit, scores on a labelled split, outputs). Everything is checked
+    before the model loads."""
     from capo.generate.backends.base import check_dtype
     from capo.io import check_model_path, check_output, write_jsonl
-    from capo.lewidi.perspectivist import DECISION_FOLDS, decide_per_item, fit_decisions, mean_soft
-    from capo.lewidi.predictions import aggregate_soft, write_annotator_predictions, write_soft_predictions
-    from capo.lewidi.score import score
     from capo.models.corpus_lm import pretraining_item_ids
 
     dataset = check_dataset(dataset)

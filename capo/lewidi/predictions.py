@@ -1,5 +1,5 @@
-"""The LeWiDi 2025 shared task on VariErrNLI (VEN) and Paraphrase (Par): prediction files, their checks, and
-the organisers' aggregation of per-annotator labels into soft labels.
+"""LeWiDi 2025 prediction files for VariErrNLI (VEN) and Paraphrase (Par): reading, writing and checking them,
+the organisers' aggregation of per-annotator labels into soft labels, and the official row nesting.
 
 Two prediction files, both JSONL, ids being the split file's own LeWiDi keys:
 
@@ -34,12 +34,11 @@ from capo.io import iter_jsonl, write_jsonl
 
 # (item key, annotator) -> VEN label set / Par one-tuple (likert,); item key -> soft label dict.
 AnnotatorPredictions = dict[tuple[str, str], tuple]
-
-
 SoftPredictions = dict[str, dict]
 
 
 def dataset_of(items: Sequence[LewidiItem]) -> str:
+    """The data set (ven or par) of a split's items; every item of a split file has the same."""
     if not items:
         raise DataError("no items")
     return items[0].dataset
@@ -78,6 +77,7 @@ def read_annotator_predictions(path: str | Path, dataset: str) -> AnnotatorPredi
 
 
 def write_annotator_predictions(path: str | Path, predictions: AnnotatorPredictions, dataset: str) -> None:
+    """A per-annotator prediction file, in the format `read_annotator_predictions` reads."""
     if dataset == "ven":
         rows = ({"id": k, "annotator": a, "labels": list(v)} for (k, a), v in predictions.items())
     else:
@@ -86,6 +86,7 @@ def write_annotator_predictions(path: str | Path, predictions: AnnotatorPredicti
 
 
 def _check_soft(value, dataset: str, where: dict) -> dict:
+    """One soft label checked: VEN one probability per label, Par a distribution over -5..5 (renormalised)."""
     keys = VEN_LABELS if dataset == "ven" else tuple(str(p) for p in PAR_LABELS)
     if not isinstance(value, dict) or set(value) != set(keys):
         raise DataError(f"expected an object with keys {', '.join(keys)}", field="soft_label", **where)
@@ -100,6 +101,7 @@ def _check_soft(value, dataset: str, where: dict) -> dict:
 
 
 def read_soft_predictions(path: str | Path, dataset: str) -> SoftPredictions:
+    """A soft-label file, validated (one row per id, each soft label of the data set's shape)."""
     out: SoftPredictions = {}
     for line, row in iter_jsonl(path):
         key, where = _row_id(row, path, line)
@@ -112,6 +114,7 @@ def read_soft_predictions(path: str | Path, dataset: str) -> SoftPredictions:
 
 
 def write_soft_predictions(path: str | Path, soft: SoftPredictions) -> None:
+    """A soft-label file, in the format `read_soft_predictions` reads."""
     write_jsonl(path, ({"id": k, "soft_label": {str(label): p for label, p in v.items()}} for k, v in soft.items()))
 
 
@@ -132,6 +135,7 @@ def check_complete(items: Sequence[LewidiItem], predictions: AnnotatorPrediction
 
 
 def check_soft_complete(items: Sequence[LewidiItem], soft: SoftPredictions, path: str | Path) -> None:
+    """Every item of the split has a soft label, nothing else: otherwise one error naming the first gap."""
     keys = [item.id for item in items]
     missing = [k for k in keys if k not in soft]
     if missing:

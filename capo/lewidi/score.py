@@ -1,7 +1,7 @@
-"""Official LeWiDi 2025 scores of prediction files.
+"""Official LeWiDi 2025 scores of prediction files (`score`).
 
-Scores (`score`, lower is better; the official definitions are in `data/lewidi2025/README.md`, "Official metrics",
-and the organisers' `LeWiDi_3-2025/Evaluation_LeWiDi_2025_Metrics.ipynb`): VEN soft = multilabel average Manhattan
+Lower is better; the official definitions are in `data/lewidi2025/README.md`, "Official metrics", and the
+organisers' `LeWiDi_3-2025/Evaluation_LeWiDi_2025_Metrics.ipynb`: VEN soft = multilabel average Manhattan
 distance, VEN perspectivist = multilabel error rate over the distinct annotators of each item, Par soft = average
 Wasserstein distance over the 11 ordered bins, Par perspectivist = mean |target - prediction| / 11. The organisers
 round intermediate sums to 5 decimals; these scores do not (a difference below 1e-5).
@@ -12,11 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from capo.data.formats.lewidi import (
-    PAR_LABELS,
-    VEN_LABELS,
-    LewidiItem,
-)
+from capo.data.formats.lewidi import PAR_LABELS, VEN_LABELS, LewidiItem
 from capo.errors import DataError
 from capo.evaluate.distributions.metrics import (
     lewidi_nli_perspectivist,

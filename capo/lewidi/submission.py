@@ -1,7 +1,7 @@
-"""Codabench submission files.
+"""Codabench submission files for LeWiDi 2025 (`write_submission`).
 
-Submission files (`write_submission`): for each dataset a soft file and a perspectivist file, one
-`<key>\t<JSON list>` line per item in split order, no header, zipped flat. The nesting follows the official targets:
+For each dataset a soft file and a perspectivist file, one `<key>\\t<JSON list>` line per item in split order, no
+header, zipped flat. The nesting follows the official targets:
 VEN soft `[[1-p, p] for contradiction, entailment, neutral]`, VEN perspectivist `[[0/1 per annotator] for the same
 three labels]`, Par soft `[p(-5), ..., p(5)]`, Par perspectivist `[label per annotator]`. File names: participants'
 public code uses two spellings, and no official specification was found:
@@ -23,10 +23,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from capo.data.formats.lewidi import (
-    LEWIDI_DATASETS,
-    LewidiItem,
-)
+from capo.data.formats.lewidi import LEWIDI_DATASETS, LewidiItem
 from capo.errors import DataError
 from capo.io import atomic_write_bytes, atomic_write_text
 from capo.lewidi.predictions import (

@@ -157,17 +157,18 @@ def _generation(report: Report) -> None:
 
 
 def _attribution(report: Report) -> None:
+    from capo.evaluate.behaviour.attribution import format_report
+
     record = report.record("attribution")
     if record is None:
         return
     report.add("## Likelihood attribution (base vs SFT vs CAPO, held-out items)")
     report.results["attribution"] = {}
     for task in report.args.tasks:
-        folder = report.ctx.dir("attribution")
-        data = read_json(folder / f"{task}.json")
+        data = read_json(report.ctx.dir("attribution") / f"{task}.json")  # eval/attribution.py's --output
         report.add(f"**{task}** ({data['items']} items, splits {' '.join(data['splits'])}): share of comparisons in "
                    "which the model scores the target's real explanation above another annotator's",
-                   (folder / f"{task}.md").read_text(encoding="utf-8").strip())
+                   format_report(data, list(data["adapters"])))
         report.results["attribution"][task] = data
     report.add(report.caption("attribution"))
 

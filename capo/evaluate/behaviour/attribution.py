@@ -7,18 +7,23 @@ target wins a comparison when its explanation scores higher than another annotat
 (ties count half). An item's score is its share of wins; a model's win rate is the mean over items. A base model
 already prefers some annotators' style, so what matters is the gain over the base model, with a paired bootstrap
 interval over items, next to a control: the same target scored under another annotator's model.
+
+`eval/attribution.py` is `AttributionArguments` and one call, `run_attribution`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from capo.cli import repeatable
 from capo.data.prompts import prompt_messages, render_chat, render_response
-from capo.data.schema import ANNOTATORS, Item
+from capo.data.schema import ANNOTATORS, Item, check_annotator
+from capo.errors import DataError
+from capo.generate.backends.base import DTYPES
 from capo.precision import resolve_dtype
 
 EXPLANATION_MARK = "\nExplanation:"
@@ -45,8 +50,6 @@ def turn_end(tokenizer, text: str, content_end: int, item: str | None = None) ->
     that turn) is closed: the end of the first special token the template writes after the content. That is the
     eos token for many templates, but not for all (Gemma ends a turn with `<end_of_turn>` and has `<eos>`; Llama 3
     has `<|eot_id|>`), so it is looked up in what the template appends, not assumed."""
-    from capo.errors import DataError
-
     suffix = text[content_end:]
     found = [(suffix.find(token), -len(token), token) for token in _special_tokens(tokenizer) if token in suffix]
     if not found:
@@ -61,8 +64,6 @@ def _explanation_mask(tokenizer, item: Item, label: str, explanation: str, perso
                       ) -> tuple[list[int], list[bool]]:
     """Token ids of prompt + response and which of them belong to the explanation (found by character offsets): the
     explanation's tokens and the token that ends the assistant's turn after it (`turn_end`)."""
-    from capo.errors import DataError
-
     response = render_response(label, explanation)
     messages = prompt_messages(item, annotator=persona) + [{"role": "assistant", "content": response}]
     text = render_chat(tokenizer, messages, generation_prompt=False)
@@ -215,7 +216,6 @@ def attribution_report(
     from transformers import AutoTokenizer
 
     from capo.data.heldout import check_heldout, leave_out_pretrained
-    from capo.errors import DataError
     from capo.generate.backends.base import check_dtype
     from capo.io import check_adapter_weights
     from capo.models.corpus_lm import pretraining_item_ids
@@ -316,3 +316,103 @@ def format_report(report: dict, kinds: Sequence[str]) -> str:
                       f"{c['gain']['gain']:+.3f} [{c['gain']['low']:+.3f}, {c['gain']['high']:+.3f}]"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+@dataclass
+class AttributionArguments:
+    """Arguments of `eval/attribution.py` (a `TrlParser` dataclass; YAML config keys have the same names)."""
+
+    model: str = field(default="models/corpus-lm", metadata={"help": "base model (hub id or folder)"})
+    adapter: list[str] = field(default_factory=list, metadata=repeatable(
+        "adapter folders, with {seed}, {task}, {annotator} filled in; repeatable. A template without {annotator} is "
+        "one conditioned explainer (trained with --annotator all), scored with each target's id in the prompt",
+        metavar="KIND=TEMPLATE"))
+    seeds: list[int] = field(default_factory=lambda: [0])
+    annotators: list[str] = field(default_factory=lambda: list(ANNOTATORS))
+    task: str = "nli"
+    dataset: str | None = field(default=None, metadata={
+        "help": "default: varierr for nli, lewidi-par for paraphrase; or your own JSONL"})
+    split_seed: int = field(default=0, metadata={
+        "help": "split of items the adapters' manifests do not know (theirs decides the others)"})
+    splits: list[str] = field(default_factory=lambda: ["dev", "test"], metadata={"help": "held-out splits to score"})
+    # true/false as text, not bool: a bad value is refused in the project's words (`_true_or_false`)
+    exclude_pretrained: str = field(default="true", metadata={
+        "help": "true: leave out items the base corpus LM was pre-trained on (their count is reported)"})
+    limit: int | None = field(default=None, metadata={"help": "score at most the first N held-out items of each split"})
+    dtype: str = field(default="float32", metadata={
+        "choices": DTYPES, "help": "model weights (bfloat16: ~2x faster on CPUs with bf16 kernels)"})
+    output: str | None = field(default=None, metadata={"help": "write the full report as JSON"})
+    scores_dir: str | None = field(default=None, metadata={
+        "help": "keep each model's scores here as it finishes; a rerun with the same settings resumes at the next "
+                "model"})
+    allow_unchecked_adapters: str = field(default="false", metadata={
+        "help": "true: use adapters without a run manifest (their training items are not checked; the report names "
+                "them)"})
+
+    def __post_init__(self) -> None:
+        # Every value check happens here, while parsing: nothing is read or loaded before a bad value is refused.
+        self.allow_unchecked_adapters = _true_or_false(self.allow_unchecked_adapters, "allow_unchecked_adapters")
+        self.exclude_pretrained = _true_or_false(self.exclude_pretrained, "exclude_pretrained")
+        for annotator in self.annotators:
+            check_annotator(annotator)
+        if "train" in self.splits:
+            raise DataError("attribution is measured on held-out items: use dev and/or test, not train")
+        if self.limit is not None and self.limit < 1:
+            raise DataError(f"--limit must be at least 1, got {self.limit}", field="--limit")
+        self.folders()
+
+    def adapters(self) -> dict[str, str]:
+        """Kind -> folder template, in the order given."""
+        adapters = {}
+        for spec in self.adapter:
+            kind, sep, template = spec.partition("=")
+            if not sep or not kind or not template:
+                raise DataError(f"--adapter expects KIND=TEMPLATE, got {spec!r}")
+            adapters[kind] = template
+        return adapters
+
+    def folders(self) -> dict[str, str]:
+        """Adapter name -> folder, for every adapter the report scores (`adapter_names`)."""
+        try:
+            return adapter_names(adapter_folders(self.adapters(), self.seeds, self.annotators, self.task))
+        except (KeyError, IndexError, ValueError) as err:
+            raise DataError(f"bad adapter template: use {{seed}}, {{task}}, {{annotator}} ({err})",
+                            field="--adapter") from None
+
+
+def _true_or_false(value, name: str) -> str:
+    """"true" or "false" (a YAML config gives a bool); anything else is refused, naming the field."""
+    text = str(value).lower()
+    if text not in ("true", "false"):
+        raise DataError(f"expected true or false, got {value!r}", field=name)
+    return text
+
+
+def run_attribution(args: AttributionArguments) -> dict:
+    """`eval/attribution.py`: the held-out items of `args.splits` (as the adapters' run manifests split them), their
+    `attribution_report` with the arguments that made it, printed as a table (`format_report`) and written to
+    `args.output`. The model, the adapters and the output are checked before anything loads."""
+    from capo.data.datasets import load_task_data
+    from capo.data.heldout import select_heldout
+    from capo.io import check_model_path, check_output, write_json
+
+    if args.output:
+        check_output(args.output)
+    check_model_path(args.model)
+    folders = args.folders()
+    for path in folders.values():  # every adapter the report will load, before the first model loads
+        check_model_path(path, kind="adapter")
+    adapters, exclude = args.adapters(), args.exclude_pretrained == "true"
+    data = load_task_data(args.task, args.dataset, args.split_seed)
+    items = [item for split in args.splits for item in select_heldout(data, split, folders)[: args.limit]]
+    report = attribution_report(args.model, adapters, items, seeds=args.seeds, annotators=args.annotators,
+                                task=args.task, exclude_pretrained=exclude, dtype=args.dtype,
+                                scores_dir=args.scores_dir,
+                                allow_unchecked_adapters=args.allow_unchecked_adapters == "true",
+                                log=lambda msg: print(msg, flush=True))
+    report.update(model=args.model, adapters=adapters, splits=args.splits, task=args.task,
+                  dataset=data.dataset, exclude_pretrained=exclude, limit=args.limit, dtype=args.dtype)
+    print(format_report(report, list(adapters)))
+    if args.output:
+        write_json(args.output, report)
+    return report

@@ -10,22 +10,33 @@ in `basis` how many items and responses each number rests on):
 - nearest real annotator by the cosine of MiniLM embedding centroids;
 - style statistics (length, hedging and negation rates, overlap with the input);
 - per-item label agreement with the target.
+
+`eval/imitation.py` is `ImitationArguments` and one call, `run_imitation`.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from capo.data.schema import ANNOTATORS, Item, LabelSpace, check_annotator
+from capo.cli import named_values, repeatable
+from capo.data.schema import ANNOTATORS, Item, LabelSpace, check_annotator, label_space
 from capo.errors import DataError
-from capo.evaluate.behaviour.judges import judge_report
-from capo.evaluate.behaviour.patterns import Response, accuracy_interval, embed, group_predictions
-from capo.io import iter_jsonl
+from capo.evaluate.behaviour.judges import (
+    TrainedJudge,
+    confusion_plot,
+    histories_and_heldout,
+    judge_report,
+    llm_judge,
+)
+from capo.evaluate.behaviour.patterns import FEATURES, Response, accuracy_interval, embed, group_predictions
+from capo.io import check_model_path, check_output, iter_jsonl, write_json
 
 _WORD = re.compile(r"[a-z']+")
 _ANNOTATOR_ID = re.compile(r"A\d+")  # shaped like an annotator id; other record names ("base", "sft") have no target
@@ -58,14 +69,14 @@ def read_generations(path: str | Path, items: Mapping[str, Item]) -> list[dict]:
         if not isinstance(name, str) or not name.strip():
             raise DataError(f"expected the record's annotator name, got {name!r}", field="annotator", **where)
         named = [("annotator", name)] if _ANNOTATOR_ID.fullmatch(name) else []
-        for field, value in named + ([("target", target)] if target is not None else []):
+        for part, value in named + ([("target", target)] if target is not None else []):
             try:
                 check_annotator(value)
             except DataError as err:
-                raise err.at(field=field, **where) from None
-        for field in ("label", "explanation"):
-            if field not in row:
-                raise DataError("missing field (null where the generation did not parse)", field=field, **where)
+                raise err.at(field=part, **where) from None
+        for part in ("label", "explanation"):
+            if part not in row:
+                raise DataError("missing field (null where the generation did not parse)", field=part, **where)
         key = (item_id, name, target, str(row["label"]), str(row["explanation"]))
         if key in seen:
             raise DataError(f"the same response by {name} as on line {seen[key]}: it would count twice",
@@ -232,8 +243,7 @@ def judge_sources(judge, real: Sequence[Response], items: Mapping[str, Item], la
     """The judge on all the real held-out responses (the sanity check) and on each generated source:
     {"human_heldout": judge_report, "heldout_items": how many items those rest on, "sources": {name:
     `source_report` rows, each target's human ceiling and label JS on the items its generated set covers},
-    "confusion": {name: judge_report over the source's targeted responses}}. The script and the pipeline stage
-    both call this, so the command the pipeline quotes writes the same file."""
+    "confusion": {name: judge_report over the source's targeted responses}} (`run_imitation`'s report)."""
     result = {"human_heldout": judge_report(judge.log_proba(real), [r.annotator for r in real], seed=seed),
               "heldout_items": len({r.item_id for r in real}), "sources": {}, "confusion": {}}
     for name, records in sources.items():
@@ -246,3 +256,109 @@ def judge_sources(judge, real: Sequence[Response], items: Mapping[str, Item], la
         if on_source:  # progress
             on_source()
     return result
+
+
+@dataclass
+class ImitationArguments:
+    """Arguments of `eval/imitation.py` (a `TrlParser` dataclass; YAML config keys have the same names)."""
+
+    task: str = field(default="nli", metadata={"choices": ("nli", "paraphrase")})
+    dataset: str | None = field(default=None, metadata={"help": "varierr (nli default) or lewidi-ven / lewidi-par"})
+    split_seed: int = 0
+    generated: list[str] = field(default_factory=list, metadata=repeatable(
+        "a generations.jsonl (repeatable)", metavar="NAME=PATH"))
+    judge: str = field(default="trained", metadata={"choices": ("trained", "llm")})
+    features: str = field(default="char", metadata={"choices": FEATURES, "help": "trained judge: its features"})
+    judge_model: str | None = field(default=None, metadata={
+        "help": "LLM judge: hub id or folder (e.g. models/smollm2-135m-instruct)"})
+    judge_dtype: str = "float32"
+    judge_examples: int = field(default=3, metadata={"help": "LLM judge: history examples per annotator"})
+    limit: int | None = field(default=None, metadata={
+        "help": "judge only the first N responses of each set (LLM judge cost)"})
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    seed: int = 0
+    no_embeddings: bool = field(default=False, metadata={"help": "skip the embedding-centroid measure"})
+    judge_cache: str | None = field(default=None, metadata={
+        "help": "LLM judge: keep its judgements in this JSON file; a rerun with the same model and settings reuses "
+                "them (a killed run resumes)"})
+    output: str | None = field(default=None, metadata={"help": "JSON report"})
+    plots: str | None = field(default=None, metadata={"help": "folder for confusion-matrix PNGs"})
+
+    def __post_init__(self) -> None:
+        # Every value check happens here, while parsing: nothing is read or loaded before a bad value is refused.
+        if self.judge == "llm" and not self.judge_model:
+            raise DataError("the LLM judge needs a model", field="--judge_model")
+        if self.limit is not None and self.limit < 1:
+            raise DataError(f"limit must be at least 1, got {self.limit}", field="--limit")
+        if any(k < 1 for k in self.ks):
+            raise DataError(f"group sizes must be at least 1, got {self.ks}", field="--ks")
+        self.sources()
+
+    def sources(self) -> dict[str, str]:
+        """Name -> generations.jsonl; the report is keyed by name, so a name given twice is refused."""
+        return named_values(self.generated, "--generated")
+
+
+def run_imitation(args: ImitationArguments) -> dict:
+    """`eval/imitation.py`: the judge (trained on the annotators' training histories, or an LLM) on the real held-out
+    responses and on every generated set (`judge_sources`), a few lines on stdout, the confusion plots, and the
+    report written to `args.output`. The judge model and the outputs are checked, and every generated row read,
+    before any judging."""
+    if args.judge == "llm":
+        check_model_path(args.judge_model)
+    if args.output:
+        check_output(args.output)
+    if args.plots:
+        check_output(args.plots, folder=True)
+    space = label_space(args.task)
+    start = time.perf_counter()
+    history, heldout, heldout_items = histories_and_heldout(args.task, args.dataset, args.split_seed)
+    items = {item.id: item for item in heldout_items}
+    records = {name: read_generations(path, items) for name, path in args.sources().items()}
+    if args.judge == "llm":
+        judge = llm_judge(args.judge_model, history, dtype=args.judge_dtype, per_annotator=args.judge_examples,
+                          seed=args.seed, cache=args.judge_cache)
+    else:
+        judge = TrainedJudge(args.features, with_label=True, seed=args.seed).fit(history)
+    if args.limit:
+        heldout = heldout[: args.limit]
+        records = {name: rows[: args.limit] for name, rows in records.items()}
+    judged = judge_sources(judge, heldout, items, space, records, ks=args.ks, seed=args.seed,
+                           embeddings=not args.no_embeddings)
+    report = {"task": args.task, "judge": args.judge, "judge_model": args.judge_model, "features": args.features,
+              "split_seed": args.split_seed, "seed": args.seed, "judge_history": len(history), **judged}
+    print("\n".join(summary_lines(report)))
+    if args.plots:
+        tag = args.task if args.judge == "trained" else f"{args.task}_llm"
+        human = judged["human_heldout"]
+        plots = [("human", human, "human held-out"), *((name, rep, name) for name, rep in judged["confusion"].items())]
+        for name, rep, title in plots:
+            confusion_plot(rep, Path(args.plots) / f"confusion_{tag}_{name}.png", f"{title}: acc {rep['accuracy']:.2f}")
+    # the wall time is said, not written: the same command writes the same file
+    print(f"judged in {time.perf_counter() - start:.1f} s")
+    if args.output:
+        write_json(args.output, report)
+    return report
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The judge's human held-out accuracy, then one line per generated set and target."""
+    human = report["human_heldout"]
+    lines = [(f"{report['judge']} judge on {report['judge_history']} history responses; human held-out accuracy "
+              f"{human['accuracy']:.3f} [{human['ci_low']:.3f}, {human['ci_high']:.3f}] "
+              f"(chance {human['chance']:.2f})")]
+    for name, entry in report["sources"].items():
+        for target, row in entry.items():
+            if "attributed" not in row:
+                continue
+            unparsed = row["unparsed"]
+            if "note" in row:
+                lines.append(f"{name} {target}: {row['note']}, unparsed {unparsed}")
+            elif "target" in row:
+                single = row["attribution"][0]
+                lines.append(f"{name} {target}: recognised {single['recognised']:.3f} (k={single['k']}), label JS "
+                             f"{row['label_js_target']:.3f}, item agreement {row['item_label_agreement']:.3f}, "
+                             f"unparsed {unparsed}")
+            else:
+                lines.append(f"{name} (no target): attributed {row['attributed']}, unparsed {unparsed}")
+    return lines

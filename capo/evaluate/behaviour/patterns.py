@@ -11,17 +11,21 @@ response can show once k grows.
 Input-content reduction: words copied from the item's inputs (premise/hypothesis, or the two questions) are removed
 from the text; for embeddings, the mean embedding of the item's responses is subtracted from each of them, so what
 is left is how an annotator's response differs from the others' on the same item.
+
+`eval/patterns.py` is `PatternsArguments` and one call, `run_patterns`.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from capo.cli import repeatable
 from capo.data.schema import ANNOTATORS, Item
 from capo.errors import DataError
 
@@ -231,3 +235,54 @@ def pattern_table(rows: Sequence[Response], *, kinds: Sequence[str] = FEATURES, 
                                   "groups": len(true), "accuracy": acc, "ci_low": low, "ci_high": high,
                                   "chance": 1 / len(present)})
     return table
+
+
+@dataclass
+class PatternsArguments:
+    """Arguments of `eval/patterns.py` (a `TrlParser` dataclass; YAML config keys have the same names)."""
+
+    dataset: list[str] = field(metadata=repeatable(
+        "shipped data set name or path; repeat to pool (e.g. lewidi-par-train, lewidi-par-dev)"))
+    features: list[str] = field(default_factory=lambda: list(FEATURES), metadata={"choices": FEATURES})
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16], metadata={"help": "group sizes"})
+    folds: int = 5
+    seed: int = 0
+    no_control: bool = field(default=False, metadata={"help": "skip the shuffled-annotator control"})
+    output: str | None = field(default=None, metadata={"help": "write the table as JSON"})
+
+    def __post_init__(self) -> None:
+        # Every value check happens here, while parsing: nothing is read before a bad value is refused.
+        if any(k < 1 for k in self.ks):
+            raise DataError(f"group sizes must be at least 1, got {self.ks}", field="--ks")
+        if self.folds < 2:
+            raise DataError(f"need at least 2 folds, got {self.folds}", field="--folds")
+
+
+def run_patterns(args: PatternsArguments) -> list[dict]:
+    """`eval/patterns.py`: the `pattern_table` of the pooled data sets' responses, printed as markdown and written to
+    `args.output` (checked first, not after minutes of cross-fitting)."""
+    from capo.data.registry import load_items
+    from capo.io import check_output, write_json
+
+    if args.output:
+        check_output(args.output)
+    rows = [r for name in args.dataset for r in responses(load_items(name))]
+    start = time.perf_counter()
+    table = pattern_table(rows, kinds=args.features, ks=args.ks, seed=args.seed, folds=args.folds,
+                          control=not args.no_control)
+    print(markdown(table))
+    print(f"{len(rows)} responses, {len({r.item_id for r in rows})} items, {time.perf_counter() - start:.0f} s")
+    if args.output:
+        write_json(args.output, {"datasets": args.dataset, "seed": args.seed, "table": table})
+    return table
+
+
+def markdown(table: Sequence[dict]) -> str:
+    """One row per (features, text, annotators, k): accuracy with its 95 % interval beside chance."""
+    lines = ["| features | text | annotators | k | groups | accuracy | 95% CI | chance |",
+             "|---|---|---|---:|---:|---:|---|---:|"]
+    for r in table:
+        lines.append(f"| {r['features']} | {'reduced' if r['reduced'] else 'raw'} | {r['annotators']} | {r['k']} | "
+                     f"{r['groups']} | {r['accuracy']:.3f} | {r['ci_low']:.3f}–{r['ci_high']:.3f} | "
+                     f"{r['chance']:.2f} |")
+    return "\n".join(lines)

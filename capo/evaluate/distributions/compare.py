@@ -1,11 +1,15 @@
-"""Comparing distributions: aligning two id -> distribution maps, the 341-item baselines, reports, plots.
+"""Comparing distributions: aligning two id -> distribution maps, the 341-item baselines, reports, plots, and
+`compare_distributions`, what `eval/distributions.py` runs.
 
 Distribution files themselves are read and written by `capo.data.distributions` (`read_distributions`,
 `write_distributions`)."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +85,16 @@ def format_table(report: Mapping[str, Mapping[str, float]], columns: Sequence[st
     return "\n".join(lines)
 
 
+def format_csv(report: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> str:
+    """The table as CSV, one row per source (item counts as integers, metrics to 6 decimals)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["source", *columns])
+    for name, row in report.items():
+        writer.writerow([name, *(row[c] if isinstance(row[c], int) else f"{row[c]:.6f}" for c in columns)])
+    return buffer.getvalue()
+
+
 def ternary_plot(named: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path, title: str = "") -> None:
     """Scatter each named set of [E, N, C] distributions on one triangle, one panel per name."""
     import matplotlib
@@ -103,3 +117,65 @@ def ternary_plot(named: Mapping[str, Mapping[str, Sequence[float]]], path: str |
         fig.suptitle(title)
     save_figure(fig, path, dpi=120)
 
+
+
+@dataclass
+class DistributionsArguments:
+    """Arguments of `eval/distributions.py`: the baselines against ChaosNLI, or a model file against a human file."""
+
+    baselines: bool = field(default=False, metadata={"help": "score the 341-item baselines against ChaosNLI"})
+    human: str | None = field(default=None, metadata={"help": "human distribution JSONL (id, distribution)"})
+    model: str | None = field(default=None, metadata={"help": "model distribution JSONL (id, distribution)"})
+    json: bool = field(default=False, metadata={"help": "print a JSON object instead of a table"})
+    classification: bool = field(default=False,
+                                 metadata={"help": "add accuracy/F1 against argmax(human), soft CE"})
+    plot: str | None = field(default=None, metadata={"help": "write a ternary plot (PNG)"})
+    csv: str | None = field(default=None, metadata={"help": "also write the table as CSV"})
+    report: str | None = field(default=None, metadata={"help": "also write the report as JSON"})
+    count_items: bool = field(default=False, metadata={"help": "add each row's item count (items)"})
+    allow_partial: bool = field(default=False, metadata={
+        "help": "score a model file that covers only some of the human items (on those; the report records how many)"})
+
+    def __post_init__(self) -> None:
+        if self.baselines == bool(self.human or self.model):
+            raise DataError("give either --baselines, or both --human and --model")
+        if not self.baselines and not (self.human and self.model):
+            raise DataError("--human and --model go together")
+
+
+def compare_distributions(args: DistributionsArguments) -> dict[str, dict[str, float]]:
+    """Source -> its row (KL, JS distance, TVD, distance correlation, and what the flags add): every baseline
+    against ChaosNLI, or the model file (named by its stem) against the human file; writes the CSV, the JSON report
+    and the ternary plot asked for. A model file must cover every human item unless `allow_partial`, when the row
+    says on how many of how many (`items`, `human_items`)."""
+    from capo.data.distributions import read_distributions
+    from capo.io import atomic_write_text, check_output, write_json
+
+    for path in (args.csv, args.plot, args.report):
+        if path:
+            check_output(path)
+    if args.baselines:
+        dists = baseline_distributions()
+        report = baseline_report(dists, classification=args.classification)
+        counts = dict.fromkeys(report, len(dists["human"]))
+        plotted = {k: v for k, v in dists.items() if k != "human"}
+    else:
+        human, model = read_distributions(args.human), read_distributions(args.model)
+        ids, h, m = join(human, model, human_name=args.human, model_name=args.model, allow_partial=args.allow_partial)
+        name = Path(args.model).stem
+        report = {name: distribution_report(h, m, classification=args.classification)}
+        if args.allow_partial:  # the numbers rest on these many of the human items
+            report[name].update(items=len(ids), human_items=len(human))
+        counts = {name: len(ids)}
+        plotted = {"human": human, name: model}
+    if args.count_items:
+        for name, row in report.items():
+            row.setdefault("items", counts[name])
+    columns = list(next(iter(report.values())))
+    if args.csv:
+        atomic_write_text(args.csv, format_csv(report, columns))
+    if args.report:
+        write_json(args.report, report)
+    if args.plot:
+        ternary_plot(plotted, args.plot, title="341 VariErr items: [E, N, C] distributions")
+    return report

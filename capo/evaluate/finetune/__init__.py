@@ -11,5 +11,6 @@ thin entry points over these modules, one job each:
 - `scoring`: the comparison metrics (`capo.evaluate.distributions.metrics`) on predictions, the constant predictors.
 - `trainer`: the soft-label `Trainer`, the run signature that guards resumption, `finetune()` itself.
 - `plots`: training curves.
-- `comparison`: mean ± sd over seeds, constants, the verdict sentence, Markdown / CSV tables.
+- `comparison`: mean ± sd over seeds, constants, the verdict sentence, Markdown / CSV tables, and the runs
+  behind them (`run_comparison`: one `recipes/finetune.py` process per source and seed).
 """

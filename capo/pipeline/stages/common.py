@@ -1,5 +1,5 @@
-"""Helpers the stage groups share: the refusal of a job's arguments as the pipeline's, the generation runs a
-stage reads, the explainers that predict as annotators.
+"""Helpers the stage groups share: the refusal of a job's arguments as the pipeline's, the explainers that
+predict as annotators.
 """
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from capo.errors import DataError
-from capo.io import iter_jsonl
 from capo.pipeline import layout
 from capo.pipeline.cache import Context
 from capo.pipeline.launch import Job
@@ -30,12 +29,6 @@ def file_sha256(path: Path) -> str:
     from capo.manifest import file_sha256
 
     return file_sha256(path)
-
-
-def generations(ctx: Context, task: str) -> dict[str, list[dict]]:
-    """Run name -> records, for every generation run of `task`."""
-    return {name: [row for _, row in iter_jsonl(layout.generation_dir(ctx.root, task, name) / "generations.jsonl")]
-            for name in layout.generation_runs(ctx.args, ctx.root, task)}
 
 
 def explainer_predictors(ctx: Context) -> dict[str, str | None]:

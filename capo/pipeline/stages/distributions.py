@@ -1,5 +1,6 @@
-"""Distribution stages: MJDs (`recipes/mjd.py`) and their calibration, MJD and jury distributions against
-ChaosNLI, soft-label fine-tuning (`recipes/finetune.py`), the explainer jury.
+"""Distribution stages: MJDs (`recipes/mjd.py`) and their calibration (`eval/calibrate.py`), MJD and jury
+distributions against ChaosNLI (`eval/distributions.py`), soft-label fine-tuning (`recipes/finetune.py`), the
+explainer jury (`eval/jury.py`). Each launches those entry points and reads the files they write.
 """
 
 from __future__ import annotations
@@ -7,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from capo.errors import DataError
-from capo.io import atomic_write_text, iter_jsonl, read_json, write_json
+from capo.io import atomic_write_text, read_json, write_json
 from capo.pipeline.arguments import named_paths, overrides
 from capo.pipeline.cache import Context
-from capo.pipeline.launch import FINETUNE, MJD, launch
+from capo.pipeline.launch import CALIBRATE, DISTRIBUTIONS, FINETUNE, JURY, MJD, launch
 from capo.pipeline.progress import bar
 from capo.pipeline.stages.common import explainer_predictors, refused, slug, use_cpu
 
@@ -62,67 +63,46 @@ def run_mjd_stage(ctx: Context) -> dict:
         entry = {"folder": str(folder.relative_to(ctx.root)), "items": n_items, "config": config,
                  "explanations": parsed.explanations, "mode": parsed.mode}
         if ctx.args.calibrate:
-            entry["calibration"] = _calibrate(folder)
-            commands.append(f"python eval/calibrate.py --raw {folder}/raw_scores.jsonl --human "
-                            f"{folder}/human_chaosnli.jsonl --output {folder}/mjd_calibrated.jsonl")
+            # The items the MJD run wrote a ChaosNLI HJD for (--allow_partial: a data set may lack some).
+            calibrate = ["--raw", str(folder / "raw_scores.jsonl"), "--human", str(folder / "human_chaosnli.jsonl"),
+                         "--allow_partial", "true", "--output", str(folder / "mjd_calibrated.jsonl"),
+                         "--report", str(folder / "calibration.json")]
+            try:
+                commands.append(launch(ctx.args, CALIBRATE, calibrate))
+            except DataError as err:  # e.g. too few items for its folds: name the key that asked for calibration
+                raise err.at(field="calibrate") from None
+            entry["calibration"] = read_json(folder / "calibration.json")
         runs[name] = entry
     line = ", ".join(f"{name}: {e['items']} items" + (f", cross-fitted T {e['calibration']['temperature_mean']:.2f}"
                                                        if "calibration" in e else "") for name, e in runs.items())
     return {"line": line, "runs": runs, "commands": commands}
 
 
-def _calibrate(folder: Path) -> dict:
-    """eval/calibrate.py's report and calibrated MJDs for one run folder."""
-    import numpy as np
-
-    from capo.data.distributions import read_distributions, write_distributions
-    from capo.evaluate.distributions.calibration import crossfit, label_scores, mjd_at, top_letter_shares
-    from capo.evaluate.distributions.metrics import distribution_report
-
-    raw = [row for _, row in iter_jsonl(folder / "raw_scores.jsonl")]
-    scores, human = label_scores(raw), read_distributions(folder / "human_chaosnli.jsonl")
-    ids = [i for i in scores if i in human]
-    if len(ids) < 5:
-        raise DataError(f"calibration needs at least 5 items with raw scores and ChaosNLI, got {len(ids)} (raise "
-                        "the MJD limit or set calibrate false)", field="calibrate")
-    calibrated, temperatures = crossfit(ids, scores, human, folds=5, seed=0)
-    write_distributions(folder / "mjd_calibrated.jsonl", calibrated)
-    h = np.array([human[i] for i in ids])
-    rows = {f"T={t:g}": distribution_report(h, np.array([mjd_at(scores[i], t) for i in ids])) for t in (1.0, 20.0)}
-    rows["T=cross-fitted"] = distribution_report(h, np.array([calibrated[i] for i in ids]))
-    report = {"items": len(ids), "fold_temperatures": temperatures, "temperature_mean": float(np.mean(temperatures)),
-              "top_letter_shares": top_letter_shares(raw), "rows": rows}
-    write_json(folder / "calibration.json", report)
-    return report
+def _compare(ctx: Context, argv: list[str], report: Path) -> tuple[dict, str]:
+    """`eval/distributions.py argv --count_items true --report <report>`: (its rows, its command line)."""
+    command = launch(ctx.args, DISTRIBUTIONS, [*argv, "--count_items", "true", "--report", str(report)])
+    return read_json(report), command
 
 
 def run_distributions(ctx: Context) -> dict:
     """The 341-item baselines and every MJD (raw and calibrated) against ChaosNLI (`eval/distributions.py`)."""
-    from capo.data.distributions import read_distributions
-    from capo.evaluate.distributions.compare import (
-        baseline_distributions,
-        baseline_report,
-        format_table,
-        join,
-    )
-    from capo.evaluate.distributions.metrics import distribution_report
+    from capo.evaluate.distributions.compare import format_table
 
     out = ctx.dir("distributions")
-    table = {name: {**row, "items": 341} for name, row in baseline_report(baseline_distributions()).items()}
-    commands = ["python eval/distributions.py --baselines"]
+    table, command = _compare(ctx, ["--baselines"], out / "baselines.json")
+    commands = [command]
     files_of: dict[str, str] = {}
     for name, entry in ctx.record("mjd")["summary"]["runs"].items():
         folder = ctx.root / entry["folder"]
-        human = read_distributions(folder / "human_chaosnli.jsonl")
         files = {f"mjd {name}": folder / "mjd.jsonl"}
         if (folder / "mjd_calibrated.jsonl").is_file():
             files[f"mjd {name} calibrated"] = folder / "mjd_calibrated.jsonl"
         for label, path in files.items():
-            model = read_distributions(path)
-            ids, h, m = join(human, model, human_name=str(folder / "human_chaosnli.jsonl"), model_name=str(path))
-            table[label] = {**distribution_report(h, m), "items": len(ids)}
+            rows, command = _compare(ctx, ["--human", str(folder / "human_chaosnli.jsonl"), "--model", str(path)],
+                                     out / f"{slug(label)}.json")
+            table[label] = rows[path.stem]
             files_of[label] = str(path.relative_to(ctx.root))
-            commands.append(f"python eval/distributions.py --human {folder}/human_chaosnli.jsonl --model {path}")
+            commands.append(command)
     write_json(out / "table.json", table)
     atomic_write_text(out / "table.md", format_table(table) + "\n")
     best = min((k for k in table if k.startswith("mjd ")), key=lambda k: table[k]["kl"], default=None)
@@ -180,64 +160,47 @@ def run_finetune(ctx: Context) -> dict:
     return {"line": line, "rows": rows, "commands": commands}
 
 
+def _jury(ctx: Context, label: str, template: str | None, *, heldout_only: bool = False) -> tuple[dict, dict, list]:
+    """`eval/jury.py` for one predictor, then `eval/distributions.py` on its output against the same items' HJD:
+    (the jury's report, its row of the table, the two command lines)."""
+    args, out = ctx.args, ctx.dir("jury")
+    output, human = out / f"{slug(label)}.jsonl", out / f"{slug(label)}_human.jsonl"
+    argv = ["--model", args.model, *(["--explainers", template] if template else []), "--annotators",
+            *args.annotators, "--dtype", args.dtype, "--batch_size", str(args.generate_batch_size),
+            *(["--heldout_only", "true"] if heldout_only else []), "--output", str(output), "--human_output",
+            str(human), "--report", str(out / f"{slug(label)}_report.json")]
+    commands = [launch(args, JURY, argv)]
+    report = read_json(out / f"{slug(label)}_report.json")
+    rows, command = _compare(ctx, ["--human", str(human), "--model", str(output)], out / f"{slug(label)}_scores.json")
+    commands.append(command)
+    row = {**rows[output.stem], "in_training": report["output_in_training"],
+           **({"left_out": report["left_out"]} if heldout_only else {}),
+           "in_base_pretraining": report["output_in_base_pretraining"], "file": str(output.relative_to(ctx.root))}
+    return report, row, commands
+
+
 def run_jury_stage(ctx: Context) -> dict:
     """The explainer jury (`eval/jury.py`): per item of the 341, the annotators' label probabilities under their
     explainers averaged into one distribution, scored against ChaosNLI as the distributions stage scores the MJDs
     (`eval/distributions.py`); the base model alone, then SFT and CAPO per seed. Each explainer jury also has a
-    held-out-only row: its distributions on the items none of its explainers trained on (their run manifests, as
-    `run_jury` counts them), which is what `eval/jury.py --heldout_only true` writes (the same per-item scores, to
-    float rounding, from one scoring pass instead of two)."""
-    from capo.data.distributions import read_distributions, write_distributions
-    from capo.data.registry import load_items
-    from capo.evaluate.distributions.compare import join
-    from capo.evaluate.distributions.jury import run_jury
-    from capo.evaluate.distributions.metrics import distribution_report
-    from capo.generate.labels import resolve_explainers, training_overlap
-    from capo.models.corpus_lm import pretraining_item_ids
-
-    args, out = ctx.args, ctx.dir("jury")
+    held-out-only row, from `eval/jury.py --heldout_only true`: the items none of its explainers trained on (their
+    run manifests)."""
+    out = ctx.dir("jury")
     predictors = explainer_predictors(ctx)
-    items = load_items("nli341")
-    pretrained = pretraining_item_ids(args.model)  # a corpus LM's pre-training items (none for any other model)
     table, notes, commands = {}, [], []
-
-    def files(label: str) -> tuple[Path, Path]:
-        return out / f"{slug(label)}.jsonl", out / f"{slug(label)}_human.jsonl"
-
-    def score(label: str, jury: dict, human: dict, **extra) -> None:
-        ids, h, m = join(human, jury)
-        table[label] = {**distribution_report(h, m), "items": len(ids), **extra,
-                        "in_base_pretraining": len(set(ids) & pretrained),
-                        "file": str(files(label)[0].relative_to(ctx.root))}
-
     progress = bar(len(predictors), "jury", "jury")
     for name, template in predictors.items():
         label, heldout = f"jury {name}", f"jury {name} held-out only"
-        output, human_file = files(label)
-        report = run_jury(args.model, str(output), explainers=template, annotators=args.annotators,
-                          human_output=str(human_file), dtype=args.dtype, batch_size=args.generate_batch_size,
-                          log=progress.write)
-        jury, human = read_distributions(output), read_distributions(human_file)
-        score(label, jury, human, in_training=report["in_training"])
-        command = (f"python eval/jury.py --model {args.model} " + (f"--explainers '{template}' " if template else "")
-                   + f"--annotators {' '.join(args.annotators)} --dtype {args.dtype} --batch_size "
-                   f"{args.generate_batch_size}")
-        commands.append(f"{command} --output {output} --human_output {human_file} && python eval/distributions.py "
-                        f"--human {human_file} --model {output}")
+        report, table[label], ran = _jury(ctx, label, template)
+        commands += ran
         if template:
-            trained = set(training_overlap(items, resolve_explainers(template, "nli", args.annotators))["ids"])
-            if trained and len(trained) < len(jury):
-                kept = {i: d for i, d in jury.items() if i not in trained}
-                kept_human = {i: d for i, d in human.items() if i not in trained}
-                o, hf = files(heldout)
-                write_distributions(o, kept)
-                write_distributions(hf, kept_human)
-                score(heldout, kept, kept_human, in_training=0, left_out=len(trained))
-                commands.append(f"{command} --heldout_only true --output {o} --human_output {hf} && python "
-                                f"eval/distributions.py --human {hf} --model {o}")
+            trained, items = report["in_training"], report["items"]
+            if 0 < trained < items:
+                _, table[heldout], ran = _jury(ctx, heldout, template, heldout_only=True)
+                commands += ran
             else:
-                notes.append(f"no `{heldout}` row: {len(trained)} of the {len(jury)} items are in its explainers' "
-                             "training data" + (" (the full row is held out)" if not trained else ""))
+                notes.append(f"no `{heldout}` row: {trained} of the {items} items are in its explainers' training "
+                             "data" + (" (the full row is held out)" if not trained else ""))
         progress.update(1)
     progress.close()
     write_json(out / "table.json", table)

@@ -10,7 +10,7 @@ from capo.io import read_json, write_json
 from capo.pipeline import layout
 from capo.pipeline.arguments import overrides
 from capo.pipeline.cache import Context
-from capo.pipeline.launch import PERSPECTIVIST, launch
+from capo.pipeline.launch import LEWIDI, PERSPECTIVIST, launch
 from capo.pipeline.progress import bar
 from capo.pipeline.stages.common import explainer_predictors, refused, slug, use_cpu
 
@@ -53,10 +53,8 @@ def run_lewidi_explainers(ctx: Context) -> dict:
     --model`): per (item, annotator) the label probabilities under the annotator's explainer, the VEN threshold /
     Par rule chosen on dev, scored as the `lewidi` stage scores its constants. No scored item's labels choose its
     own decision: dev is scored with decisions cross-fitted over item folds of dev, test with the one fitted on all
-    of dev (each row's `decision_fit` says which).
+    of dev (each row's `decision_fit` says which). The rows are read from each run's report (`--report_output`).
     Explainers that cannot be scored honestly on a data set (`explainers_skipped`) are left out, with the reason."""
-    from capo.lewidi.explainers import predict_lewidi
-
     args, out = ctx.args, ctx.dir("lewidi_explainers")
     predictors = explainer_predictors(ctx)
     skipped = {d: reason for d in args.lewidi_datasets if (reason := explainers_skipped(args, d))}
@@ -65,27 +63,27 @@ def run_lewidi_explainers(ctx: Context) -> dict:
     rows, commands = [], []
     progress = bar(len(plan), "lewidi explainers", "run")
     for dataset, split, name in plan:
-        output = out / f"{dataset}_{split}_{slug(name)}.jsonl"
-        template = predictors[name]
-        report = predict_lewidi(dataset, split, str(output), model=args.model, explainers=template,
-                                decision="dev", decision_split="dev", dtype=args.dtype,
-                                batch_size=args.generate_batch_size, log=progress.write)
-        write_json(out / f"{dataset}_{split}_{slug(name)}_report.json", report)
+        stem, template = out / f"{dataset}_{split}_{slug(name)}", predictors[name]
+        argv = ["predict", "--dataset", dataset, "--split", split, "--decision_split", "dev", "--model", args.model,
+                *(["--explainers", template] if template else []), "--dtype", args.dtype,
+                "--batch_size", str(args.generate_batch_size), "--output", f"{stem}.jsonl",
+                "--report_output", f"{stem}_report.json"]
+        commands.append(launch(args, LEWIDI, argv))
+        report = read_json(f"{stem}_report.json")
         rows.append({"dataset": dataset, "split": split, "predictor": name, **_scores(report["scores"]),
                      "soft_mean": report["soft_mean"], "decision": report["decision"],
                      "decision_fit": report["decision_fit"],
                      **({"fold_decisions": report["fold_decisions"]} if "fold_decisions" in report else {}),
                      "in_base_pretraining": report["in_base_pretraining"]})
-        commands.append(f"python eval/lewidi.py predict --dataset {dataset} --split {split} --decision_split dev "
-                        f"--model {args.model} " + (f"--explainers '{template}' " if template else "")
-                        + f"--dtype {args.dtype} --batch_size {args.generate_batch_size} --output {output}")
         progress.update(1)
     progress.close()
     write_json(out / "scores.json", {"rows": rows, "skipped": skipped})
-    line = ", ".join(f"{r['dataset']} {r['split']} {r['predictor']} {r['perspectivist']:.3f}" for r in rows)
-    line = "perspectivist score: " + line + "".join(f"; {d.upper()} explainers skipped: {reason}"
-                                                   for d, reason in skipped.items())
+    line = "perspectivist score: " + _score_line(rows) + "".join(f"; {d.upper()} explainers skipped: {reason}"
+                                                                for d, reason in skipped.items())
     return {"line": line, "rows": rows, "skipped": skipped, "commands": commands}
+
+
+CONSTANTS = ("most_frequent", "random")  # the organisers' reference baselines (random: seed 0)
 
 
 def _lewidi_splits(dataset: str) -> list[str]:
@@ -109,29 +107,22 @@ def plan_lewidi(ctx: Context) -> None:
 
 
 def run_lewidi(ctx: Context) -> dict:
-    """LeWiDi 2025 scores (`eval/lewidi.py predict/score`): the most-frequent and random constants, and the
+    """LeWiDi 2025 scores (`eval/lewidi.py predict`, then `score`): the most-frequent and random constants, and the
     perspectivist encoder per seed when configured (`recipes/perspectivist.py`: its VEN threshold / Par rule
-    cross-fitted over item folds of dev for the dev rows, fitted on all of dev for test)."""
-    from capo.data.formats.lewidi import lewidi_split_path, read_lewidi
-    from capo.lewidi.baselines import most_frequent_predictions, random_predictions
-    from capo.lewidi.predictions import write_annotator_predictions
-    from capo.lewidi.score import score
-
+    cross-fitted over item folds of dev for the dev rows, fitted on all of dev for test). The rows are read from
+    the scores each job writes."""
     args, out = ctx.args, ctx.dir("lewidi")
     rows, commands = [], []
     for dataset in args.lewidi_datasets:
-        train = read_lewidi(lewidi_split_path(dataset, "train"), dataset)
         for split in _lewidi_splits(dataset):
-            items = read_lewidi(lewidi_split_path(dataset, split), dataset)
-            for name, predictions in (("most_frequent", most_frequent_predictions(train, items)),
-                                      ("random", random_predictions(items, 0))):
-                path = out / f"{dataset}_{split}_{name}.jsonl"
-                write_annotator_predictions(path, predictions, dataset)
+            for name in CONSTANTS:
+                where, stem = ["--dataset", dataset, "--split", split], out / f"{dataset}_{split}_{name}"
+                commands.append(launch(args, LEWIDI, ["predict", *where, "--baseline", name,
+                                                      "--output", f"{stem}.jsonl"]))
+                commands.append(launch(args, LEWIDI, ["score", *where, "--predictions", f"{stem}.jsonl",
+                                                      "--output", f"{stem}_scores.json"]))
                 rows.append({"dataset": dataset, "split": split, "predictor": name,
-                             **_scores(score(items, predictions, predictions_path=path))})
-                commands.append(f"python eval/lewidi.py predict --dataset {dataset} --split {split} --baseline "
-                                f"{name} --output {path} && python eval/lewidi.py score --dataset {dataset} --split "
-                                f"{split} --predictions {path}")
+                             **_scores(read_json(f"{stem}_scores.json"))})
         if args.perspectivist:
             for seed in args.seeds:
                 argv = perspectivist_argv(ctx, dataset, seed)
@@ -144,9 +135,13 @@ def run_lewidi(ctx: Context) -> dict:
                         rows.append({"dataset": dataset, "split": split, "predictor": f"perspectivist s{seed}",
                                      **_scores(entry["scores"]), "decision": metrics["decision"], **fit})
     write_json(out / "scores.json", rows)
-    line = ", ".join(f"{r['dataset']} {r['split']} {r['predictor']} {r['perspectivist']:.3f}" for r in rows)
-    return {"line": "perspectivist score: " + line, "rows": rows, "commands": commands}
+    return {"line": "perspectivist score: " + _score_line(rows), "rows": rows, "commands": commands}
 
 
 def _scores(report: dict) -> dict:
+    """A table row's scores from a score report (`eval/lewidi.py score`, a predict report's `scores`)."""
     return {"perspectivist": report["perspectivist"], "soft": report["soft"], "items": report["n_items"]}
+
+
+def _score_line(rows: list[dict]) -> str:
+    return ", ".join(f"{r['dataset']} {r['split']} {r['predictor']} {r['perspectivist']:.3f}" for r in rows)
