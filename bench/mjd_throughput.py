@@ -28,38 +28,45 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads s
 from capo.cli import run_main
 from capo.io import write_json
 
-LLAMA3_8B = {
-    "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 8192, "rope_theta": 500000.0,
-    "tie_word_embeddings": False,
-}
 # A corpus-LM-sized Llama: exercises the random-init path in seconds (the vocabulary is the tokenizer's).
 TINY = {
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
     "num_key_value_heads": 2, "max_position_embeddings": 4096, "rope_theta": 10000.0,
     "tie_word_embeddings": True,
 }
-SHAPES = {"llama3-8b": LLAMA3_8B, "tiny": TINY}
+# Real shapes: the configs kept in recipes/model_configs (capo.memory plans with the same files).
+SHAPES = {"llama3-8b": "llama-3-8b.json", "llama3.2-3b": "llama-3.2-3b.json", "qwen3-4b": "qwen3-4b.json",
+          "tiny": TINY}
 GPU_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense bf16/fp16, SXM
 
 
+def random_config(shape: str, tokenizer, num_hidden_layers: int | None = None):
+    """The config of a random-init model of `shape` (a key of SHAPES) with `tokenizer`'s special tokens; a real
+    shape keeps its own vocabulary size (the tokenizer uses its first ids), so embeddings and head cost what they do."""
+    from transformers import AutoConfig, LlamaConfig
+
+    from capo.memory import MODEL_CONFIGS
+
+    tokens = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+              "eos_token_id": tokenizer.eos_token_id}
+    depth = {"num_hidden_layers": num_hidden_layers} if num_hidden_layers else {}
+    if isinstance(SHAPES[shape], dict):
+        return LlamaConfig(**{**SHAPES[shape], "vocab_size": len(tokenizer), **depth}, **tokens)
+    return AutoConfig.from_pretrained(str(MODEL_CONFIGS / SHAPES[shape]), **tokens, **depth)
+
+
 def load_model(args, torch):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = getattr(torch, args.dtype)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     if args.random_init:
-        shape = dict(SHAPES[args.random_init])
-        shape.setdefault("vocab_size", len(tokenizer))
-        if args.num_hidden_layers:
-            shape["num_hidden_layers"] = args.num_hidden_layers
-        config = LlamaConfig(**shape, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
+        config = random_config(args.random_init, tokenizer, args.num_hidden_layers)
         torch.manual_seed(0)
         default = torch.get_default_dtype()
         torch.set_default_dtype(dtype)  # initialise directly in the target dtype (8B fp32 would be 32 GB)
         with torch.device(args.device):
-            model = LlamaForCausalLM(config)
+            model = AutoModelForCausalLM.from_config(config)
         torch.set_default_dtype(default)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     else:
@@ -90,6 +97,16 @@ def matmul_peak_tflops(torch, device: str, dtype, model, seconds: float = 0.5) -
     return best
 
 
+def vendor_peak(torch, device: str, dtype) -> tuple[float | None, str | None]:
+    """(peak TFLOP/s, its source) from the vendor table for a known GPU in bf16/fp16, else (None, None): the table is
+    for tensor cores only, so a CPU or fp32 run measures its peak (`matmul_peak_tflops`)."""
+    if device == "cpu" or dtype not in (torch.bfloat16, torch.float16):
+        return None, None
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
+    return peak, (f"vendor dense peak ({name})" if peak else None)
+
+
 def flops(model, stats: dict) -> float:
     """Model FLOPs of a scorer call: 2 x non-embedding params per real token, attention scores and values per
     causal (query, key) pair, and the LM head at one position per row.
@@ -104,7 +121,7 @@ def flops(model, stats: dict) -> float:
     embed = model.get_input_embeddings().weight.numel()
     head = model.get_output_embeddings().weight.numel()
     body = sum(p.numel() for p in model.parameters()) - embed - (0 if config.tie_word_embeddings else head)
-    head_dim = config.hidden_size // config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     attention = 4 * config.num_hidden_layers * config.num_attention_heads * head_dim
     return 2 * body * stats["computed_tokens"] + attention * stats["attended_pairs"] + 2 * head * stats["rows"]
 
@@ -207,14 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
             lambda n=new_tokens: seed_method(model, tokenizer, prompts, letter_ids, n, args.seed_batch_size, torch)[0])
     # Round-robin repeats, best time per method: on a shared machine, load drifts; no method gets only bad rounds.
     dtype = getattr(torch, args.dtype)
-    if args.peak_tflops:
-        peak, peak_source = args.peak_tflops, "given"
-    elif args.device != "cpu" and dtype in (torch.bfloat16, torch.float16):
-        name = torch.cuda.get_device_name()
-        peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
-        peak_source = f"vendor dense peak ({name})" if peak else None
-    else:
-        peak, peak_source = None, None  # the vendor table is for bf16/fp16 tensor cores only
+    peak, peak_source = (args.peak_tflops, "given") if args.peak_tflops else vendor_peak(torch, args.device, dtype)
     measured_peak = 0.0
     best: dict[str, float] = dict.fromkeys(methods, float("inf"))
     ours_scores = {}

@@ -1,5 +1,10 @@
-"""Precision chosen by the hardware: `dtype: auto` and `bf16: auto` mean bf16 where the device computes it natively,
-else fp32.
+"""Device and precision chosen by the hardware: `device: auto` means the accelerator, `dtype: auto` and `bf16: auto`
+mean bf16 where the device computes it natively, else fp32.
+
+The device rule (`resolve_device`), used by every model loader (explainers, judges, attribution, label scoring,
+jury, MJDs, sentence embeddings): an explicit device string wins; under `accelerate launch` / torchrun, or once a
+Trainer has set up accelerate's state, each process uses its own device (`PartialState().device`); otherwise CUDA
+when it is available, else the CPU. Inputs are then moved to the model's device by whoever feeds the model.
 
 Native bf16: a CUDA device that reports bf16 support, or a CPU whose torch kernels run AVX-512 with AVX-512 BF16 or
 AMX tiles. Elsewhere bf16 is emulated: on an AVX2-only CPU a bf16 matmul runs ~40x slower than fp32
@@ -12,6 +17,7 @@ Note: capo's `dtype: auto` is this rule, not transformers' "as stored in the che
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import sys
 import time
@@ -69,12 +75,30 @@ def cpu_native_bf16(report: dict | None = None, measure=bf16_speed_ratio) -> tup
     return ratio >= NATIVE_SPEED_RATIO, f"CPU {capability} ({report['machine']}): bf16 matmul {ratio:.2f}x fp32 speed"
 
 
-def _device_type(device) -> str:
-    if device is None:
-        import torch
+def resolve_device(device=None):
+    """The `torch.device` a model loads onto: `device` when given (a string or a torch.device; None or "auto": the
+    rule in the module docstring)."""
+    import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return getattr(device, "type", str(device).split(":")[0])
+    if device is not None and str(device) != AUTO:
+        try:
+            return torch.device(device)
+        except RuntimeError:
+            from capo.errors import DataError
+
+            raise DataError(f"unknown device {str(device)!r} (e.g. auto, cpu, cuda, cuda:1)", field="device") from None
+    state = sys.modules.get("accelerate.state")  # never imported: no accelerate state can exist
+    if state is not None and state.PartialState._shared_state:  # set up already (launch, Trainer): its device
+        return state.PartialState().device
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    # accelerate launch / torchrun name each process's GPU before any state exists (read, not initialised here)
+    local_rank = os.environ.get("LOCAL_RANK")
+    return torch.device("cuda", int(local_rank)) if local_rank else torch.device("cuda")
+
+
+def _device_type(device) -> str:
+    return resolve_device(device).type
 
 
 @functools.cache

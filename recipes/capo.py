@@ -34,6 +34,7 @@ else:
     from capo.cli import parse_arguments, run_main
     from capo.errors import DataError
     from capo.io import check_adapter_weights, check_model_path, check_output
+    from capo.memory import plan_training
     from capo.train.explainers import (
         CapoArguments,
         ExplainerScriptArguments,
@@ -97,6 +98,8 @@ else:
         if script_args.init_from == "sft":  # an SFT adapter folder without weights: one line, before any model loads
             check_adapter_weights(capo_args.format(script_args.sft_adapter))
         check_training_options(capo_args, training_args, model_args)  # this run's values, before any SFT-first
+        # on a GPU: a run that cannot fit stops here, before the model loads
+        plan_training(training_args, model_args, preference=True, shared_prefix=script_args.shared_prefix)
         train_missing_sft_adapter(script_args, capo_args, training_args, model_args, sft_first)
         return train_capo(script_args, capo_args, training_args, model_args)
 

@@ -25,6 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from capo.cli import parse_arguments, run_main
 from capo.generate.explanations import GenerateArguments, parse_adapters, run_generation
 from capo.io import check_model_path, check_output
+from capo.memory import Inference, check_memory
 
 
 def parse(argv: list[str] | None = None) -> tuple[GenerateArguments]:
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     check_model_path(args.model)
     for path in parse_adapters(args.adapters or []).values():
         check_model_path(path, kind="adapter")
+    if args.backend == "hf":  # on a GPU, before the model loads (vLLM sizes its own KV cache)
+        check_memory(args.model, lambda: Inference.for_generation(args))
     summary = run_generation(args)
     if summary["merged"]:
         print(json.dumps(summary, indent=2))

@@ -23,6 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads s
 from capo.cli import parse_arguments, run_main
 from capo.errors import DataError
 from capo.io import check_model_path, check_output
+from capo.memory import Inference, check_memory
 from capo.mjd.run import MJDScriptArguments, run_mjd
 
 
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.output_dir:  # required: run_mjd says so
         check_output(args.output_dir, folder=True)
     check_model_path(args.model_name_or_path)
+    if args.engine == "prefix_cache" or args.backend == "hf":  # on a GPU, before the model loads (vLLM sizes its own)
+        check_memory(args.model_name_or_path, lambda: Inference.for_mjd(args))
     return run_mjd(args)
 
 

@@ -1,10 +1,12 @@
-"""Train the perspectivist encoder (one MiniLM, an annotator token in the input) on a LeWiDi 2025 train split and
-write per-annotator predictions and soft labels that `eval/lewidi.py score` / `export` read.
+"""Fit a perspectivist predictor on a LeWiDi 2025 train split and write per-annotator predictions, soft labels and
+Codabench files that `eval/lewidi.py score` / `export` read: `--predictor heads` (the default: per-annotator models
+on fixed MiniLM pair features, `capo.lewidi.heads`, about a minute) or `--predictor encoder` (one fine-tuned MiniLM
+with an annotator token in the input, `capo.lewidi.perspectivist`).
 
     python recipes/perspectivist.py --config recipes/configs/perspectivist_cpu.yaml --dataset ven \
         --predict_splits dev,test --output_dir runs/persp/ven_s0 --seed 0
     python recipes/perspectivist.py --config recipes/configs/perspectivist_cpu.yaml --dataset par \
-        --output_dir runs/persp/par_s0 --num_train_epochs 5
+        --predictor encoder --output_dir runs/persp/par_enc_s0 --num_train_epochs 5
     python eval/lewidi.py score --dataset ven --split test --predictions runs/persp/ven_s0/predictions_test.jsonl
 
 Defaults are `capo.lewidi.perspectivist.CPU_TRAINING_DEFAULTS`; a `--config` YAML replaces them, and every flag
@@ -23,6 +25,7 @@ from transformers import TrainingArguments
 
 from capo.cli import parse_arguments, run_main
 from capo.io import check_output
+from capo.lewidi.heads import run_heads
 from capo.lewidi.perspectivist import CPU_TRAINING_DEFAULTS, PerspectivistArguments, train_perspectivist
 
 
@@ -34,8 +37,8 @@ def parse(argv: list[str] | None = None) -> tuple:
 def main(argv: list[str] | None = None) -> dict:
     script, training = parse(argv)
     check_output(training.output_dir, folder=True)
-    metrics = train_perspectivist(script, training)
-    print(json.dumps({k: metrics[k] for k in ("dataset", "seed", "decision", "splits")}, indent=2))
+    metrics = (run_heads if script.predictor == "heads" else train_perspectivist)(script, training)
+    print(json.dumps({k: metrics[k] for k in ("dataset", "predictor", "seed", "decision", "splits")}, indent=2))
     return metrics
 
 

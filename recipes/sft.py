@@ -16,6 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads s
 
 from capo.cli import parse_arguments, run_main
 from capo.io import check_model_path, check_output
+from capo.memory import plan_training
 from capo.train.explainers import (
     CapoArguments,
     ExplainerScriptArguments,
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     script_args, capo_args, training_args, model_args = parse(argv)
     check_output(capo_args.format(training_args.output_dir), folder=True)
     check_model_path(model_args.model_name_or_path)
+    plan_training(training_args, model_args)  # on a GPU: a run that cannot fit stops here, before the model loads
     return train_sft(script_args, capo_args, training_args, model_args)
 
 

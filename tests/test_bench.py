@@ -140,3 +140,33 @@ def test_train_throughput_bench(corpus_lm, tmp_path):
     # TRL and the packed code score the same tokens and give the same per-pair losses in fp32
     assert agreement["pairs"] == 2 and agreement["token_mismatches"] == 0, agreement
     assert agreement["max_abs_diff"] < 1e-4 and agreement["dtypes"] == ["torch.float32", "torch.float32"], agreement
+
+
+@pytest.mark.slow
+def test_gpu_check_tiny(corpus_lm, tmp_path):
+    """bench/gpu_check.py --tiny: the GPU path's every stage on CPU at tiny shapes (~20 s on 2 cores), with the
+    figures its table promises; TRL and the shared-prefix trainer give the same loss on the same batch."""
+    out = tmp_path / "gpu_check.json"
+    result = call_script("bench/gpu_check.py", "--tiny", "--tokenizer", corpus_lm, "--output", out)
+    _ok(result)
+    report = json.loads(out.read_text())
+    assert report["dtype"] == _precision(report["precision"])["auto_dtype"] and report["tiny"]
+    rows = {row["stage"]: row for row in report["rows"]}
+    assert list(rows) == ["setup: tokenizer, random model saved", "sft", "capo (TRL)", "capo (shared prefix)",
+                          "agreement", "generation", "labels", "mjd: ours (prefix reuse)", "mjd: ours (no prefix reuse)",
+                          "mjd: seed generate, max_new_tokens=2", "mjd: seed generate, max_new_tokens=1"]
+    for name, row in rows.items():
+        assert row["seconds"] > 0 and row["throughput"] > 0 and row["peak_memory_gib"] > 0, name
+    for name in ("sft", "capo (TRL)", "capo (shared prefix)", "mjd: ours (prefix reuse)"):
+        assert 0 < rows[name]["mfu"] < 1, name
+    # the same 8 pairs, one epoch: the packed trainer forwards fewer tokens than TRL
+    assert rows["capo (shared prefix)"]["tokens"] < rows["capo (TRL)"]["tokens"]
+    agreement = rows["agreement"]
+    assert agreement["pairs"] == 4 and agreement["rel_diff"] < 1e-3, agreement
+    assert rows["generation"]["records"] == 4 and rows["labels"]["prompts"] == 4 and rows["labels"]["finite"]
+    assert all(rows[k]["max_abs_dp_mjd"] < 0.05 for k in rows if k.startswith("mjd"))
+    summary = report["summary"]
+    assert summary["speed-up shared prefix vs TRL (same pairs)"] > 0
+    assert summary["MJD speed-up vs seed generate, max_new_tokens=2"] > 0
+    assert set(report["versions"]) == {"torch", "transformers", "trl", "peft", "accelerate", "datasets"}
+    assert "| capo (shared prefix) | tiny |" in result.stdout

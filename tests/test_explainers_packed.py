@@ -1,10 +1,12 @@
 """Shared-prefix packed CAPO: the packed forward scores every pair as if alone, the trainer's loss and gradients equal
 stock TRL `DPOTrainer`'s on the same batch and adapter, unsupported DPOConfig options are refused, and the recipe
-path trains and saves an adapter whose rewards an independent scorer reproduces."""
+path trains and saves an adapter whose rewards an independent scorer reproduces. The GPU path: chunked response
+log-probs and FlexAttention block masks equal the dense path, and DataParallel is refused."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from conftest import load_script
@@ -233,3 +235,107 @@ def test_capo_recipe_with_shared_prefix_trains(corpus_lm, tmp_path, capsys):
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
     assert err.startswith("error: shared-prefix training") and "loss_type sigmoid hinge" in err
     assert not (tmp_path / "x").exists()
+
+
+def dense_pair_logps(model, packed):
+    """The dense path the memory-efficient one replaces: every position's logits, a full log-softmax, then gather."""
+    import torch
+
+    from capo.train.packed import block_attention_mask
+
+    mask = block_attention_mask(packed, "sdpa")
+    logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], attention_mask=mask,
+                   use_cache=False).logits[0].float()
+    token = logits.log_softmax(-1)[packed["pred"], packed["target"]]
+    seg = torch.zeros(packed["n_segments"]).index_add(0, packed["segment"], token)
+    return seg[packed["chosen_segment"]], seg[packed["rejected_segment"]]
+
+
+def _lora_model_and_row(corpus_lm, attn_implementation: str = "sdpa"):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(corpus_lm, dtype=torch.float32, attn_implementation=attn_implementation)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    rows = capo_pairs(load_task_data("nli").items("train")[:6], "A2", rejected_valid="any")
+    return model, pack(group_pairs(rows, tokenizer))
+
+
+def test_chunked_response_logps_equal_the_dense_path(corpus_lm, monkeypatch):
+    """Log-probs at response positions only, a few positions per chunk (checkpointed), equal the full log-softmax
+    path per pair (fp32, 1e-5), with the same gradients; so does the fallback on the model's own logits."""
+    import torch
+
+    from capo.train import packed as packed_module
+
+    model, packed = _lora_model_and_row(corpus_lm)
+    vocab = model.config.vocab_size
+    monkeypatch.setattr(packed_module, "LOGIT_CHUNK", vocab * 7)  # 7 positions a chunk, a short last one
+    assert len(packed["pred"]) > 14 and len(packed["pred"]) % 7
+    heads = []
+    chunked = packed_module.chunked_logps
+    monkeypatch.setattr(packed_module, "chunked_logps", lambda logits_of, *a: heads.append(logits_of) or
+                        chunked(logits_of, *a))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def logps_and_gradients(path):
+        model.zero_grad()
+        chosen, rejected = path(model, packed)
+        (chosen.sum() - 2 * rejected.sum()).backward()
+        return torch.cat([chosen, rejected]).detach(), [p.grad.clone() for p in trainable]
+
+    dense, dense_grads = logps_and_gradients(dense_pair_logps)
+    for softcapping in (None, 30.0):  # 30.0: the fallback, on the model's logits (this Llama ignores the field)
+        model.config.final_logit_softcapping = softcapping
+        ours, grads = logps_and_gradients(pair_logps)
+        assert isinstance(heads[-1], torch.nn.Module) is (softcapping is None)
+        assert torch.allclose(ours, dense, rtol=1e-5, atol=0)  # sums near -270: 1e-5 absolute is one fp32 ulp
+        for a, b in zip(grads, dense_grads, strict=True):
+            assert (a - b).abs().max() <= 1e-5 * b.abs().max()  # fp32 rounding of gradients up to ~150
+
+
+@pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
+                    reason="FlexAttention on the CPU is compiled to C++ (torch inductor): no C++ compiler here")
+def test_flex_attention_block_mask_equals_the_dense_mask(corpus_lm, monkeypatch):
+    """FlexAttention with a BlockMask gives the dense mask's per-pair log-probs. On the CPU it runs forward only
+    (torch 2.13 has no FlexAttention backward there), so the trainer keeps the dense mask on the CPU and refuses a
+    flex_attention model; on CUDA it switches an sdpa model to FlexAttention."""
+    import torch
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from capo.train import packed as packed_module
+    from capo.train.packed import block_attention_mask, training_attention
+
+    sdpa, packed = _lora_model_and_row(corpus_lm)
+    flex, _ = _lora_model_and_row(corpus_lm, "flex_attention")
+    mask = block_attention_mask(packed, "flex_attention")
+    assert isinstance(mask, BlockMask) and mask.sparsity() > 0  # blocks across groups are skipped
+    with torch.no_grad():
+        dense = torch.cat(pair_logps(sdpa, packed))
+        blocks = torch.cat(pair_logps(flex, packed, mask))
+    assert torch.allclose(blocks, dense, rtol=1e-5, atol=0)
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert training_attention(sdpa, cpu) == "sdpa"
+    with pytest.raises(DataError, match="flex_attention cannot train on cpu") as err:
+        training_attention(flex, cpu)
+    assert "\n" not in str(err.value)
+    monkeypatch.setattr(packed_module, "flex_trains_on", lambda device: device.type == "cuda")  # CUDA + Triton, faked
+    assert training_attention(sdpa, cuda) == training_attention(flex, cuda) == "flex_attention"
+
+
+def test_several_gpus_in_one_process_are_refused(tmp_path):
+    """Without `accelerate launch`, Trainer would wrap the model in DataParallel, which splits the packed row's 1-D
+    index tensors along dim 0: refused in one line, before the model is touched."""
+    from trl import DPOConfig
+
+    from capo.train.packed_trainer import SharedPrefixDPOTrainer
+
+    config = DPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    config._n_gpu = 2  # what TrainingArguments counts on a machine with two visible GPUs and one process
+    with pytest.raises(DataError, match="sees 2 GPUs in one process.*accelerate launch") as err:
+        SharedPrefixDPOTrainer(model="unused", args=config, train_dataset=None)
+    assert "\n" not in str(err.value)

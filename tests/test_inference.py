@@ -1,7 +1,10 @@
 """The inference backends: HF scores equal an unpadded forward pass, batched greedy generation equals one-by-one
-generation, adapters switch by name, errors are one line. vLLM tests run only where vLLM is installed."""
+generation, adapters switch by name, errors are one line. The vLLM backend's requests and responses are checked
+against a stand-in `vllm` module; the real engine runs only where vLLM is installed."""
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import pytest
@@ -127,3 +130,88 @@ def test_vllm_agrees_with_hf(corpus_lm, adapters, prompts):
                                    hf.score_next_token(prompts, CANDIDATES, adapter), atol=1e-3)
         assert [g.text for g in vllm.generate(prompts, adapter, max_new_tokens=8)] == \
             [g.text for g in hf.generate(prompts, adapter, max_new_tokens=8)]
+
+
+class _StandInLLM:
+    """Stands in for `vllm.LLM` (CUDA only, not installed here): records the engine arguments and every `generate`
+    call; generation answers "answer K" with K+1 tokens for the K-th prompt, scoring answers each allowed token's
+    processed logit as 1000 x prompt length + token id, listed in reverse order (so a mapping by position fails)."""
+
+    def __init__(self, **kwargs) -> None:
+        self.kwargs, self.calls = kwargs, []
+        self.tokenizer = AutoTokenizer.from_pretrained(kwargs["model"])
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def generate(self, prompts, params, lora_request=None, use_tqdm=True):
+        from types import SimpleNamespace as Out
+
+        self.calls.append((prompts, params, lora_request))
+        if params.logprobs:
+            return [Out(outputs=[Out(logprobs=[{t: Out(logprob=1000.0 * len(p["prompt_token_ids"]) + t)
+                                                for t in reversed(params.allowed_token_ids)}])]) for p in prompts]
+        return [Out(prompt_token_ids=p["prompt_token_ids"], outputs=[Out(text=f"answer {k}", token_ids=[7] * (k + 1))])
+                for k, p in enumerate(prompts)]
+
+
+@pytest.fixture
+def stand_in_vllm(monkeypatch):
+    """A `vllm` package with LLM, SamplingParams, LoRARequest and TokensPrompt that record what they receive."""
+    import importlib.machinery
+    import types
+
+    modules = {name: types.ModuleType(name) for name in ("vllm", "vllm.inputs", "vllm.lora", "vllm.lora.request")}
+    modules["vllm"].__spec__ = importlib.machinery.ModuleSpec("vllm", None)  # found by `vllm_available`
+    modules["vllm"].LLM = _StandInLLM
+    modules["vllm"].SamplingParams = lambda **kw: types.SimpleNamespace(**{"allowed_token_ids": None, "logprobs": None,
+                                                                           **kw})
+    modules["vllm.inputs"].TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
+    modules["vllm.lora.request"].LoRARequest = lambda name, lora_id, path: types.SimpleNamespace(
+        name=name, id=lora_id, path=path)
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    assert vllm_available()
+
+
+def test_vllm_request_and_response_mapping(corpus_lm, prompts, stand_in_vllm):
+    backend = load_backend("vllm", str(corpus_lm), {"A1": "/adapters/a1", "A2": "/adapters/a2"}, dtype="float16",
+                           tensor_parallel_size=2, max_lora_rank=16, seed=3)
+    engine = backend.llm
+    assert engine.kwargs == {"model": str(corpus_lm), "dtype": "float16", "tensor_parallel_size": 2,
+                             "max_logprobs": 20, "logprobs_mode": "processed_logits", "seed": 3, "enable_lora": True,
+                             "max_loras": 2, "max_lora_rank": 16}
+    encoded = [engine.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+    # generation: prompts in order as token ids, one LoRA request per adapter with a stable id, settings passed on
+    greedy = backend.generate(prompts, "A2", max_new_tokens=9)
+    sent, params, lora = engine.calls[-1]
+    assert [p["prompt_token_ids"] for p in sent] == encoded
+    assert (lora.name, lora.id, lora.path) == ("A2", 2, "/adapters/a2")
+    assert (params.temperature, params.max_tokens, params.seed, params.stop, params.skip_special_tokens) == \
+        (0.0, 9, 0, None, True)
+    assert [(g.text, g.prompt_tokens, g.generated_tokens) for g in greedy] == \
+        [(f"answer {k}", len(ids), k + 1) for k, ids in enumerate(encoded)]
+    backend.generate(prompts[:1], "A1", temperature=0.7, seed=5, stop=["\n\n", ""])
+    _, params, lora = engine.calls[-1]
+    assert (lora.name, lora.id) == ("A1", 1) and (params.temperature, params.seed, params.stop) == (0.7, 5, ["\n\n"])
+    backend.generate(prompts[:1], "A2")
+    assert engine.calls[-1][2] is engine.calls[0][2]  # the same request (and id) every time
+    backend.generate(prompts[:1], None)
+    assert engine.calls[-1][2] is None  # the base model
+    with pytest.raises(DataError, match="unknown adapter 'A9' \\(loaded: A1, A2\\)"):
+        backend.generate(prompts[:1], "A9")
+
+    # scoring: one greedy token restricted to the options, a log-probability for every option, mapped back by id
+    scores = backend.score_next_token(prompts + prompts[:1], CANDIDATES, "A1")
+    sent, params, lora = engine.calls[-1]
+    ids = option_token_ids(engine.tokenizer, prompts, CANDIDATES)
+    assert [p["prompt_token_ids"] for p in sent] == encoded  # the repeated prompt is scored once
+    assert (params.max_tokens, params.temperature, params.allowed_token_ids, params.logprobs) == \
+        (1, 0.0, ids, len(CANDIDATES))
+    assert lora.id == 1
+    expected = [[1000.0 * len(row) + t for t in ids] for row in encoded + encoded[:1]]
+    np.testing.assert_array_equal(scores, np.array(expected, dtype=np.float32))
+    narrow = load_backend("vllm", str(corpus_lm), dtype="float16", max_logprobs=2)
+    with pytest.raises(DataError, match="3 options but the engine returns at most 2"):
+        narrow.score_next_token(prompts, CANDIDATES)

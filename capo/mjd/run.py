@@ -142,20 +142,21 @@ class MJDScriptArguments:
                            normalisation=self.normalisation, temperature=self.temperature, seed=self.seed)
 
 
-def _load_scorer(args: MJDScriptArguments, device):
-    """(scorer, tokenizer) for the chosen engine: our prefix-cache scorer, or a backend's own `score_next_token`."""
+def _load_scorer(args: MJDScriptArguments, device=None):
+    """(scorer, tokenizer) for the chosen engine: our prefix-cache scorer, or a backend's own `score_next_token`; an
+    HF model on `device` (None: `capo.precision.resolve_device`)."""
     from capo.generate.backends import backend_options, load_backend
     from capo.generate.backends.base import check_dtype
 
     check_dtype(args.dtype)  # before loading anything
     if args.engine == "backend":
         backend = load_backend(args.backend, args.model_name_or_path,
-                               **backend_options(args.backend, args.dtype, args.batch_size))
+                               **backend_options(args.backend, args.dtype, args.batch_size, device=device))
         return backend, backend.tokenizer
     if args.engine != "prefix_cache":
         raise DataError(f"unknown engine {args.engine!r} (valid: prefix_cache, backend)", field="engine")
     backend = load_backend("hf", args.model_name_or_path, dtype=args.dtype, batch_size=args.batch_size,
-                           device=str(device), min_shared_tokens=args.min_shared_tokens,
+                           device=device, min_shared_tokens=args.min_shared_tokens,
                            max_batch_tokens=args.max_batch_tokens)
     return backend.scorer, backend.tokenizer
 
@@ -206,7 +207,7 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
 
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only: torchrun/accelerate ranks meet over gloo
     hf_logging.disable_progress_bar()  # keep stderr for errors: one line each
-    scorer, tokenizer = _load_scorer(args, state.device)
+    scorer, tokenizer = _load_scorer(args, state.device)  # each process its own device (resolve_device's rule)
     render = lambda content: render_chat(tokenizer, content, chat_template=args.chat_template)
     # Start-up check (the scorer repeats it on every prompt it scores): the letters must be single, distinct tokens
     # at the answer position.

@@ -29,6 +29,14 @@ class PipelineArguments:
     from_stage: str | None = field(default=None, metadata={"help": "re-run this stage and every later one (--from)"})
     status: bool = field(default=False, metadata={"help": "print each stage's state and the wall time spent so far "
                                                           "(every attempt), then exit: runs nothing"})
+    dry_run: bool = field(default=False, metadata={"help": "print every enabled stage's jobs with their resolved "
+                                                             "options and the memory plan per stage, then exit: "
+                                                             "runs nothing, loads no model, writes nothing"})
+    model_config: str | None = field(default=None, metadata={
+        "help": "dry run: a transformers config.json for the memory plan where the model's own is not at hand "
+                "(default: recipes/model_configs/ for the hub ids they name, else the model's)"})
+    gpu_memory_gib: float = field(default=80.0, metadata={"help": "dry run: the GPU memory the plans are checked "
+                                                                  "against where none is visible (80: an H100)"})
     skip: list[str] = field(default_factory=list, metadata={"help": "stages to leave out (and the stages that need "
                                                                      "them); the report says which"})
     model: str = field(default="models/smollm2-135m-instruct", metadata={"help": "base LM: hub id or folder"})
@@ -165,6 +173,10 @@ class PipelineArguments:
         for name in ("sft_args", "capo_args", "mjd_args", "perspectivist_args", "finetune_args"):
             overrides(getattr(self, name), name)
         launcher_argv(self.launcher_args)
+        if self.model_config is not None:
+            check_file(self.model_config, "model_config")
+        if not self.gpu_memory_gib > 0:
+            raise DataError(f"must be more than 0, got {self.gpu_memory_gib}", field="gpu_memory_gib")
         for key in ("mjd_runs", "model_explanations"):
             for path in named_paths(getattr(self, key), key).values():
                 check_file(path, key)

@@ -5,23 +5,40 @@ All CAPO pairs of one target on one item share the prompt, and pairs with the sa
 every batch. Here each group is packed once as `prompt | chosen | rejected_1 | ... | rejected_k`, several groups
 side by side in one row without padding; a block attention mask lets every response see only the prompt and its
 own earlier tokens, and per-segment positions restart after the prompt, so each response is scored exactly as if it
-followed the prompt alone. The last prompt position predicts the first token of every response.
+followed the prompt alone. The last prompt position predicts the first token of every response. This is prefix
+sharing for DPO (arXiv 2410.20305; its reference code, frankxwang/dpo-prefix-sharing, masks with FlexAttention too).
+
+Memory, where it matters (a GPU, a 128k vocabulary, 16 groups in a row of L tokens):
+- the attention mask (`block_attention_mask`) follows the model's attention implementation. `flex_attention`: a
+  FlexAttention `BlockMask` (`create_block_mask`, compiled on CUDA so no L x L tensor is built; only the 128 x 128
+  blocks that hold visible keys are computed); the shared-prefix trainer switches an sdpa model to it on CUDA
+  (`training_attention`). `sdpa` / `eager`: a dense (1, 1, L, L) mask; the CPU uses it, since FlexAttention has no
+  backward on the CPU (torch 2.13), and so does any device or model without FlexAttention.
+- log-probabilities (`pair_logps`) are computed only at the positions that predict a response token, a chunk of
+  positions at a time, as logit[target] - logsumexp(logits) (`chunked_logps`): no L x V or full log-softmax tensor,
+  and under autograd each chunk's logits are recomputed in the backward pass, so one chunk's logits are alive at once.
 
 Distributed training: ranks get different numbers of pairs (a group holds 1-3), so the trainer divides per-pair
-sums by the pair count of the whole step (all ranks, all accumulated micro-batches), never by a per-rank mean.
+sums by the pair count of the whole step (all ranks, all accumulated micro-batches), never by a per-rank mean. It runs
+one process per GPU (`accelerate launch`), never DataParallel, which would split the row's 1-D index tensors.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from capo.errors import DataError
 from capo.train.pairs import split_prompt_completion
 
 SUPPORTED_LOSSES = ("sigmoid", "sft")
-ATTENTION = ("sdpa", "eager")  # implementations that take an arbitrary 4D mask
+ATTENTION = ("sdpa", "eager", "flex_attention")  # implementations that take a dense 4D mask or a BlockMask
+LOGIT_CHUNK = 2**26  # logits (positions x vocabulary) per chunk: 256 MiB in fp32, 512 positions of a 128k vocabulary
+# Config fields that change the logits after the output projection: there the model's own logits are used.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                     "logits_scaling")
 
 
 @dataclass
@@ -58,9 +75,9 @@ def pack(groups: Sequence[PairGroup]) -> dict:
     """One unpadded row: input ids, per-segment positions, who owns each token, and what to gather for logps.
 
     `token_block` / `token_segment` (-1 for prompt tokens) define the block attention mask (`block_attention_mask`,
-    built on the model's device: it is quadratic in length). `pred` are the positions whose logits predict a response
-    token, `target` those tokens, `segment` which response each belongs to; per pair its chosen and rejected segment
-    indices (in group order). `chosen_tokens` counts chosen tokens once per pair, as TRL's sft term does."""
+    built on the model's device). `pred` are the positions whose logits predict a response token, `target` those
+    tokens, `segment` which response each belongs to; per pair its chosen and rejected segment indices (in group
+    order). `chosen_tokens` counts chosen tokens once per pair, as TRL's sft term does."""
     import torch
 
     ids, pos, token_block, token_segment = [], [], [], []
@@ -108,19 +125,59 @@ def pack(groups: Sequence[PairGroup]) -> dict:
 
 
 def check_attention(attn_implementation: str) -> None:
-    """The packed row needs an attention implementation that takes an arbitrary 4D mask."""
+    """The packed row needs an attention implementation that takes an arbitrary 4D mask or a BlockMask."""
     if attn_implementation not in ATTENTION:
-        raise DataError(f"shared-prefix training needs attn_implementation {' or '.join(ATTENTION)} (a custom 4D "
+        raise DataError(f"shared-prefix training needs attn_implementation {' or '.join(ATTENTION)} (a custom "
                         f"attention mask), got {attn_implementation!r}")
 
 
+def flex_trains_on(device) -> bool:
+    """Whether FlexAttention runs forward and backward on `device` in this torch: CUDA (compiled with Triton); the
+    CPU runs its forward only (torch 2.13)."""
+    import importlib.util
+
+    return getattr(device, "type", str(device)) == "cuda" and importlib.util.find_spec("triton") is not None
+
+
+def training_attention(model, device) -> str:
+    """The attention the shared-prefix trainer uses for `model` on `device`: FlexAttention where it trains and the
+    model supports it (an sdpa model is switched to it; eager stays, as it is only chosen to debug), else the model's
+    own sdpa / eager with the dense mask. A model set to flex_attention where FlexAttention cannot train is refused."""
+    attention = model.config._attn_implementation
+    check_attention(attention)
+    trains = flex_trains_on(device)
+    if attention == "flex_attention" and not trains:
+        raise DataError(f"attn_implementation flex_attention cannot train on {device} (FlexAttention has no backward "
+                        "there): use sdpa, which gets a dense block mask")
+    if attention == "sdpa" and trains and getattr(model, "_supports_flex_attn", False):
+        return "flex_attention"
+    return attention
+
+
+@functools.cache
+def _compiled_create_block_mask():
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return torch.compile(create_block_mask)  # fused: never builds the L x L boolean mask
+
+
 def block_attention_mask(packed: dict, attn_implementation: str, dtype=None):
-    """(1, 1, L, L) mask on the packed row's device: a query sees earlier keys of its own block that are prompt
-    tokens or tokens of its own segment. Boolean for sdpa; additive (0 / dtype min) for eager."""
+    """The attention mask on the packed row's device: a query sees earlier keys of its own block that are prompt
+    tokens or tokens of its own segment. flex_attention: a `BlockMask` (compiled on CUDA; built from the evaluated
+    mask elsewhere); sdpa: a boolean (1, 1, L, L) mask; eager: additive (0 / dtype min)."""
     import torch
 
     check_attention(attn_implementation)
     block, seg = packed["token_block"], packed["token_segment"]
+    if attn_implementation == "flex_attention":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def visible(batch, head, q, kv):
+            return (kv <= q) & (block[kv] == block[q]) & ((seg[kv] == -1) | (seg[kv] == seg[q]))
+
+        create = _compiled_create_block_mask() if block.device.type == "cuda" else create_block_mask
+        return create(visible, None, None, len(block), len(block), device=block.device)
     index = torch.arange(len(block), device=block.device)
     visible = ((index[None, :] <= index[:, None]) & (block[None, :] == block[:, None])
                & ((seg[None, :] == -1) | (seg[None, :] == seg[:, None])))
@@ -131,17 +188,71 @@ def block_attention_mask(packed: dict, attn_implementation: str, dtype=None):
         ~visible, torch.finfo(dtype).min)[None, None]
 
 
-def pair_logps(model, packed: dict, attention_mask=None):
-    """(chosen, rejected) summed log-probs per pair, from one forward pass over the packed row.
+def _chunk_logps(logits_of: Callable, rows, target):
+    logits = logits_of(rows).float()
+    return logits.gather(-1, target[:, None])[:, 0] - logits.logsumexp(-1)
+
+
+def chunked_logps(logits_of: Callable, rows, target, vocab_size: int):
+    """log p(target[i]) from `logits_of(rows[i])`, a chunk of rows (`LOGIT_CHUNK` logits) at a time, as
+    logit[target] - logsumexp(logits). Under autograd each chunk is checkpointed: its logits are recomputed in the
+    backward pass instead of kept."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    size = max(1, LOGIT_CHUNK // vocab_size)
+    keep_graph = torch.is_grad_enabled() and (rows.requires_grad or any(
+        p.requires_grad for p in getattr(logits_of, "parameters", lambda: ())()))
+    parts = []
+    for start in range(0, len(target), size):
+        chunk = (rows[start : start + size], target[start : start + size])
+        parts.append(checkpoint(_chunk_logps, logits_of, *chunk, use_reentrant=False) if keep_graph
+                     else _chunk_logps(logits_of, *chunk))
+    return torch.cat(parts) if parts else rows.new_zeros(0, dtype=torch.float32)
+
+
+def _response_rows(model, packed: dict, attention_mask, unwrapped):
+    """(rows, logits_of, vocabulary size): what predicts each response token, and the map from a chunk of rows to
+    its logits.
+
+    The output projection's input is taken at the predicting positions (a pre-hook hands the projection an empty
+    slice instead, so the model computes no logits) and projected here in chunks. Where the model changes the logits
+    after the projection (softcapping, scaling), shards the projection (FSDP: it is only whole inside the forward) or
+    calls no projection module, its own logits are used."""
+    head = unwrapped.get_output_embeddings()
+    config = unwrapped.config.get_text_config()
+    captured = []
+    handle = None
+    sharded = type(getattr(head, "weight", None)).__name__ == "DTensor"
+    if head is not None and not sharded and not any(getattr(config, name, None) is not None
+                                                    for name in _LOGIT_TRANSFORMS):
+        def take_input(module, args):
+            captured.append(args[0])
+            return (args[0][:, :0], *args[1:])
+
+        handle = head.register_forward_pre_hook(take_input)
+    try:
+        out = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], attention_mask=attention_mask,
+                    use_cache=False, logits_to_keep=packed["pred"])
+    finally:
+        if handle is not None:
+            handle.remove()
+    if captured:
+        return captured[0][0], head, config.vocab_size
+    return out.logits[0], (lambda logits: logits), out.logits.shape[-1]
+
+
+def pair_logps(model, packed: dict, attention_mask=None, *, unwrapped=None):
+    """(chosen, rejected) summed log-probs per pair, from one forward pass over the packed row (log-probs at the
+    response positions only, in chunks: `chunked_logps`).
 
     `attention_mask` defaults to `block_attention_mask` for `model`; pass it when `model` is wrapped (DDP) or to
-    share one mask between the policy and the reference pass."""
+    share one mask between the policy and the reference pass. `unwrapped`: the model inside a DDP wrapper."""
+    unwrapped = model if unwrapped is None else unwrapped
     if attention_mask is None:
-        attention_mask = block_attention_mask(packed, model.config._attn_implementation, model.dtype)
-    # logits only at the positions that predict a response token (duplicates allowed: the last prompt position)
-    out = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], attention_mask=attention_mask,
-                use_cache=False, logits_to_keep=packed["pred"])
-    token_logps = out.logits[0].float().log_softmax(-1).gather(-1, packed["target"][:, None])[:, 0]
+        attention_mask = block_attention_mask(packed, unwrapped.config._attn_implementation, unwrapped.dtype)
+    rows, logits_of, vocab_size = _response_rows(model, packed, attention_mask, unwrapped)
+    token_logps = chunked_logps(logits_of, rows, packed["target"], vocab_size)
     seg_logps = token_logps.new_zeros(packed["n_segments"]).index_add(0, packed["segment"], token_logps)
     return seg_logps[packed["chosen_segment"]], seg_logps[packed["rejected_segment"]]
 

@@ -5,10 +5,12 @@ A batch is `per_device_train_batch_size` *groups* (1-3 pairs each). Losses: `sig
 (weighted by `loss_weights`), as TRL computes them, but averaged over all pairs (sft: chosen tokens) of the step
 across ranks and accumulated micro-batches. The reference is the frozen "ref" adapter (a copy of the starting
 adapter) or the base model with adapters disabled. Any `DPOConfig` option it does not implement is refused with a
-`DataError` (see `capo.train.packed.unsupported_options`). The idea is that of prefix sharing for DPO
-(arXiv 2410.20305); it uses private TRL API (`_prepare_dataset`, `_set_signature_columns_if_needed`, `_metrics`,
-`_total_train_tokens`, `use_adapter`), so the TRL pin and `tests/test_explainers_packed.py` (loss and gradients equal
-`DPOTrainer`'s) guard upgrades.
+`DataError` (see `capo.train.packed.unsupported_options`), and so are several GPUs in one process (DataParallel would
+split the packed row's 1-D index tensors: use `accelerate launch`). On CUDA an sdpa model trains with FlexAttention
+block masks (`capo.train.packed.training_attention`), elsewhere with a dense block mask. The idea is that of prefix
+sharing for DPO (arXiv 2410.20305); it uses private TRL API (`_prepare_dataset`, `_set_signature_columns_if_needed`,
+`_metrics`, `_total_train_tokens`, `use_adapter`), so the TRL pin and `tests/test_explainers_packed.py` (loss and
+gradients equal `DPOTrainer`'s) guard upgrades.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from trl.trainer.utils import use_adapter
 from capo.errors import DataError
 from capo.train.packed import (
     block_attention_mask,
-    check_attention,
     check_options,
     collate_groups,
     dpo_sigmoid_losses,
     group_rows,
     pair_logps,
+    training_attention,
 )
 
 
@@ -38,13 +40,20 @@ class SharedPrefixDPOTrainer(DPOTrainer):
 
     def __init__(self, model, ref_model=None, args: DPOConfig | None = None, **kwargs):
         check_options(args or DPOConfig(), ref_model)
+        if args is not None and args.n_gpu > 1:  # Trainer would wrap the model in DataParallel
+            raise DataError(f"shared-prefix training sees {args.n_gpu} GPUs in one process, where DataParallel would "
+                            "split the packed row's index tensors: run it with `accelerate launch` (one process per "
+                            "GPU), or make one GPU visible (CUDA_VISIBLE_DEVICES)")
         kwargs.setdefault("data_collator", collate_groups)
         super().__init__(model, args=args, **kwargs)
         if not isinstance(self.model, PeftModel):
             raise DataError("shared-prefix training trains a PEFT adapter: pass peft_config or a PeftModel")
         if self.aux_loss_enabled:
             raise DataError("shared-prefix training does not add the MoE router loss: set router_aux_loss_coef 0")
-        check_attention(self.model.config._attn_implementation)  # now rather than at the first step
+        base = self.model.get_base_model()
+        attention = training_attention(base, self.accelerator.device)  # now rather than at the first step
+        if attention != base.config._attn_implementation:
+            base.set_attn_implementation(attention)  # FlexAttention block masks on CUDA
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         return group_rows(dataset, processing_class, args.max_length)
@@ -69,7 +78,7 @@ class SharedPrefixDPOTrainer(DPOTrainer):
         counts = num_items_in_batch if num_items_in_batch is not None else self._step_counts([inputs])
         unwrapped = self.accelerator.unwrap_model(self.model)
         mask = block_attention_mask(inputs, unwrapped.config._attn_implementation, unwrapped.dtype)
-        chosen, rejected = pair_logps(model, inputs, mask)
+        chosen, rejected = pair_logps(model, inputs, mask, unwrapped=unwrapped)
         with (torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
               use_adapter(unwrapped, "ref" if "ref" in unwrapped.peft_config else None)):
             ref_chosen, ref_rejected = pair_logps(self.model, inputs, mask)

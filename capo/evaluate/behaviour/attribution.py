@@ -152,15 +152,17 @@ def control_annotator(annotator: str, among: Sequence[str] = ANNOTATORS) -> str:
     return pool[(pool.index(annotator) + 1) % len(pool)]
 
 
-def _load(base_path: str, adapter: str | None, dtype: str = "float32"):
-    from transformers import AutoModelForCausalLM
+def _load(base_path: str, adapter: str | None, dtype: str = "float32", device=None):
+    """The base model, with `adapter` merged into it, on `device` (None: `capo.precision.resolve_device`); scoring
+    puts its inputs on the parameters' device."""
+    from capo.generate.backends.hf import load_causal_lm
 
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=resolve_dtype(dtype))
+    model, _ = load_causal_lm(base_path, dtype, device)
     if adapter is None:
         return model
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()  # merged in place, on the model's device
 
 
 def adapter_folders(adapters: dict[str, str], seeds: Sequence[int], annotators: Sequence[str], task: str
@@ -199,6 +201,7 @@ def attribution_report(
     dtype: str = "float32",
     scores_dir: str | None = None,
     allow_unchecked_adapters: bool = False,
+    device=None,
     log=print,
 ) -> dict:
     """Win rates of base and adapted models for every target annotator, gains over base, and the control.
@@ -209,7 +212,7 @@ def attribution_report(
     run manifest) are refused, and so is an adapter without a run manifest unless `allow_unchecked_adapters` (the
     report's `unchecked_adapters` then names it); items the base model was pre-trained on (a corpus LM) are counted
     and, with `exclude_pretrained`, left out. With `scores_dir`, each model's scores are kept there as it finishes,
-    so a killed report resumes at the next model.
+    so a killed report resumes at the next model. Models load on `device` (None: `capo.precision.resolve_device`).
     """
     from pathlib import Path
 
@@ -220,7 +223,7 @@ def attribution_report(
     from capo.io import check_adapter_weights
     from capo.models.corpus_lm import pretraining_item_ids
 
-    dtype = resolve_dtype(check_dtype(dtype))  # before any model loads; auto: this machine's choice, as recorded
+    dtype = resolve_dtype(check_dtype(dtype), device)  # before any model loads; auto: this device's choice, recorded
     folders = adapter_folders(adapters, seeds, annotators, task)
     missing = [folder for _, folder in sorted(folders.items()) if not (Path(folder) / "adapter_config.json").exists()]
     if missing:
@@ -234,8 +237,8 @@ def attribution_report(
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     controls = {t: control_annotator(t, annotators) for t in annotators}
     cache = ScoreCache(scores_dir, base_path, dtype, items)
-    base_scores = cache.get("base", [None], lambda: {None: score_annotations(_load(base_path, None, dtype), tokenizer,
-                                                                            items)})[None]
+    base_scores = cache.get("base", [None], lambda: {None: score_annotations(_load(base_path, None, dtype, device),
+                                                                            tokenizer, items)})[None]
     conditioned = conditioned_kinds(adapters)
     scores = {}
     keys_of: dict[str, list[tuple[str, int, str]]] = {}  # a conditioned adapter serves several keys: load it once
@@ -243,7 +246,7 @@ def attribution_report(
         keys_of.setdefault(folders[key], []).append(key)
     for folder, keys in keys_of.items():
         def score_folder(folder=folder, keys=keys) -> dict:
-            model = _load(base_path, folder, dtype)
+            model = _load(base_path, folder, dtype, device)
             return {key: score_annotations(model, tokenizer, items, persona=key[2] if key[0] in conditioned else None)
                     for key in keys}
         scores.update(cache.get(folder, keys, score_folder))

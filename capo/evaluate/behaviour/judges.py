@@ -192,15 +192,16 @@ def histories_and_heldout(task: str, dataset: str | None = None, split_seed: int
 
 
 def llm_judge(model: str, history: Sequence[Response], *, dtype: str = "float32", per_annotator: int = 3,
-              seed: int = 0, batch_size: int = 16, cache: str | Path | None = None) -> LLMJudge:
-    """An LLM judge on a causal LM (hub id or folder): the model's chat template, the shared HF scorer; `cache`: a
-    JSON file of its judgements, reused by a rerun with the same model, dtype, history and settings."""
+              seed: int = 0, batch_size: int = 16, cache: str | Path | None = None, device=None) -> LLMJudge:
+    """An LLM judge on a causal LM (hub id or folder) on `device` (None: `capo.precision.resolve_device`, the
+    accelerator when there is one): the model's chat template, the shared HF scorer (inputs follow the model);
+    `cache`: a JSON file of its judgements, reused by a rerun with the same model, dtype, history and settings."""
     from capo.data.prompts import render_chat
     from capo.generate.backends.hf import load_causal_lm
     from capo.generate.scoring import HFScorer
 
-    lm, tokenizer = load_causal_lm(model, dtype)
-    scorer = HFScorer(lm.eval(), tokenizer, batch_size=batch_size)
+    lm, tokenizer = load_causal_lm(model, dtype, device)
+    scorer = HFScorer(lm, tokenizer, batch_size=batch_size)
     history_id = hashlib.sha256("\n".join(map(_content, history)).encode("utf-8")).hexdigest()
     settings = {"model": str(model), "dtype": dtype, "history": history_id}
     return LLMJudge(scorer.score_next_token, lambda text: render_chat(tokenizer, text), history,

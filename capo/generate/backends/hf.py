@@ -4,7 +4,8 @@ Several annotators' adapters sit on one base model (`PeftModel.load_adapter` / `
 the base model with the adapters disabled. `score_next_token` is `capo.generate.scoring.HFScorer` on this model: one
 forward pass per distinct prompt that computes only the last position's logits (no prefix reuse unless
 `min_shared_tokens` is set). Every batch is padded on the left here, whatever the tokenizer's `padding_side`.
-Under `accelerate launch` each process uses its own device (`PartialState().device`); sharding the work is the
+The model goes where `capo.precision.resolve_device` says (an explicit `device`, else each `accelerate launch`
+process's own device, else CUDA when available, else the CPU), and every input follows it; sharding the work is the
 caller's job (see `capo.generate.explanations`).
 """
 
@@ -23,21 +24,23 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:300]
 
 
-def load_causal_lm(model: str, dtype: str = "auto"):
+def load_causal_lm(model: str, dtype: str = "auto", device=None):
     """(model, tokenizer) from a hub id or local folder, in `dtype` (`capo.generate.backends.base.DTYPES`; `auto` as
-    `capo.precision` resolves it, not as stored); bad input is one line."""
+    `capo.precision` resolves it for the device, not as stored), in eval mode on `device` (None or "auto":
+    `capo.precision.resolve_device`); bad input is one line."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from capo.precision import resolve_dtype
+    from capo.precision import resolve_device, resolve_dtype
 
-    dtype = resolve_dtype(check_dtype(dtype))  # auto: bf16 where the device computes it natively, else fp32
+    device = resolve_device(device)
+    dtype = resolve_dtype(check_dtype(dtype), device)  # auto: bf16 where the device computes it natively, else fp32
     try:
         tokenizer = AutoTokenizer.from_pretrained(model)
         lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as err:
         raise DataError(f"cannot load model: {_one_line(err)}", path=str(model)) from None
-    return lm, tokenizer
+    return lm.to(device).eval(), tokenizer
 
 
 class HFBackend:
@@ -54,15 +57,12 @@ class HFBackend:
         min_shared_tokens: int | None = None,
         max_batch_tokens: int | None = None,
     ) -> None:
-        import torch
-        from accelerate import PartialState
-
         if batch_size < 1:
             raise DataError(f"batch size must be at least 1, got {batch_size}", field="batch_size")
         self.model_id = str(model)
         self.batch_size = batch_size
         self.adapter_paths = {str(name): str(path) for name, path in (adapters or {}).items()}
-        base, self.tokenizer = load_causal_lm(self.model_id, dtype)
+        base, self.tokenizer = load_causal_lm(self.model_id, dtype, device)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.adapter_paths:
@@ -76,8 +76,8 @@ class HFBackend:
                         base.load_adapter(path, adapter_name=name)
                 except (OSError, ValueError) as err:
                     raise DataError(f"cannot load adapter {name!r}: {_one_line(err)}", path=path) from None
-        self.device = torch.device(device) if device else PartialState().device
-        self.model = base.to(self.device).eval()
+        self.device = base.device  # where load_causal_lm put the base model; every input follows it
+        self.model = base.to(self.device).eval()  # the adapters too
         eos = self.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         self._eos_ids = set(eos) | ({self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set())

@@ -102,11 +102,16 @@ def variability_argv(ctx: Context, table: str) -> list[str]:
             "--output", str(out / f"{table}.json")]
 
 
+def variability_tables(args) -> list[str]:
+    """One table per task, and `nli341` where there are released LLM explanations to compare on the 341 items."""
+    return [*args.tasks, *(["nli341"] if "nli" in args.tasks and args.model_explanations else [])]
+
+
 def run_variability(ctx: Context) -> dict:
     """Explanation variability (`eval/variability.py`): per task, the generation runs beside the humans on the same
     held-out items; on the 341 items, humans vs the released LLM explanation files."""
     args = ctx.args
-    tables = [*args.tasks, *(["nli341"] if "nli" in args.tasks and args.model_explanations else [])]
+    tables = variability_tables(args)
     commands, sources = [], {}
     for table in tables:
         commands.append(launch(args, VARIABILITY, variability_argv(ctx, table)))
