@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from conftest import call_script, run_script
+from conftest import ROOT, call_script, run_script
 
 from capo.data.datasets import load_task_data
 from capo.data.heldout import training_record
@@ -119,6 +119,7 @@ def test_smollm2_dtype_bench(corpus_lm, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # five training processes (~45 s): `make test-all`; `make test` imports it below
 def test_train_throughput_bench(corpus_lm, tmp_path):
     """Five variants, each in its own process (peak memory is its own): ~45 s on 2 cores, mostly interpreter and
     TRL start-up."""
@@ -143,6 +144,7 @@ def test_train_throughput_bench(corpus_lm, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # every stage of the GPU path at tiny size (~20 s): `make test-all`; `make test` imports it below
 def test_gpu_check_tiny(corpus_lm, tmp_path):
     """bench/gpu_check.py --tiny: the GPU path's every stage on CPU at tiny shapes (~20 s on 2 cores), with the
     figures its table promises; TRL and the shared-prefix trainer give the same loss on the same batch."""
@@ -170,3 +172,11 @@ def test_gpu_check_tiny(corpus_lm, tmp_path):
     assert summary["MJD speed-up vs seed generate, max_new_tokens=2"] > 0
     assert set(report["versions"]) == {"torch", "transformers", "trl", "peft", "accelerate", "datasets"}
     assert "| capo (shared prefix) | tiny |" in result.stdout
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "bench").glob("*.py")))
+def test_every_bench_script_imports_and_parses_its_help(script):
+    """A moved import fails here in every `make test` (the tiny runs above cover the rest; two of them are heavy)."""
+    result = run_script(f"bench/{script}", "--help", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage" in result.stdout.lower() or "--" in result.stdout
