@@ -303,6 +303,7 @@ def _cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
+@pytest.mark.heavy  # compiles the CPU FlexAttention kernel (~20 s cold): `make test-all`
 @pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
                     reason="FlexAttention on the CPU is compiled to C++ (torch inductor): no C++ compiler here")
 @pytest.mark.skipif(not _cpu_capability().startswith("AVX512"),
