@@ -68,24 +68,38 @@ class ArgumentParser(TrlParser):
 
     def _resolve_bf16(self, args: list[str], config: dict) -> list[str]:
         """`bf16: auto` (the default here, where TRL's is true) -> bf16 only where the training device computes it
-        natively (`capo.precision`); an explicit true still runs, with a warning where bf16 is emulated."""
+        natively (`capo.precision`), never beside fp16, and on a CPU only with `use_cpu` (transformers refuses bf16
+        on a CPU otherwise); an explicit true still runs, with a warning where bf16 is emulated."""
         if not self._has("bf16"):
             return args
+        import torch
+
         from capo.precision import resolve_bf16
 
-        use_cpu = _cli_value(args, "--use_cpu", config.get("use_cpu", False))
-        device = "cpu" if str(use_cpu).lower() in ("true", "1", "yes") else None
+        def flag(name: str, default) -> bool:
+            return str(_cli_value(args, name, config.get(name.lstrip("-"), default))).lower() in ("true", "1", "yes")
+
         value = _cli_value(args, "--bf16", config.get("bf16", self.code_defaults.get("bf16", "auto")))
-        resolved = str(resolve_bf16(value, device)).lower()
+        if str(value).lower() == "auto" and (flag("--fp16", False)
+                                             or not (flag("--use_cpu", False) or torch.cuda.is_available())):
+            value = "false"
+        resolved = str(resolve_bf16(value, "cpu" if flag("--use_cpu", False) else None)).lower()
         self._bf16_resolved = resolved == "true"
-        args = [a for a in args if not a.startswith("--bf16=")]
-        if "--bf16" in args:
-            k = args.index("--bf16")
-            del args[k: k + 2 if k + 1 < len(args) and not args[k + 1].startswith("--") else k + 1]
-        return [*args, "--bf16", resolved]
+        kept = []
+        skip = False
+        for k, arg in enumerate(args):  # every --bf16 given (and its value) makes way for the resolved one
+            if skip:
+                skip = False
+                continue
+            if arg == "--bf16":
+                skip = k + 1 < len(args) and not args[k + 1].startswith("--")
+                continue
+            if not arg.startswith("--bf16="):
+                kept.append(arg)
+        return [*kept, "--bf16", resolved]
 
     def set_defaults_with_config(self, **kwargs) -> list[str]:
-        if "bf16" in kwargs:  # "auto" is no bool; the command line carries the resolved value (`_resolve_bf16`)
+        if "bf16" in kwargs and self._has("bf16"):  # "auto" is no bool; the command line carries the resolved value
             kwargs["bf16"] = getattr(self, "_bf16_resolved", None)
         return super().set_defaults_with_config(**kwargs)
 

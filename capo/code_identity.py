@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 PACKAGE = "capo"
+CONSTANTS = (str, bytes, int, float, bool, tuple, list, dict, frozenset, set, type(None))
 ROOT = Path(__file__).resolve().parents[1]  # the repository: capo/, recipes/, eval/
 
 
@@ -96,6 +97,17 @@ def script_files(scripts: Iterable[str]) -> dict[str, str]:
     return files
 
 
+def _canonical(value) -> str:
+    """A constant's text that is the same in every process (sets are ordered by the hash seed: sorted here)."""
+    if isinstance(value, (set, frozenset)):
+        return "{" + ", ".join(sorted(map(_canonical, value))) + "}"
+    if isinstance(value, (list, tuple)):
+        return type(value).__name__ + "(" + ", ".join(map(_canonical, value)) + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_canonical(k)}: {_canonical(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 def _source(obj) -> str | None:
     try:
         return textwrap.dedent(inspect.getsource(obj))
@@ -132,15 +144,19 @@ def callable_files(fn: Callable, follow: str = "capo.pipeline") -> dict[str, str
         scope = dict(vars(inspect.getmodule(obj)))
         if isinstance(obj, types.FunctionType):
             scope.update(inspect.getclosurevars(obj).nonlocals)
-        for name in {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)} & scope.keys():
-            refer(scope[name])
+        for name in sorted({node.id for node in ast.walk(tree) if isinstance(node, ast.Name)} & scope.keys()):
+            refer(scope[name], f"{module}:{name}")
 
-    def refer(value) -> None:
-        if isinstance(value, types.ModuleType):
+    def refer(value, where: str) -> None:
+        if isinstance(value, CONSTANTS) and not isinstance(value, type):
+            # a module-level constant the code reads (a table of settings, a Job's flags): its value counts
+            pieces[where] = hashlib.sha256(_canonical(value).encode()).hexdigest()[:16]
+        elif isinstance(value, types.ModuleType):
             if value.__name__.split(".")[0] == PACKAGE:
                 modules.add(value.__name__)
         elif hasattr(value, "script") and hasattr(value, "parse") and hasattr(value, "run"):  # a launch.Job:
             scripts.append(value.script)  # it runs its script, which imports what it runs
+            pieces[where] = hashlib.sha256(repr(value).encode()).hexdigest()[:16]  # and how (`distributed`)
         elif isinstance(value, (types.FunctionType, functools.partial, type)):
             visit(value)
 

@@ -43,6 +43,8 @@ GIB = 1024**3
 RESERVE = 1 * GIB
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 QLORA_BYTES = 0.55  # NF4: 4 bits a weight plus the block scales (double-quantised)
+INT8_BYTES = 1.05  # LLM.int8: a byte a weight plus the row scales
+UNSET_LENGTH = 2048  # an unset max_length: TRL pads each batch to its longest row, so the full context overstates it
 ADAM_BYTES = 16  # fp32 adapter weight, its gradient, AdamW's two moments
 GROUP_PAIRS = 3  # a shared-prefix group: one chosen response against at most the other three annotators'
 PROMPT_TOKENS = 256  # an instruction and one item, as `capo.data.prompts.user_prompt` renders them
@@ -190,12 +192,13 @@ class Training:
     bf16: bool  # mixed precision: 16-bit activations over fp32 weights
     per_device_train_batch_size: int
     per_device_eval_batch_size: int  # 0: no evaluation
-    max_length: int  # 0: the model's longest
+    max_length: int  # 0: unset (planned at UNSET_LENGTH or the model's longest, whichever is shorter)
     gradient_checkpointing: bool
     lora_r: int
     lora_target_modules: object
     lora_dropout: float
     load_in_4bit: bool
+    load_in_8bit: bool = False
 
     @classmethod
     def from_args(cls, training_args, model_args, *, preference: bool = False, shared_prefix: bool = False
@@ -210,16 +213,18 @@ class Training:
                    max_length=training_args.max_length or 0,  # None: the model's longest (`_tokens`)
                    gradient_checkpointing=bool(training_args.gradient_checkpointing), lora_r=model_args.lora_r,
                    lora_target_modules=_hashable(model_args.lora_target_modules or "all-linear"),
-                   lora_dropout=model_args.lora_dropout, load_in_4bit=bool(model_args.load_in_4bit))
+                   lora_dropout=model_args.lora_dropout, load_in_4bit=bool(model_args.load_in_4bit),
+                   load_in_8bit=bool(getattr(model_args, "load_in_8bit", False)))
 
     def _weights(self, shape: Shape) -> float:
         w = DTYPE_BYTES[self.dtype]
-        return shape.linear_params * (QLORA_BYTES if self.load_in_4bit else w) + shape.other_params * w
+        linear = QLORA_BYTES if self.load_in_4bit else INT8_BYTES if self.load_in_8bit else w
+        return shape.linear_params * linear + shape.other_params * w
 
     def _tokens(self, batch: int, shape: Shape) -> tuple[int, int]:
         """(rows, tokens) of a batch: TRL's DPO pads chosen and rejected to one batch of 2 x batch rows; the
         shared-prefix trainer packs the groups into one row."""
-        length = self.max_length or shape.max_positions
+        length = self.max_length or min(UNSET_LENGTH, shape.max_positions)
         if self.kind == "capo shared-prefix":
             return 1, batch * (GROUP_PAIRS + 1) * length
         rows = 2 * batch if self.kind == "capo" else batch

@@ -5,6 +5,7 @@ says why; a sharded run refuses to resume with other code; manifests record the 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,24 @@ def test_a_job_run_in_process_records_its_own_command(tmp_path):
     assert inside["command"] == ["recipes/mjd.py", "--config", "c.yaml"]
     assert outside["command"] != inside["command"]  # pytest's own argv again
     assert json.loads((tmp_path / "a" / "run_manifest.json").read_text())["command"] == inside["command"]
+
+
+def test_the_fingerprints_are_the_same_in_every_process():
+    import subprocess
+    import sys
+
+    code = ("from capo.code_identity import callable_files, digest_of; from capo.pipeline.stages import STAGES; "
+            "print(digest_of({s.name: digest_of(callable_files(s.run)) for s in STAGES}))")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(runs) == 1 and len(runs.pop().strip()) == 16
+
+
+def test_a_module_constant_a_stage_reads_is_part_of_its_code(monkeypatch):
+    from capo.pipeline.stages import lewidi
+
+    before = callable_files(lewidi.run_lewidi)
+    monkeypatch.setattr(lewidi, "CONSTANTS", ("most_frequent",))
+    after = callable_files(lewidi.run_lewidi)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert changed == {"capo.pipeline.stages.lewidi:CONSTANTS"}

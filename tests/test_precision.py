@@ -99,3 +99,18 @@ def test_manifests_record_what_auto_resolved_to(monkeypatch, tmp_path):
     _fake(monkeypatch, False)
     manifest = write_manifest(tmp_path, config={})
     assert manifest["precision"]["auto_dtype"] == "float32" and manifest["precision"]["native_bf16"] is False
+
+
+def test_auto_leaves_bf16_off_beside_fp16_and_on_a_cpu_without_use_cpu(monkeypatch, tmp_path):
+    from trl import SFTConfig
+
+    from capo.cli import parse_arguments
+
+    _fake(monkeypatch, True)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    out = ["--output_dir", str(tmp_path / "out")]
+    # transformers refuses bf16 on a CPU unless use_cpu, and bf16 beside fp16 anywhere: auto steps aside
+    (no_cpu_flag,) = parse_arguments((SFTConfig,), out)
+    assert no_cpu_flag.bf16 is False
+    assert _sft_config(["--bf16", "true", "--bf16", "auto"], tmp_path).bf16 is True  # the last one wins, as argparse
+    assert _sft_config(["--bf16", "auto", "--bf16"], tmp_path).bf16 is True

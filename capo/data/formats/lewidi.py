@@ -23,7 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from capo.data.formats.common import LEWIDI_DIR, check_distribution, check_explanation, nli_item_id
+from capo.data.formats.common import (
+    LEWIDI_DIR,
+    SUM_TOLERANCE,
+    check_distribution,
+    check_explanation,
+    nli_item_id,
+)
 from capo.data.schema import LIKERT, NLI, TASK_INPUTS, Annotation, Item, label_space
 from capo.errors import DataError
 from capo.io import read_json
@@ -135,7 +141,8 @@ class _Record:
     where: dict
 
 
-def _records(path: str | Path, dataset: str | None = None, *, soft_required: bool = True) -> list[_Record]:
+def _records(path: str | Path, dataset: str | None = None, *, soft_required: bool = True,
+             soft_tolerance: float = 1e-6) -> list[_Record]:
     """The one parser: every record of a VEN or Par split file, labelled or not, in file order. `dataset` (ven/par),
     when given, must match the file's `annotation task`; a labelled record needs its `soft_label` (the official
     soft targets) unless `soft_required` is false."""
@@ -194,7 +201,7 @@ def _records(path: str | Path, dataset: str | None = None, *, soft_required: boo
                 labels = {k: (parse_par_label(v, where, f"annotations.{raw}"),)
                           for k, raw, v in zip(keys, annotations, annotations.values())}
             if soft_required or row.get("soft_label") is not None:
-                soft = _soft_label(row.get("soft_label"), found, where)
+                soft = _soft_label(row.get("soft_label"), found, where, soft_tolerance)
         records.append(_Record(str(key), found, (text[fields[0]], text[fields[1]]), slots, annotators, labels, soft,
                                row, where))
     return records
@@ -215,7 +222,8 @@ def load_lewidi(path: str | Path) -> list[Item]:
     LeWiDi keys repeat across splits for different items, so `meta["split"]` is part of an item's identity.
     """
     items = []
-    for record in _records(path, soft_required=False):  # training needs labels and explanations, not soft targets
+    # Training needs labels and explanations, not soft targets: a missing or rounded soft label is no error here.
+    for record in _records(path, soft_required=False, soft_tolerance=SUM_TOLERANCE):
         where, row = record.where, record.row
         if record.labels is None:
             raise DataError("no labels: a label-less split has nothing to train or evaluate on", field="annotations",
@@ -275,7 +283,7 @@ def capo_item(item: LewidiItem) -> Item:
     return Item(id=item_id, task=task, inputs=inputs, meta={"lewidi_id": item.id})
 
 
-def _soft_label(soft, dataset: str, where: dict) -> dict:
+def _soft_label(soft, dataset: str, where: dict, tolerance: float = 1e-6) -> dict:
     """The file's soft label, read as the official scorer reads it (VEN: the "1" entry of each label)."""
     try:
         if dataset == "ven":
@@ -284,6 +292,6 @@ def _soft_label(soft, dataset: str, where: dict) -> dict:
     except (KeyError, TypeError, ValueError):
         shape = "{label: {'0': q, '1': p}} for each label" if dataset == "ven" else "a probability for each of -5..5"
         raise DataError(f"expected {shape}", field="soft_label", **where) from None
-    if abs(sum(values.values()) - 1) > 1e-6:
+    if abs(sum(values.values()) - 1) > tolerance:
         raise DataError(f"sums to {sum(values.values()):.6g}, not 1", field="soft_label", **where)
     return values
