@@ -220,7 +220,8 @@ def run_mjd(args: MJDScriptArguments, log: Callable[[str], None] = print) -> dic
 
     start = time.time()
     rank, world = state.process_index, state.num_processes
-    todo = [k for k in run.shards_of(rank, world) if k not in set(run.done())]
+    done = set(run.done())  # one look at the folder, not one per shard
+    todo = [k for k in run.shards_of(rank, world) if k not in done]
     bar = tqdm(total=len(todo), desc=f"mjd {Path(args.output_dir).name}", unit="shard", disable=rank != 0,
                leave=False)  # the main process's shards stand for all of them
     written = score_shards(run, explanations, scorer, settings, render, keep_prompts=args.save_raw_scores,
