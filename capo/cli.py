@@ -188,16 +188,18 @@ def repeatable(help: str, **metadata) -> dict:
     return {"action": _Repeated, "help": help, **metadata}
 
 
-def named_values(specs: Sequence[str], field: str) -> dict[str, str]:
-    """`["capo=runs/g.jsonl"]` -> {"capo": "runs/g.jsonl"}: NAME=VALUE options, each name once (an output keyed by
-    name would lose the first of two)."""
+def named_values(specs: Sequence[str], field: str, *, what: str = "name", reserved: str = "") -> dict[str, str]:
+    """`["capo=runs/g.jsonl"]` -> {"capo": "runs/g.jsonl"}: the one parser of NAME=VALUE options, names and values
+    stripped, each name once (an output keyed by name would lose the first of two), none holding a `reserved`
+    character; `what` names a name in the duplicate's message."""
     named: dict[str, str] = {}
     for spec in specs:
-        name, sep, value = spec.partition("=")
-        if not sep or not name or not value:
+        name, sep, value = str(spec).partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value or any(c in name for c in reserved):
             raise DataError(f"expected NAME=PATH, got {spec!r}", field=field)
         if name in named:
-            raise DataError(f"name {name!r} given twice", field=field)
+            raise DataError(f"{what} {name!r} given twice", field=field)
         named[name] = value
     return named
 

@@ -184,15 +184,9 @@ class Progress:
 
 def parse_adapters(specs: Sequence[str]) -> dict[str, str]:
     """`["A1=path/or/hub-id", ...]` -> {"A1": "path/or/hub-id"}; names unique."""
-    adapters: dict[str, str] = {}
-    for spec in specs:
-        name, sep, path = str(spec).partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise DataError(f"expected NAME=PATH, got {spec!r}", field="adapters")
-        if name.strip() in adapters:
-            raise DataError(f"adapter name {name.strip()!r} given twice", field="adapters")
-        adapters[name.strip()] = path.strip()
-    return adapters
+    from capo.cli import named_values  # imports TRL's parser: only where adapters are named
+
+    return named_values(specs, "adapters", what="adapter name")
 
 
 def check_generation_options(args) -> None:

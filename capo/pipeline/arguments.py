@@ -225,17 +225,11 @@ def launcher_argv(specs: list[str]) -> list[str]:
 
 
 def named_paths(specs: list[str], name: str) -> dict[str, str]:
-    """`["none=recipes/configs/mjd_tiny_none.yaml"]` -> {"none": "recipes/configs/mjd_tiny_none.yaml"}."""
-    out: dict[str, str] = {}
-    for spec in specs:
-        key, sep, path = str(spec).partition("=")
-        key, path = key.strip(), path.strip()
-        if not sep or not key or not path or "/" in key:
-            raise DataError(f"expected NAME=PATH, got {spec!r}", field=name)
-        if key in out:
-            raise DataError(f"name {key!r} given twice", field=name)
-        out[key] = path
-    return out
+    """`["none=recipes/configs/mjd_tiny_none.yaml"]` -> {"none": "recipes/configs/mjd_tiny_none.yaml"} (a name is a
+    folder name in the run: no "/")."""
+    from capo.cli import named_values
+
+    return named_values(specs, name, reserved="/")
 
 
 def parse(argv: list[str] | None = None) -> PipelineArguments:
