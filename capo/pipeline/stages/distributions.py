@@ -50,7 +50,6 @@ def plan_mjd(ctx: Context) -> None:
 
 def run_mjd_stage(ctx: Context) -> dict:
     """MJDs per configured run (`recipes/mjd.py`), each calibrated by cross-fitting (`eval/calibrate.py`)."""
-
     from capo.data.registry import load_items
 
     runs, commands = {}, []
