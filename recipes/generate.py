@@ -1,4 +1,5 @@
-"""Per-annotator explanations for a set of items: one record per (item, annotator), sharded and resumable.
+"""Per-annotator explanations for a set of items: one record per (item, annotator), sharded and resumable; with
+--temperature T > 0, sampled: --num_samples N records per (item, annotator) (`sample` 0..N-1, --top_p, --seed).
 
     python recipes/generate.py --config recipes/configs/generate_tiny.yaml --output_dir runs/generate/tiny
     python recipes/generate.py --model meta-llama/Llama-3.1-8B-Instruct --dataset varierr --split test \\
@@ -6,9 +7,11 @@
     accelerate launch --num_processes 4 recipes/generate.py --config ...   # items sharded across processes/GPUs
     torchrun --nproc_per_node 2 recipes/generate.py --config ...           # the same on CPU-only machines
     (on CPU-only machines `accelerate launch` needs `--multi_gpu` to start more than one process)
+    python recipes/generate.py --config ... --temperature 1.0 --num_samples 5 --seed 0   # 5 sampled responses each
 
 A killed run started again with the same arguments skips the finished shards and ends with exactly the records an
-uninterrupted run writes (`generations.jsonl`). See `capo.generate.explanations` for the output layout.
+uninterrupted run writes (`generations.jsonl`), sampled ones included (seeded per shard from --seed). See
+`capo.generate.explanations` for the output layout.
 
 Items an adapter trained on (its run_manifest.json) are refused; so is an adapter without a run manifest (a hub
 adapter, a folder copied without it), unless --allow_unchecked_adapters true, which the summary and the run's

@@ -8,7 +8,7 @@ import re
 
 from conftest import ROOT
 
-STAGES = {"data": 1, "models": 1.5, "train": 2, "generate": 3, "mjd": 4, "evaluate": 5, "lewidi": 5.5, "pipeline": 6}
+STAGES = {"data": 1, "models": 1.5, "train": 2, "generate": 3, "mjd": 4, "evaluate": 5, "lewidi": 5.5, "pipeline": 6, "study": 7}
 IMPORT = re.compile(r"^\s*(?:from|import) capo\.(\w+)", re.MULTILINE)
 
 

@@ -1,4 +1,5 @@
-"""Generation at scale: one record per (item, annotator) from per-annotator LoRA explainers on one base model.
+"""Generation at scale: one record per (item, annotator) from per-annotator LoRA explainers on one base model (or
+`num_samples` records per (item, annotator), `sample` 0..n-1, when sampling at `temperature` > 0).
 
 Output folder layout::
 
@@ -8,19 +9,26 @@ Output folder layout::
     run_manifest.json        package versions, git commit, data hashes; the summary names any adapter used without
                              a run manifest (`allow_unchecked_adapters`: its training items were not checked)
 
-Units (item, annotator) are laid out in a fixed order (items in input order, annotators in the given order) and
-run by the one sharded engine, `capo.runner`: shard k belongs to process k % num_processes (`accelerate launch`
-runs several), so the merged file is the same whatever the number of processes. A killed run restarted with the
-same arguments skips the shards that exist and redoes only the unfinished ones (greedy decoding: identical
-records). A generation that does not parse as `Label: ...\\nExplanation: ...` is kept with `parsed: false`.
+Units (item, annotator, sample) are laid out in a fixed order (items in input order, annotators in the given order,
+samples 0..num_samples-1) and run by the one sharded engine, `capo.runner`: shard k belongs to process
+k % num_processes (`accelerate launch` runs several), so the merged file is the same whatever the number of
+processes. A killed run restarted with the same arguments skips the shards that exist and redoes only the unfinished
+ones, with identical records: greedy decoding (temperature 0, the default) is deterministic, and sampling draws from
+a generator seeded per shard (and adapter) from `seed` and the shard's first unit, so a shard's samples do not depend
+on which process runs it or whether the run was interrupted (they do depend on shard_size and batch_size, which the
+run signature holds). A generation that does not parse as `Label: ...\\nExplanation: ...` is kept with
+`parsed: false`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from capo.data.prompts import parse_response, prompt_messages, render_chat
 from capo.data.schema import Annotation, Item, check_annotator
@@ -41,29 +49,31 @@ class Unit:
     target: str | None = None  # prompting baselines: the annotator the base model is prompted to write as
     examples: tuple[tuple[Item, Annotation], ...] = ()  # few-shot worked examples from the target's training history
     conditioned: bool = False  # a conditioned explainer (one adapter for all annotators): the target's id in the prompt
+    sample: int = 0  # which of the (item, annotator)'s sampled responses (0 for greedy decoding)
 
     @property
     def key(self) -> str:
-        return f"{self.item.id}\t{self.annotator}"
+        return f"{self.item.id}\t{self.annotator}\t{self.sample}"
 
 
 def plan_units(items: Sequence[Item], annotators: Mapping[str, str | None], *,
                examples: Callable[[Item, str], Sequence[tuple[Item, Annotation]]] | None = None,
-               targets: Sequence[str] = (), conditioned: bool = False) -> list[Unit]:
-    """Every (item, annotator) in a fixed order; item ids must be unique (a record is keyed by id and annotator).
-    A name in `targets` is a prompting baseline: the base model prompted as that annotator, with
-    `examples(item, target)` as its worked examples; with `conditioned`, a conditioned adapter prompted with the
-    target's id."""
+               targets: Sequence[str] = (), conditioned: bool = False, samples: int = 1) -> list[Unit]:
+    """Every (item, annotator, sample) in a fixed order (samples innermost, 0..samples-1); item ids must be unique
+    (a record is keyed by id, annotator and sample). A name in `targets` is a prompting baseline: the base model
+    prompted as that annotator, with `examples(item, target)` as its worked examples; with `conditioned`, a
+    conditioned adapter prompted with the target's id."""
     seen: set[str] = set()
     for item in items:
         if item.id in seen:
             raise DataError("duplicate item id: records could not be told apart (use one LeWiDi split per run)",
                             item=item.id, field="id")
         seen.add(item.id)
-    return [Unit(item, name, adapter, target=name if name in targets else None,
-                 examples=tuple(examples(item, name)) if examples and name in targets else (),
-                 conditioned=conditioned and name in targets)
-            for item in items for name, adapter in annotators.items()]
+    units = [Unit(item, name, adapter, target=name if name in targets else None,
+                  examples=tuple(examples(item, name)) if examples and name in targets else (),
+                  conditioned=conditioned and name in targets)
+             for item in items for name, adapter in annotators.items()]
+    return [dataclasses.replace(unit, sample=k) if k else unit for unit in units for k in range(samples)]
 
 
 def few_shot_planner(train_items: Sequence[Item], k: int, seed: int):
@@ -103,7 +113,14 @@ def fit_examples(unit: Unit, tokenizer, max_prompt_tokens: int | None, max_new_t
 
 def record_key(record: dict) -> str:
     """The unit key a generation record answers (`Unit.key`)."""
-    return f"{record.get('id')}\t{record.get('annotator')}"
+    return f"{record.get('id')}\t{record.get('annotator')}\t{record.get('sample')}"
+
+
+def sampling_seed(seed: int, *parts: object) -> int:
+    """A seed in [0, 2**31) for one `generate` call, from the run's `seed` and what identifies the call (the shard's
+    first unit key, the adapter): the same for a shard whichever process runs it, and before or after a kill."""
+    digest = hashlib.sha256(json.dumps([seed, *parts], default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (1 << 31)
 
 
 def render_unit_prompt(tokenizer, unit: Unit, response_prefix: str = "") -> str:
@@ -116,27 +133,37 @@ def render_unit_prompt(tokenizer, unit: Unit, response_prefix: str = "") -> str:
 
 def explain_units(
     backend: Backend, units: Sequence[Unit], *, adapter_ids: Mapping[str, str], max_new_tokens: int,
-    prompt: Callable[[Unit], str], response_prefix: str = "", stop: Sequence[str] = (),
+    prompt: Callable[[Unit], str], response_prefix: str = "", stop: Sequence[str] = (), temperature: float = 0.0,
+    top_p: float = 1.0, seed: int = 0,
 ) -> list[dict]:
-    """Generate for one shard: one `generate` call per adapter (all its distinct prompts batched: greedy decoding
-    gives a repeated prompt the same answer, e.g. zero-shot prompting for several targets), records in unit order.
-    `prompt` ends with `response_prefix`, which each record's `raw` text starts with; decoding ends before `stop`."""
+    """Generate for one shard: one `generate` call per adapter, records in unit order. Greedy (temperature 0): all
+    its distinct prompts batched (greedy decoding gives a repeated prompt the same answer, e.g. zero-shot prompting
+    for several targets). Sampling: one row per unit (each sample, and each target sharing a prompt, is its own
+    draw), seeded by `sampling_seed(seed, first unit key, adapter)`. `prompt` ends with `response_prefix`, which
+    each record's `raw` text starts with; decoding ends before `stop`."""
     by_adapter: dict[str | None, list[int]] = {}
     for position, unit in enumerate(units):
         by_adapter.setdefault(unit.adapter, []).append(position)
     records: list[dict | None] = [None] * len(units)
     for adapter, positions in by_adapter.items():
         texts = [prompt(units[p]) for p in positions]
-        distinct = list(dict.fromkeys(texts))
-        answers = dict(zip(distinct, backend.generate(distinct, adapter=adapter, max_new_tokens=max_new_tokens,
-                                                      stop=stop), strict=True))
-        for position, text in zip(positions, texts, strict=True):
-            unit, generation = units[position], answers[text]
+        if temperature:
+            generations = backend.generate(texts, adapter=adapter, max_new_tokens=max_new_tokens, stop=stop,
+                                           temperature=temperature, top_p=top_p,
+                                           seed=sampling_seed(seed, units[positions[0]].key, adapter))
+        else:
+            distinct = list(dict.fromkeys(texts))
+            answers = dict(zip(distinct, backend.generate(distinct, adapter=adapter, max_new_tokens=max_new_tokens,
+                                                          stop=stop), strict=True))
+            generations = [answers[text] for text in texts]
+        for position, generation in zip(positions, generations, strict=True):
+            unit = units[position]
             raw = response_prefix + generation.text
             parsed = parse_response(raw, unit.item.task)
             records[position] = {
                 "id": unit.item.id,
                 "annotator": unit.annotator,
+                "sample": unit.sample,
                 "task": unit.item.task,
                 "label": parsed[0] if parsed else None,
                 "explanation": parsed[1] if parsed else None,
@@ -199,6 +226,24 @@ def check_generation_options(args) -> None:
         raise DataError("output_dir is required", field="output_dir")
 
 
+def check_sampling_options(args) -> None:
+    """temperature >= 0 (0: greedy), 0 < top_p <= 1, num_samples >= 1; more than one sample, or a top_p below 1,
+    only when sampling (greedy decoding would repeat the same text / ignore top_p)."""
+    check_positive(args, "num_samples")
+    number = lambda value: not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    if not number(args.temperature) or args.temperature < 0:
+        raise DataError(f"must be a number of at least 0 (0: greedy), got {args.temperature!r}", field="temperature")
+    if not number(args.top_p) or not 0 < args.top_p <= 1:
+        raise DataError(f"must be a number in (0, 1], got {args.top_p!r}", field="top_p")
+    if not args.temperature and args.num_samples > 1:
+        raise DataError(f"num_samples {args.num_samples} needs temperature > 0 (greedy decoding gives every sample "
+                        "the same text)", field="num_samples")
+    if not args.temperature and args.top_p < 1:
+        raise DataError(f"top_p {args.top_p} needs temperature > 0 (greedy decoding ignores it)", field="top_p")
+    if isinstance(args.seed, bool) or not isinstance(args.seed, int):
+        raise DataError(f"must be a whole number, got {args.seed!r}", field="seed")
+
+
 @dataclass
 class GenerateArguments:
     """Arguments of `recipes/generate.py` (a `TrlParser` dataclass; YAML config keys have the same names)."""
@@ -231,11 +276,24 @@ class GenerateArguments:
     allow_unchecked_adapters: bool = False  # use adapters without a run manifest (a hub adapter, a copied folder),
     # whose training items cannot be checked against the items (refused otherwise); the summary and run_manifest.json
     # name them (unchecked_adapters)
+    temperature: float = field(default=0.0, metadata={"help": (
+        "0 (the default): greedy decoding, one record per (item, annotator); above 0: sample at this temperature "
+        "(transformers' / vLLM's own sampling, no top-k cut)")})
+    num_samples: int = field(default=1, metadata={"help": (
+        "responses per (item, annotator), each a record with its `sample` index 0..num_samples-1; above 1 needs "
+        "temperature > 0")})
+    top_p: float = field(default=1.0, metadata={"help": (
+        "nucleus sampling: draw from the smallest set of tokens whose probability reaches top_p (1: no cut); below "
+        "1 needs temperature > 0")})
+    seed: int = field(default=0, metadata={"help": (
+        "sampling seed: each shard's draws are seeded from it and the shard's first unit, so a resumed run writes "
+        "the records an uninterrupted one writes (greedy records do not depend on it; a resume still needs the same)")})
 
     def __post_init__(self) -> None:
         # Every value check happens here, while parsing: a bad value never reaches the output folder.
         check_generation_options(self)
         check_positive(self, "max_prompt_tokens", optional=("max_prompt_tokens",))
+        check_sampling_options(self)
         if self.few_shot < 0:
             raise DataError(f"few_shot must be 0 or more, got {self.few_shot}", field="few_shot")
         self.annotators()
@@ -329,11 +387,13 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
 
         examples = few_shot_planner(load_splits(args.dataset, args.split_seed).items("train"), args.few_shot,
                                     args.few_shot_seed)
-    units = plan_units(items, annotators, examples=examples, targets=args.targets or (), conditioned=args.conditioned)
+    units = plan_units(items, annotators, examples=examples, targets=args.targets or (), conditioned=args.conditioned,
+                       samples=args.num_samples)
     args.dtype = resolve_dtype(check_dtype(args.dtype), "cuda" if args.backend == "vllm" else None)  # auto: recorded
     signature = {key: getattr(args, key) for key in ("split", "split_seed", "limit", "backend", "dtype", "batch_size",
                                                         "max_new_tokens", "tensor_parallel_size", "targets",
-                                                        "few_shot", "few_shot_seed", "max_prompt_tokens")}
+                                                        "few_shot", "few_shot_seed", "max_prompt_tokens",
+                                                        "temperature", "num_samples", "top_p", "seed")}
     # New keys only where used: earlier runs' signatures stay valid.
     if args.conditioned:
         signature["conditioned"] = True
@@ -350,18 +410,20 @@ def run_generation(args: GenerateArguments, *, process_index: int | None = None,
     run.check()  # before loading a model: fail fast
     main = index == 0
     if main:
-        print(f"{len(items)} items x {len(annotators)} annotators = {len(units)} records in {run.n_shards} shards; "
-              f"{len(run.done())} of {run.n_shards} shards already done", flush=True)
+        samples = f" x {args.num_samples} samples" if args.num_samples > 1 else ""
+        print(f"{len(items)} items x {len(annotators)} annotators{samples} = {len(units)} records in {run.n_shards} "
+              f"shards; {len(run.done())} of {run.n_shards} shards already done", flush=True)
     options = backend_options(args.backend, args.dtype, args.batch_size, args.tensor_parallel_size)
     backend = load_backend(args.backend, args.model, adapters, **options)
     mine = sum(len(run.shard(k)) for k in run.shards_of(index, world))
-    progress = Progress(mine, len(annotators), position=index, disable=not main)
+    progress = Progress(mine, len(annotators) * args.num_samples, position=index, disable=not main)
     limit = args.max_prompt_tokens or _context_limit(backend.tokenizer)
     prefix, stop = args.response_prefix, args.stop or ()
     fit = lambda chunk: [fit_examples(unit, backend.tokenizer, limit, args.max_new_tokens, prefix) for unit in chunk]
     run.run(lambda chunk: explain_units(backend, fit(chunk), adapter_ids=adapters, max_new_tokens=args.max_new_tokens,
                                         prompt=lambda unit: render_unit_prompt(backend.tokenizer, unit, prefix),
-                                        response_prefix=prefix, stop=stop),
+                                        response_prefix=prefix, stop=stop, temperature=args.temperature,
+                                        top_p=args.top_p, seed=args.seed),
             process_index=index, num_processes=world, progress=progress)
     throughput = progress.close()
     if process_index is None:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "docs" / "architecture.md"
 # The library's layers, lowest first: a module imports only its own layer, earlier ones and the top level
 # (tests/test_layout.py holds the same order).
-LAYERS = ("data", "models", "train", "generate", "mjd", "evaluate", "lewidi", "pipeline")
+LAYERS = ("data", "models", "train", "generate", "mjd", "evaluate", "lewidi", "pipeline", "study")
 ENTRY_POINTS = ("data_prep", "recipes", "eval", "bench")
 
 INTRO = """# Architecture

@@ -16,6 +16,7 @@ from capo.data.datasets import TaskData, load_task_data
 from capo.data.heldout import RECORD, training_record
 from capo.data.schema import check_annotator, label_space
 from capo.data.validity import predicate
+from capo.data.variants import HALVES, study_variant
 from capo.errors import DataError
 from capo.io import read_json
 from capo.manifest import write_manifest
@@ -50,6 +51,12 @@ class CapoArguments:
     )
     max_eval_rows: int | None = field(default=None, metadata={"help": "use at most this many held-out rows"})
     max_train_rows: int | None = field(default=None, metadata={"help": "use at most this many training rows"})
+    train_half: int | None = field(default=None, metadata={
+        "help": "train on one half (0 or 1) of the training items, halved with split_seed (the study: explainers on "
+                "half 0, a judge disjoint from them on half 1; capo.data.variants)"})
+    pseudo_annotators: int | None = field(default=None, metadata={
+        "help": "the pseudo-annotator control: annotator ids permuted within each item with this seed before the "
+                "rows and pairs are built, so the target is a random real annotator on each item"})
 
     def __post_init__(self) -> None:
         if self.eval_split in ("none", "None", ""):
@@ -64,6 +71,13 @@ class CapoArguments:
             raise DataError(f"unknown rejected_from {self.rejected_from!r} (valid: {', '.join(REJECTED_FROM)})")
         for name in (self.sft_valid, self.chosen_valid, self.rejected_valid):
             predicate(name)
+        if self.train_half not in (None, *HALVES):
+            raise DataError(f"unknown half {self.train_half!r} (valid: 0, 1)", field="train_half")
+
+    def task_data(self) -> TaskData:
+        """The data set the rows and pairs come from, as the study variant options cut it."""
+        data = load_task_data(self.task, self.dataset, self.split_seed)
+        return study_variant(data, self.train_half, self.pseudo_annotators, self.split_seed)
 
     def format(self, template: str) -> str:
         """`runs/capo/{task}/{annotator}` -> `runs/capo/nli/A2`."""
@@ -101,7 +115,7 @@ def build_sft_datasets(args: CapoArguments):
     rows), both filtered by `sft_valid`, and the `TaskData` they come from."""
     from datasets import Dataset
 
-    data = load_task_data(args.task, args.dataset, args.split_seed)
+    data = args.task_data()
     make = lambda split: for_annotators(sft_rows, data.items(split), args.annotator, few_shot=args.few_shot,
                                         few_shot_pool=data.items("train"), valid=args.sft_valid, seed=args.pair_seed)
     train = _limit(make("train"), args.max_train_rows)
@@ -115,7 +129,7 @@ def build_pair_datasets(args: CapoArguments):
     """(train, eval, data): preference `datasets.Dataset`s (eval pairs from held-out items only) and their `TaskData`."""
     from datasets import Dataset
 
-    data = load_task_data(args.task, args.dataset, args.split_seed)
+    data = args.task_data()
     make = lambda split: for_annotators(
         capo_pairs, data.items(split), args.annotator, rejected_from=args.rejected_from, chosen_valid=args.chosen_valid,
         rejected_valid=args.rejected_valid, max_pairs_per_item=args.max_pairs_per_item, few_shot=args.few_shot,
@@ -271,6 +285,15 @@ def _finish(trainer, training_args, config: dict, extra: dict) -> dict:
         trainer.save_metrics("all", metrics)
         data_files = sorted(p for p in DATA_DIR.rglob("*.json") if p.name.startswith(("varierr", "VariErrNLI",
                                                                                        "Paraphrase")))
+        # Each kept checkpoint is an adapter of this run at an earlier step (the study's learning curve): it gets
+        # the run's manifest with its step, so generation and scoring check it as they check the run. The record
+        # names every item of the run, a superset of what the checkpoint saw: held-out checks stay conservative.
+        for checkpoint in sorted(out.glob("checkpoint-*")):
+            if (checkpoint / "adapter_config.json").is_file():
+                step = int(checkpoint.name.rsplit("-", 1)[1])
+                write_manifest(checkpoint, config=config, data_files=data_files, seed=training_args.seed,
+                               extra={"checkpoint_of": str(out), "checkpoint_step": step,
+                                      "world_size": training_args.world_size, **extra})
         write_manifest(out, config=config, data_files=data_files, seed=training_args.seed,
                        extra={"metrics": metrics, "world_size": training_args.world_size, **extra})
     return metrics

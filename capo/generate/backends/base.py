@@ -47,10 +47,11 @@ class Backend(Protocol):
 
     def generate(
         self, prompts: list[str], adapter: str | None = None, *, max_new_tokens: int = 128, temperature: float = 0.0,
-        seed: int = 0, stop: Sequence[str] = (),
+        top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
     ) -> list[Generation]:
-        """One continuation per prompt, in input order (greedy when temperature is 0), ending before the first of
-        the `stop` strings."""
+        """One continuation per prompt, in input order (greedy when temperature is 0, else sampled at `temperature`
+        with nucleus `top_p`, reproducibly for the same `seed`, prompts and batch size: a repeated prompt is drawn
+        again), ending before the first of the `stop` strings."""
         ...
 
     def score_next_token(self, prompts: Sequence[str], options: Sequence[str], adapter: str | None = None) -> np.ndarray:

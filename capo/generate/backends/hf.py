@@ -118,21 +118,23 @@ class HFBackend:
 
     def generate(
         self, prompts: list[str], adapter: str | None = None, *, max_new_tokens: int = 128, temperature: float = 0.0,
-        seed: int = 0, stop: Sequence[str] = (),
+        top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
     ) -> list[Generation]:
         import torch
 
         encoded = self._encode(prompts)
         results: list[Generation | None] = [None] * len(prompts)
-        sampling = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
+        # Sampling is transformers' own; top_k=0 lifts the default top-50 cut (as vLLM: the full distribution).
+        sampling = ({"do_sample": False} if temperature == 0 else
+                    {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0})
         stop = [s for s in stop if s]
         if stop:  # ends a row's decoding early; the text is cut at the stop string below
             sampling.update(stop_strings=stop, tokenizer=self.tokenizer)
+        if temperature:  # once per call, not per batch: a prompt repeated in another batch is a new draw
+            torch.manual_seed(seed)  # reproducible for the same prompts and batch size
         with torch.inference_mode(), active_adapter(self.model, adapter):
             for batch in self._batches(encoded):
                 inputs = self._pad([encoded[i] for i in batch])
-                if temperature:
-                    torch.manual_seed(seed)  # reproducible for the same prompts and batch size
                 output = self.model.generate(
                     **inputs, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling
                 )

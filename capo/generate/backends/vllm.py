@@ -74,13 +74,18 @@ class VLLMBackend:
 
     def generate(
         self, prompts: list[str], adapter: str | None = None, *, max_new_tokens: int = 128, temperature: float = 0.0,
-        seed: int = 0, stop: Sequence[str] = (),
+        top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
     ) -> list[Generation]:
         from vllm import SamplingParams
 
         stop = [s for s in stop if s]  # vLLM leaves the stop string out of the text, as the HF backend does
-        params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=seed, skip_special_tokens=True,
-                                stop=stop or None)
+        options = {"temperature": temperature, "max_tokens": max_new_tokens, "skip_special_tokens": True,
+                   "stop": stop or None}
+        if temperature:  # a seed per prompt (vLLM seeds each request): a repeated prompt is a new draw, and a
+            # prompt's draw does not depend on how the engine batches it
+            params = [SamplingParams(**options, top_p=top_p, seed=seed + k) for k in range(len(prompts))]
+        else:
+            params = SamplingParams(**options, seed=seed)
         outputs = self.llm.generate(self._prompts(self._encode(prompts)), params, lora_request=self._request(adapter), use_tqdm=False)
         return [
             Generation(text=out.outputs[0].text, prompt_tokens=len(out.prompt_token_ids),

@@ -1,0 +1,1 @@
+"""The study's committed slices and the report made from them."""
