@@ -7,13 +7,15 @@
 Every label option follows the explainer's prompt and 'Label:' and is scored exactly (all its tokens) under the
 annotator's adapter; the probabilities are softmaxed over the labels and averaged over the annotators. The output is
 a distribution file ({"id", "distribution"}, [entailment, neutral, contradiction]) on the 341 ChaosNLI items by
-default, which eval/distributions.py compares with the ChaosNLI HJD beside the MJDs. A template without {annotator}
+default, which eval/distributions.py compares with the ChaosNLI HJD beside the MJDs (its table carries the constant
+predictors on the same items: uniform, and label_prior, the mean ChaosNLI-dev HJD). A template without {annotator}
 is one conditioned explainer, prompted with each annotator's id; without --explainers the base model alone answers
 (the jury's baseline). How many items the explainers trained on (their run manifests) and the base model was
-pre-trained on (a corpus LM) is printed and reported; --heldout_only true leaves out the former, --exclude_pretrained
-true the latter (the report counts both among the items written: output_in_training, output_in_base_pretraining).
-An explainer without a run manifest (a hub adapter, a copied folder) is refused, since what it trained on can be
-neither counted nor left out, unless --allow_unchecked_adapters true (the report then names it: unchecked_adapters).
+pre-trained on (a corpus LM) is printed and reported; --heldout_only true leaves out the former,
+--exclude_pretrained true the latter (the report counts both among the items written: output_in_training,
+output_in_base_pretraining). An explainer without a run manifest (a hub adapter, a copied folder) is refused, since
+what it trained on can be neither counted nor left out, unless --allow_unchecked_adapters true (the report then
+names it: unchecked_adapters).
 --report also writes the report as JSON. Library: `capo.evaluate.distributions.jury.run_jury`.
 """
 

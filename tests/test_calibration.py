@@ -12,10 +12,10 @@ from capo.errors import DataError
 from capo.evaluate.distributions.calibration import (
     crossfit,
     fit_temperature,
-    label_scores,
     mjd_at,
     top_letter_shares,
 )
+from capo.mjd.estimate import label_scores
 
 
 def test_label_scores_undo_the_option_order():

@@ -17,11 +17,14 @@ def baselines_json():
 
 
 def test_baselines_json_has_every_source_and_metric(baselines_json):
-    assert list(baselines_json) == ["uniform", "mnli_onehot", "mnli_dist", "varierr_dist", "chaosnli"]
+    assert list(baselines_json) == ["uniform", "label_prior", "mnli_onehot", "mnli_dist", "varierr_dist", "chaosnli"]
     for row in baselines_json.values():
         assert set(row) == {"kl", "jsd", "tvd", "dcorr"}
     assert baselines_json["chaosnli"] == {"kl": 0.0, "jsd": 0.0, "tvd": 0.0, "dcorr": 1.0}
-    assert baselines_json["uniform"]["dcorr"] == 0.0
+    assert baselines_json["uniform"]["dcorr"] == 0.0 == baselines_json["label_prior"]["dcorr"]  # constants
+    # The ChaosNLI-dev label prior beats uniform on the 341 items (the audit's C11 check: KL 0.330, JSD 0.281).
+    assert baselines_json["label_prior"]["kl"] == pytest.approx(0.3304, abs=1e-4)
+    assert baselines_json["label_prior"]["jsd"] < baselines_json["uniform"]["jsd"]
     # The human label distributions of 5 MNLI annotators are closer to ChaosNLI than a one-hot gold label.
     assert baselines_json["mnli_dist"]["kl"] < baselines_json["mnli_onehot"]["kl"]
     assert baselines_json["mnli_dist"]["jsd"] < baselines_json["uniform"]["jsd"]
@@ -45,7 +48,9 @@ def test_human_vs_model_files_and_plot(tmp_path):
     proc = call_script("eval/distributions.py", "--human", tmp_path / "h.jsonl", "--model", tmp_path / "m.jsonl",
                       "--json", "--plot", tmp_path / "p.png")
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)["m"]
+    report = json.loads(proc.stdout)
+    assert list(report) == ["m", "uniform", "label_prior"]  # the constants on the same items
+    report = report["m"]
     _, h, m = join(read_distributions(tmp_path / "h.jsonl"), read_distributions(tmp_path / "m.jsonl"))
     assert report["kl"] == pytest.approx(kl_per_item(h, m).mean())
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
@@ -55,6 +60,7 @@ def test_readable_table(tmp_path):
     proc = call_script("eval/distributions.py", "--baselines", "--csv", tmp_path / "t.csv")
     assert proc.returncode == 0
     assert proc.stdout.splitlines()[0] == "| source | kl | jsd | tvd | dcorr |"
+    assert "`label_prior` predicts the mean HJD of ChaosNLI dev" in proc.stdout  # the caption under the table
     assert (tmp_path / "t.csv").read_text().splitlines()[0] == "source,kl,jsd,tvd,dcorr"
 
 

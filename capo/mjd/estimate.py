@@ -13,6 +13,10 @@ Every distribution comes back in [entailment, neutral, contradiction] order. Sco
 next-token scoring interface (`capo.generate.scoring.NextTokenScorer`, options A/B/C): the fast Hugging Face scorer
 reuses shared prompt prefixes through the KV cache; any `capo.generate.backends.base.Backend` (vLLM included) scores
 through the same `score_next_token`.
+
+A run that saves its raw per-prompt letter scores (`recipes/mjd.py --save_raw_scores true`) is read back with
+`read_raw_scores`; `mjd_variants` turns one item's scores into every estimator variant the MJD tables show (p_norm,
+softmax at T = 1 and T = 20, and the log-space average, a position-bias diagnostic).
 """
 
 from __future__ import annotations
@@ -22,13 +26,16 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-from scipy.special import softmax
+from scipy.special import log_softmax, softmax
 
+from capo.data.formats.common import row_id
 from capo.data.schema import NLI, Item
 from capo.errors import DataError
 from capo.generate.scoring import NextTokenScorer
+from capo.io import iter_jsonl
 
 OPTION_LETTERS: tuple[str, ...] = ("A", "B", "C")
 OPTION_NAMES: tuple[str, ...] = ("Entailment", "Neutral", "Contradiction")  # index = NLI label index
@@ -36,6 +43,8 @@ OPTION_NAMES: tuple[str, ...] = ("Entailment", "Neutral", "Contradiction")  # in
 OPTION_ORDERS: tuple[tuple[int, ...], ...] = tuple(itertools.permutations(range(len(NLI))))
 MODES = ("none", "serial", "parallel")
 NORMALISATIONS = ("p_norm", "p_softmax", "prob")
+# The estimator variants `mjd_variants` computes from one item's raw scores (the MJD tables' rows per run).
+VARIANTS = ("p_norm", "T=1", "T=20", "log-space")
 
 INSTRUCTION = (
     "Is the statement true (entailment), undetermined (neutral) or false (contradiction) given the context? "
@@ -159,6 +168,77 @@ def to_label_order(letter_scores: np.ndarray, option_orders: Sequence[Sequence[i
     for row, order in enumerate(option_orders):
         out[row, list(order)] = letter_scores[row]
     return out
+
+
+def mjd_variants(scores: np.ndarray) -> dict[str, np.ndarray | None]:
+    """One item's MJD under each estimator variant (`VARIANTS`), from its (prompts x labels) raw scores in label order
+    (`to_label_order`; `read_raw_scores` gives them per item), every prompt's letters mapped back to labels:
+
+    - `p_norm`: s / sum(s) per prompt, averaged over prompts (the papers' default); None when a score is <= 0 (raw
+      logits can be: p_norm is then undefined);
+    - `T=1`, `T=20`: softmax(s / T) per prompt, averaged over prompts (`normalise`'s `prob` and `p_softmax`);
+    - `log-space`: softmax of the mean over prompts of the per-prompt letter log-probabilities (log_softmax(s)). A
+      position-bias diagnostic, not the papers' estimator: an additive bias b_j on the letter at position j reaches
+      each label equally often over the 6 option orders (`OPTION_ORDERS`, crossed with every explanation order), so
+      it adds the same mean(b) to every label's mean log-probability and cancels exactly in the softmax, where the
+      probability average only flattens it."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or not len(scores) or not np.isfinite(scores).all():
+        raise DataError(f"expected a non-empty (prompts x labels) array of finite scores, got shape {scores.shape}",
+                        field="scores")
+    return {
+        "p_norm": normalise(scores, "p_norm").mean(axis=0) if (scores > 0).all() else None,
+        "T=1": normalise(scores, "prob").mean(axis=0),
+        "T=20": normalise(scores, "p_softmax", 20.0).mean(axis=0),
+        "log-space": softmax(log_softmax(scores, axis=-1).mean(axis=0)),
+    }
+
+
+# --- raw scores (recipes/mjd.py --save_raw_scores true writes them: capo.mjd.run) -------------------------------
+
+
+def _row_scores(row: Mapping, where: dict) -> np.ndarray:
+    """One raw_scores.jsonl row's (prompts x labels) scores in label order; `where` locates errors."""
+    prompts = row.get("prompts")
+    if not isinstance(prompts, list) or not prompts:
+        raise DataError("no per-prompt scores (run recipes/mjd.py with --save_raw_scores true)", field="prompts",
+                        **where)
+    rows = []
+    for k, prompt in enumerate(prompts):
+        prompt = prompt if isinstance(prompt, Mapping) else {}
+        options, scores = str(prompt.get("options", "")), prompt.get("letter_scores")
+        order = [NLI.short.index(letter.lower()) for letter in options if letter.lower() in NLI.short]
+        if len(order) != len(NLI) or sorted(order) != list(range(len(NLI))) or not isinstance(scores, list) \
+                or len(scores) != len(NLI):
+            raise DataError("expected 'options' (a permutation of E, N, C) and 3 'letter_scores'",
+                            field=f"prompts[{k}]", **where)
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in scores):
+            # recipes/mjd.py never writes one: a NaN would turn the item's calibrated distribution into NaNs
+            raise DataError(f"expected 3 finite numbers, got {scores}", field=f"prompts[{k}].letter_scores", **where)
+        by_label = np.empty(len(NLI))
+        by_label[order] = scores  # letter position i shows label order[i]
+        rows.append(by_label)
+    return np.asarray(rows)
+
+
+def label_scores(raw_rows: Sequence[Mapping]) -> dict[str, np.ndarray]:
+    """item id -> (prompts x labels) raw scores in label order, from raw_scores.jsonl rows."""
+    return {str(row.get("id")): _row_scores(row, {"item": str(row.get("id"))}) for row in raw_rows}
+
+
+def read_raw_scores(path: str | Path) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """(`label_scores`, the rows) of a raw_scores.jsonl, each row checked where it stands (file:line, item, field):
+    an id (a row without one is refused, not dropped), once, and finite per-prompt scores."""
+    scores: dict[str, np.ndarray] = {}
+    rows = []
+    for line, row in iter_jsonl(path):
+        where = {"path": str(path), "line": line}
+        item = row_id(row, where, scores)
+        scores[item] = _row_scores(row, {**where, "item": item})
+        rows.append(row)
+    if not rows:
+        raise DataError("no raw scores in file", path=str(path))
+    return scores, rows
 
 
 def item_explanations(items: Sequence[Item], source: str | Mapping[str, Sequence[tuple[str, str]]]) -> dict[str, list[tuple[str, str]]]:

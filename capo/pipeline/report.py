@@ -370,7 +370,8 @@ def _distributions(report: Report) -> None:
                _table(["source", "items", "in explainers' training", "KL", "JS distance", "TVD", "distance corr."],
                       [[name, row["items"], row.get("in_training", "–"), row["kl"], row["jsd"], row["tvd"],
                         row["dcorr"]] for name, row in {**table, **juries}.items()]),
-               *([report.caption("distributions", seeds="–")] if record else []))
+               *([" ".join(f"{n}." for n in record["summary"].get("notes", [])), report.caption("distributions", seeds="–")]
+                 if record else []))
     if jury:
         report.add("`jury X`: per item, the annotators' (" + " ".join(report.args.annotators) + ") label "
                    "probabilities under their X explainers, averaged (`jury base`: the base model alone; `jury cond "

@@ -1,71 +1,25 @@
 """Calibrated MJDs (beyond the papers): the softmax temperature fitted to the human judgment distributions by
 cross-fitting, so no item's own HJD shapes the temperature applied to it.
 
-From an MJD run's raw letter scores (`recipes/mjd.py --save_raw_scores true`), each prompt's scores are put back in
-label order and MJD(T) = mean over the item's prompts of softmax(scores / T). T is fitted on four folds by minimising
-the mean KL(HJD || MJD(T)) over log T, and applied to the fifth. `calibrate` is what `eval/calibrate.py` runs.
+From an MJD run's raw letter scores (`recipes/mjd.py --save_raw_scores true`, read by
+`capo.mjd.estimate.read_raw_scores`), each prompt's scores are put back in label order and MJD(T) = mean over the
+item's prompts of softmax(scores / T). T is fitted on four folds by minimising the mean KL(HJD || MJD(T)) over log
+T, and applied to the fifth. `calibrate` is what `eval/calibrate.py` runs.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import softmax
 
-from capo.data.formats.common import row_id
 from capo.data.schema import NLI
 from capo.errors import DataError
 from capo.evaluate.distributions.metrics import kl_per_item
-from capo.io import iter_jsonl
-
-
-def _row_scores(row: Mapping, where: dict) -> np.ndarray:
-    """One raw_scores.jsonl row's (prompts x labels) scores in label order; `where` locates errors."""
-    prompts = row.get("prompts")
-    if not isinstance(prompts, list) or not prompts:
-        raise DataError("no per-prompt scores (run recipes/mjd.py with --save_raw_scores true)", field="prompts",
-                        **where)
-    rows = []
-    for k, prompt in enumerate(prompts):
-        prompt = prompt if isinstance(prompt, Mapping) else {}
-        options, scores = str(prompt.get("options", "")), prompt.get("letter_scores")
-        order = [NLI.short.index(letter.lower()) for letter in options if letter.lower() in NLI.short]
-        if len(order) != len(NLI) or sorted(order) != list(range(len(NLI))) or not isinstance(scores, list) \
-                or len(scores) != len(NLI):
-            raise DataError("expected 'options' (a permutation of E, N, C) and 3 'letter_scores'",
-                            field=f"prompts[{k}]", **where)
-        if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in scores):
-            # recipes/mjd.py never writes one: a NaN would turn the item's calibrated distribution into NaNs
-            raise DataError(f"expected 3 finite numbers, got {scores}", field=f"prompts[{k}].letter_scores", **where)
-        by_label = np.empty(len(NLI))
-        by_label[order] = scores  # letter position i shows label order[i]
-        rows.append(by_label)
-    return np.asarray(rows)
-
-
-def label_scores(raw_rows: Sequence[Mapping]) -> dict[str, np.ndarray]:
-    """item id -> (prompts x labels) raw scores in label order, from raw_scores.jsonl rows."""
-    return {str(row.get("id")): _row_scores(row, {"item": str(row.get("id"))}) for row in raw_rows}
-
-
-def read_raw_scores(path: str | Path) -> tuple[dict[str, np.ndarray], list[dict]]:
-    """(`label_scores`, the rows) of a raw_scores.jsonl, each row checked where it stands (file:line, item, field):
-    an id (a row without one is refused, not dropped), once, and finite per-prompt scores."""
-    scores: dict[str, np.ndarray] = {}
-    rows = []
-    for line, row in iter_jsonl(path):
-        where = {"path": str(path), "line": line}
-        item = row_id(row, where, scores)
-        scores[item] = _row_scores(row, {**where, "item": item})
-        rows.append(row)
-    if not rows:
-        raise DataError("no raw scores in file", path=str(path))
-    return scores, rows
+from capo.mjd.estimate import read_raw_scores
 
 
 def top_letter_shares(raw_rows: Sequence[Mapping]) -> dict[str, float]:

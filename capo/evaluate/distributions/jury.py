@@ -1,9 +1,11 @@
 """The explainer jury: the annotators' label probabilities under their explainers
 (`capo.generate.labels.LabelScorer`) averaged per item into one distribution, written as a distribution file
 (`{"id", "distribution"}`, label-space order: [entailment, neutral, contradiction] for NLI) that
-`eval/distributions.py --model` compares with the ChaosNLI HJD like an MJD. How many items any explainer trained on
-is reported (an explainer without a run manifest is refused unless `allow_unchecked_adapters`: its training items
-could be neither counted nor left out). `run_jury` is what `eval/jury.py` runs.
+`eval/distributions.py --model` compares with the ChaosNLI HJD like an MJD, beside the constant predictors on the
+same items (`uniform`; `label_prior`, the mean ChaosNLI-dev HJD: `capo.evaluate.distributions.compare`). How many
+items any explainer trained on is reported (an explainer without a run manifest is refused unless
+`allow_unchecked_adapters`: its training items could be neither counted nor left out). `run_jury` is what
+`eval/jury.py` runs.
 """
 
 from __future__ import annotations

@@ -84,30 +84,60 @@ def _compare(ctx: Context, argv: list[str], report: Path) -> tuple[dict, str]:
 
 
 def run_distributions(ctx: Context) -> dict:
-    """The 341-item baselines and every MJD (raw and calibrated) against ChaosNLI (`eval/distributions.py`)."""
-    from capo.evaluate.distributions.compare import format_table
+    """The 341-item baselines (the constants `uniform` and `label_prior` among them) and every MJD (raw and
+    calibrated) against ChaosNLI (`eval/distributions.py`); per MJD run, its estimator variants from its raw scores
+    (`--raw`; "n/a (no raw scores)" where it saved none), and the constants on its items where they are not the
+    341. `notes`: the table's caption sentences."""
+    from capo.data.distributions import read_distributions
+    from capo.data.registry import load_items
+    from capo.evaluate.distributions.compare import (
+        CONSTANTS,
+        VARIANTS_NOTE,
+        chaosnli_dev_items,
+        constants_note,
+        format_table,
+    )
+    from capo.mjd.estimate import VARIANTS
 
     out = ctx.dir("distributions")
     table, command = _compare(ctx, ["--baselines"], out / "baselines.json")
     commands = [command]
     files_of: dict[str, str] = {}
+    baseline_ids = {item.id for item in load_items("nli341")}  # what `--baselines` scores
+    notes = [constants_note(baseline_ids)]
     for name, entry in ctx.record("mjd")["summary"]["runs"].items():
         folder = ctx.root / entry["folder"]
+        human = folder / "human_chaosnli.jsonl"
         files = {f"mjd {name}": folder / "mjd.jsonl"}
         if (folder / "mjd_calibrated.jsonl").is_file():
             files[f"mjd {name} calibrated"] = folder / "mjd_calibrated.jsonl"
         for label, path in files.items():
-            rows, command = _compare(ctx, ["--human", str(folder / "human_chaosnli.jsonl"), "--model", str(path)],
+            variants = []
+            if label == f"mjd {name}":  # the run's own estimator variants (the calibrated file has none)
+                raw = folder / "raw_scores.jsonl"
+                variants = ["--raw", str(raw)] if raw.is_file() else ["--mjd_variants", "true"]
+            rows, command = _compare(ctx, ["--human", str(human), "--model", str(path), *variants],
                                      out / f"{slug(label)}.json")
             table[label] = rows[path.stem]
             files_of[label] = str(path.relative_to(ctx.root))
             commands.append(command)
+            if variants:
+                table |= {f"{label} {v}": rows[f"{path.stem} {v}"] for v in VARIANTS}
+                ids = set(read_distributions(human))
+                if ids != baseline_ids:  # the constants on the run's own items
+                    table |= {f"{c} (mjd {name} items)": rows[c] for c in CONSTANTS}
+                    n_dev = chaosnli_dev_items(ids)
+                    notes.append(f"`uniform/label_prior (mjd {name} items)`: the same constants on that run's {len(ids)} "
+                                 "items" + (f", the label prior in-sample for {n_dev} of them (ChaosNLI dev items)"
+                                            if n_dev else ""))
+    if files_of:
+        notes.append(VARIANTS_NOTE)
     write_json(out / "table.json", table)
     atomic_write_text(out / "table.md", format_table(table) + "\n")
-    best = min((k for k in table if k.startswith("mjd ")), key=lambda k: table[k]["kl"], default=None)
+    best = min(files_of, key=lambda k: table[k]["kl"], default=None)  # an MJD file, not a variant row
     line = f"{len(table)} rows" + (f"; lowest-KL MJD: {best} (KL {table[best]['kl']:.4f})" if best else "")
     return {"line": line, "table": str((out / "table.json").relative_to(ctx.root)), "best_mjd": best,
-            "best_mjd_file": files_of.get(best), "commands": commands}
+            "best_mjd_file": files_of.get(best), "commands": commands, "notes": notes}
 
 
 def finetune_argv(ctx: Context, source: str, name: str, seed: int) -> list[str]:
@@ -159,9 +189,12 @@ def run_finetune(ctx: Context) -> dict:
     return {"line": line, "rows": rows, "commands": commands}
 
 
-def _jury(ctx: Context, label: str, template: str | None, *, heldout_only: bool = False) -> tuple[dict, dict, list]:
+def _jury(ctx: Context, label: str, template: str | None, *,
+          heldout_only: bool = False) -> tuple[dict, dict, dict, list]:
     """`eval/jury.py` for one predictor, then `eval/distributions.py` on its output against the same items' HJD:
-    (the jury's report, its row of the table, the two command lines)."""
+    (the jury's report, its row of the table, the constants' rows on the same items, the two command lines)."""
+    from capo.evaluate.distributions.compare import CONSTANTS
+
     args, out = ctx.args, ctx.dir("jury")
     output, human = out / f"{slug(label)}.jsonl", out / f"{slug(label)}_human.jsonl"
     argv = ["--model", args.model, *(["--explainers", template] if template else []), "--annotators",
@@ -175,7 +208,7 @@ def _jury(ctx: Context, label: str, template: str | None, *, heldout_only: bool 
     row = {**rows[output.stem], "in_training": report["output_in_training"],
            **({"left_out": report["left_out"]} if heldout_only else {}),
            "in_base_pretraining": report["output_in_base_pretraining"], "file": str(output.relative_to(ctx.root))}
-    return report, row, commands
+    return report, row, {c: rows[c] for c in CONSTANTS}, commands
 
 
 def run_jury_stage(ctx: Context) -> dict:
@@ -183,19 +216,27 @@ def run_jury_stage(ctx: Context) -> dict:
     explainers averaged into one distribution, scored against ChaosNLI as the distributions stage scores the MJDs
     (`eval/distributions.py`); the base model alone, then SFT and CAPO per seed. Each explainer jury also has a
     held-out-only row, from `eval/jury.py --heldout_only true`: the items none of its explainers trained on (their
-    run manifests)."""
+    run manifests). Beside them, the constants (`uniform`, `label_prior`: the mean ChaosNLI-dev HJD) on the 341 items
+    and on each held-out row's items."""
+    from capo.data.distributions import read_distributions
+    from capo.evaluate.distributions.compare import constants_note
+
     out = ctx.dir("jury")
     predictors = explainer_predictors(ctx)
     table, notes, commands = {}, [], []
     progress = bar(len(predictors), "jury", "jury")
     for name, template in predictors.items():
         label, heldout = f"jury {name}", f"jury {name} held-out only"
-        report, table[label], ran = _jury(ctx, label, template)
+        report, table[label], constants, ran = _jury(ctx, label, template)
         commands += ran
-        if template:
+        if not template:  # the base model's items: every jury's (the 341 unless held out)
+            table |= constants
+            notes.append(constants_note(set(read_distributions(out / f"{slug(label)}_human.jsonl"))))
+        else:
             trained, items = report["in_training"], report["items"]
             if 0 < trained < items:
-                _, table[heldout], ran = _jury(ctx, heldout, template, heldout_only=True)
+                _, table[heldout], constants, ran = _jury(ctx, heldout, template, heldout_only=True)
+                table |= {f"{c} ({heldout} items)": row for c, row in constants.items()}
                 commands += ran
             else:
                 notes.append(f"no `{heldout}` row: {trained} of the {items} items are in its explainers' training "
@@ -203,7 +244,7 @@ def run_jury_stage(ctx: Context) -> dict:
         progress.update(1)
     progress.close()
     write_json(out / "table.json", table)
-    best = min((k for k in table if k != "jury base" and not k.endswith("held-out only")),
+    best = min((k for k in table if k.startswith("jury ") and k != "jury base" and not k.endswith("held-out only")),
                key=lambda k: table[k]["kl"], default=None)
     line = (f"{len(table)} rows; base KL {table['jury base']['kl']:.4f}"
             + (f", lowest-KL explainer jury: {best} (KL {table[best]['kl']:.4f}, {table[best]['in_training']} of "
