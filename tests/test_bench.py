@@ -118,6 +118,23 @@ def test_smollm2_dtype_bench(corpus_lm, tmp_path):
     assert "float32   forward" in result.stdout and "precision:" in result.stdout
 
 
+def test_study_slice_cost_bench(corpus_lm, tmp_path):
+    # a finished slice's job times: 100 s of training, 50 s of the rest
+    meta = tmp_path / "slice.json"
+    meta.write_text(json.dumps({"wall_s": {"sft A1": 60.0, "capo A1": 30.0, "pseudo_capo A1": 10.0,
+                                           "generate capo": 40.0, "labels capo": 5.0, "total": 150.0}}))
+    result = run_script("bench/study_slice_cost.py", "--model", corpus_lm, "--prompts", "2", "--tokens", "8",
+                        "--rounds", "1", "--slice", meta, "--reference_forward", "1.0", "--reference_train_step", "2.0")
+    _ok(result)
+    report = json.loads(result.stdout)
+    _precision(report["machine"])
+    here, projection = report["here"], report["projection"]
+    assert here["forward_s"] > 0 and here["train_step_s"] > 0
+    assert projection["measured_training_s"] == 100.0 and projection["measured_rest_s"] == 50.0
+    expected = 100.0 * 2.0 / here["train_step_s"] + 50.0 * 1.0 / here["forward_s"]
+    assert abs(projection["projected_s"] - expected) <= 1
+
+
 @pytest.mark.slow
 @pytest.mark.heavy  # five training processes (~45 s): `make test-all`; `make test` imports it below
 def test_train_throughput_bench(corpus_lm, tmp_path):
