@@ -4,7 +4,7 @@ PIP     := $(PY) -m pip
 STAMP   := .venv/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo study attribution test test-all lint clean
+.PHONY: setup demo study study-slice study-report attribution test test-all lint clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,17 @@ demo: setup models/smollm2-135m-instruct/config.json
 # session on 2 CPU cores (measured total: README); stop it and start it again at will.
 study: setup models/smollm2-135m-instruct/config.json
 	$(PY) recipes/pipeline.py --config recipes/configs/pipeline_study.yaml
+
+# The generation study in slices (issue 26): one (task, seed) slice a command, its compact results committed under
+# docs/study/slices/, then one report over every committed slice. make study-slice TASK=nli SEED=1 [PART=controls]
+TASK ?= nli
+SEED ?= 0
+PART ?= core
+study-slice: setup models/smollm2-135m-instruct/config.json
+	$(PY) recipes/study_slice.py --task $(TASK) --seed $(SEED) --part $(PART)
+
+study-report: setup
+	$(PY) eval/study_report.py --slices docs/study/slices --output docs/study/report.md --figures docs/study
 
 models/corpus-lm/config.json: | setup
 	$(PY) recipes/build_corpus_lm.py --output_dir models/corpus-lm
