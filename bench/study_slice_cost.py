@@ -72,7 +72,8 @@ def project(slice_meta: dict, here: dict, args: SliceCostArguments) -> dict:
     train_ratio = args.reference_train_step / here["train_step_s"]
     forward_ratio = args.reference_forward / here["forward_s"]
     wall = dict(slice_meta["wall_s"])
-    total = wall.pop("total")
+    earlier = set(slice_meta.get("wall_s_earlier", ()))  # jobs a resumed slice kept: not in its own "total"
+    total = wall.pop("total") + sum(v for k, v in wall.items() if k in earlier)
     training = sum(v for k, v in wall.items() if k.startswith(TRAINING))
     rest = total - training
     return {"train_ratio": round(train_ratio, 2), "forward_ratio": round(forward_ratio, 2),

@@ -111,6 +111,10 @@ def test_a_tiny_slice_end_to_end(corpus_lm, tmp_path):
     again = call_script("recipes/study_slice.py", *argv)
     assert again.returncode == 0, again.stderr[-3000:]
     meta2 = json.loads((folder / "slice.json").read_text())
-    assert not any(k.startswith(("sft ", "capo ", "pseudo")) for k in meta2["wall_s"])
+    training = {k for k in meta["wall_s"] if k.startswith(("sft ", "capo ", "pseudo"))}
+    assert len(training) == 16 and not meta["wall_s_earlier"]
+    # kept jobs report the time they took when they ran (training: the trainer's runtime), and say so
+    assert training | {f"labels {s}" for s in meta["sources"]} <= set(meta2["wall_s_earlier"])
+    assert all(meta2["wall_s"][k] > 0 for k in training)
     assert (folder / "responses.jsonl").read_text() == "\n".join(json.dumps(r, ensure_ascii=False)
                                                                   for r in rows) + "\n"

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from capo.errors import DataError
+from capo.io import read_json, write_json
 from capo.study.judging import JUDGES, judge_rows
 
 PARTS = ("core", "controls", "prompting")
@@ -73,6 +74,9 @@ class SliceArguments:
     fifty_shot_limit: int = field(default=12, metadata={"help": "prompting part: items of the 50-shot run on CPU"})
     max_new_tokens: int = 96
     generate_batch_size: int = 16
+    generate_shard_size: int = field(default=64, metadata={
+        "help": "records a shard: a shard's records are split by adapter, so 64 = 16 items x 4 targets gives each "
+                "adapter batches of 16 (16 a shard: batches of 4, about 3x slower on CPU)"})
 
     def __post_init__(self) -> None:
         from capo.data.schema import label_space
@@ -80,7 +84,8 @@ class SliceArguments:
         label_space(self.task)
         if self.part not in PARTS:
             raise DataError(f"unknown part {self.part!r} (valid: {', '.join(PARTS)})", field="part")
-        for name in ("sft_steps", "capo_steps", "save_steps", "batch_size", "max_new_tokens", "generate_batch_size"):
+        for name in ("sft_steps", "capo_steps", "save_steps", "batch_size", "max_new_tokens", "generate_batch_size",
+                     "generate_shard_size"):
             if getattr(self, name) < 1:
                 raise DataError(f"must be at least 1, got {getattr(self, name)}", field=name)
         if self.sft_steps % self.save_steps:
@@ -131,6 +136,7 @@ class Slice:
         self.items = items[: args.limit] if args.limit else items
         self.commands: list[str] = []
         self.wall: dict[str, float] = {}
+        self.earlier: list[str] = []  # wall entries measured by an earlier invocation of the slice
 
     # -- training ---------------------------------------------------------------------------------------------
     def adapter_dir(self, kind: str, annotator: str, seed: int | None = None) -> Path:
@@ -152,6 +158,11 @@ class Slice:
 
         if done is not None and done.is_file():
             self.commands.append(command_line(_Launcher, job, argv))
+            # kept from an earlier invocation: its training time (the trainer's, without model loading)
+            results = done.parent / "all_results.json"
+            if results.is_file() and "train_runtime" in (runtime := read_json(results)):
+                self.wall[label] = round(float(runtime["train_runtime"]), 1)
+                self.earlier.append(label)
             return
         self.log(f"slice {self.args.name}: {label}")
         start = time.perf_counter()
@@ -230,7 +241,7 @@ class Slice:
         limit = source.limit or a.limit
         argv = ["--model", a.model, "--dataset", a.dataset, "--split", self.heldout, "--split_seed",
                 str(a.split_seed), "--dtype", a.dtype, "--batch_size", str(a.generate_batch_size), "--max_new_tokens",
-                str(a.max_new_tokens), "--shard_size", "16", *(["--limit", str(limit)] if limit else []),
+                str(a.max_new_tokens), "--shard_size", str(a.generate_shard_size), *(["--limit", str(limit)] if limit else []),
                 *(["--adapters", *(f"{x}={p}" for x, p in source.adapters.items())] if source.adapters else []),
                 *source.options, "--output_dir", str(folder)]
         self._run(GENERATE, argv, f"generate {source.name}")
@@ -243,14 +254,26 @@ class Slice:
 
         explainers = Explainers("explainer", dict(source.adapters))
         check_not_trained_on(self.items, explainers, f"source {source.name}", log=self.log)
+        # kept for a resumed slice: the scores of these adapters on these items, in this precision
+        cache = self.work / f"seed{self.args.seed}" / "labels" / f"{source.name}.json"
+        key = {"adapters": source.adapters, "items": [item.id for item in self.items],
+               "dtype": resolve_dtype(self.args.dtype), "model": self.args.model}
+        if cache.is_file() and (stored := read_json(cache)).get("key") == key:
+            self.wall[f"labels {source.name}"] = stored["seconds"]
+            self.earlier.append(f"labels {source.name}")
+            return stored["rows"]
+        self.log(f"slice {self.args.name}: label probabilities {source.name}")
         start = time.perf_counter()
         scorer = LabelScorer(self.args.model, explainers, dtype=resolve_dtype(self.args.dtype),
                              batch_size=self.args.generate_batch_size)
         jobs = [(item, x) for x in ANNOTATORS for item in self.items]
         probs = scorer.probabilities(jobs)
-        self.wall[f"labels {source.name}"] = round(time.perf_counter() - start, 1)
-        return [{"source": source.name, "target": x, "item_id": item.id, "probs": [round(float(p), 6) for p in row]}
+        seconds = round(time.perf_counter() - start, 1)
+        self.wall[f"labels {source.name}"] = seconds
+        rows = [{"source": source.name, "target": x, "item_id": item.id, "probs": [round(float(p), 6) for p in row]}
                 for (item, x), row in zip(jobs, probs, strict=True)]
+        write_json(cache, {"key": key, "seconds": seconds, "rows": rows})
+        return rows
 
 
 class _Launcher:
@@ -282,7 +305,10 @@ def run_slice(args: SliceArguments, log: Callable[[str], None] = print) -> dict:
                         for s in sources},
             "arguments": asdict(args), "commands": work.commands, "precision": _precision(precision_report()),
             "precision_report": precision_report(),
-            "machine": _machine(), "wall_s": {**work.wall, "total": round(time.perf_counter() - start, 1)}}
+            "machine": _machine(), "wall_s": {**work.wall, "total": round(time.perf_counter() - start, 1)},
+            # jobs kept from an earlier invocation: their own recorded time (training: the trainer's runtime, no
+            # model loading); "total" is this invocation's alone
+            "wall_s_earlier": sorted(work.earlier)}
     write_slice(out, meta, responses, labels)
     log(f"slice {args.name}: {len(responses)} judged responses, {len(labels)} label distributions -> {out}")
     return {"output": str(out), "responses": len(responses), "labels": len(labels), "wall_s": meta["wall_s"]}
@@ -290,7 +316,7 @@ def run_slice(args: SliceArguments, log: Callable[[str], None] = print) -> dict:
 
 def write_slice(out: Path, meta: dict, responses: list[dict], labels: list[dict]) -> None:
     """All three files into a fresh folder beside `out`, then swapped in: a killed write leaves the old slice."""
-    from capo.io import write_json, write_jsonl
+    from capo.io import write_jsonl
 
     fresh = out.with_name(out.name + ".partial")
     shutil.rmtree(fresh, ignore_errors=True)
