@@ -30,6 +30,7 @@ from capo.study.figures import (
     confusion_matrix,
     curve_figure,
 )
+from capo.study.slice import slice_seconds as _slice_seconds
 
 WANTED_SEEDS = 3  # the issue asks for at least three seeds per task
 PAIRS = (("capo", "sft"), ("capo", "sft_matched"), ("sft_matched", "sft"))  # (a, b): a - b where both kinds exist
@@ -175,7 +176,7 @@ def read_slices(folder: str | Path) -> dict[str, dict[int, Seed]]:
             seed.probs[(row["source"], row["target"])][row["item_id"]] = row["probs"]
         seed.meta.append({"slice": sub.name, "sources": sorted(meta["sources"]), "items": len(meta["items"]),
                           "machine": meta.get("machine", "?"), "precision": meta.get("precision", "?"),
-                          "wall_s": sum(float(v) for v in (meta.get("wall_s") or {}).values()),
+                          "wall_s": _slice_seconds(meta.get("wall_s") or {}, meta.get("wall_s_earlier", ())),
                           "dataset": meta.get("dataset", "?"), "heldout_split": meta.get("heldout_split", "?")})
     return {task: dict(sorted(seeds.items())) for task, seeds in sorted(study.items())}
 

@@ -314,6 +314,11 @@ def run_slice(args: SliceArguments, log: Callable[[str], None] = print) -> dict:
     return {"output": str(out), "responses": len(responses), "labels": len(labels), "wall_s": meta["wall_s"]}
 
 
+def slice_seconds(wall: dict, earlier: tuple | list = ()) -> float:
+    """A slice's wall time: its last invocation's total plus the jobs it kept from earlier ones (their own times)."""
+    return float(wall.get("total", 0.0)) + sum(float(v) for k, v in wall.items() if k in set(earlier))
+
+
 def write_slice(out: Path, meta: dict, responses: list[dict], labels: list[dict]) -> None:
     """All three files into a fresh folder beside `out`, then swapped in: a killed write leaves the old slice."""
     from capo.io import write_jsonl
