@@ -1,8 +1,6 @@
 """The study report from the committed study slices: judge attribution with item-clustered bootstrap intervals, paired
-differences, learning curves, controls, label behaviour and caricature diagnostics, in one markdown file.
-
-    python eval/study_report.py --slices docs/study/slices --output docs/study/report.md --figures docs/study
-
+differences, learning curves, controls, label behaviour and caricature diagnostics, in one markdown file
+(`python eval/study_report.py --slices docs/study/slices --output docs/study/report.md --figures docs/study`).
 A slice is one folder per (task, seed) (`slice.json`, `responses.jsonl`, `labels.jsonl`; a `<task>_controls_s<seed>`
 folder adds sources to the same task and seed). Every interval resamples items (all of an item's responses, every
 target and seed, stay together), never responses; the same inputs give the same bytes.
@@ -33,7 +31,8 @@ from capo.study.figures import (
 from capo.study.slice import slice_seconds as _slice_seconds
 
 WANTED_SEEDS = 3  # the issue asks for at least three seeds per task
-PAIRS = (("capo", "sft"), ("capo", "sft_matched"), ("sft_matched", "sft"))  # (a, b): a - b where both kinds exist
+PAIRS = (("capo", "sft"), ("capo", "sft_matched"), ("sft_matched", "sft"),  # (a, b): a - b where both kinds exist
+         ("capo_same_label", "capo"), ("capo_different_label", "capo"), ("capo_sft_weight", "capo"))
 CURVE_KINDS = ("sft", "sft_matched", "sft_curve")  # sources on the learning curve (those with a step)
 _MEASURES = ("marginal_js", "loglik", "agreement")  # label behaviour's measures, in the table's order
 CONTROL_PREFIX = "pseudo_"  # pseudo-annotator sources: expected at chance
@@ -345,7 +344,8 @@ def bands(seeds: dict[int, Seed], target: str) -> dict[str, list[str]]:
 
 # ---------------------------------------------------------------------------------------------------------- the report
 
-_ORDER = ("zs", "fs4", "fs16", "fs50", "sft", "sft_matched", "capo", "capo_same_label", "pseudo_sft", "pseudo_capo")
+_ORDER = ("zs", "fs4", "fs16", "fs50", "sft", "sft_matched", "capo", "capo_same_label", "capo_different_label",
+          "capo_sft_weight", "pseudo_sft", "pseudo_capo")
 
 
 def table_keys(seeds: dict[int, Seed]) -> list[str]:
