@@ -244,7 +244,16 @@ class Slice:
                 str(a.max_new_tokens), "--shard_size", str(a.generate_shard_size), *(["--limit", str(limit)] if limit else []),
                 *(["--adapters", *(f"{x}={p}" for x, p in source.adapters.items())] if source.adapters else []),
                 *source.options, "--output_dir", str(folder)]
-        self._run(GENERATE, argv, f"generate {source.name}")
+        label = f"generate {source.name}"
+        self._run(GENERATE, argv, label)  # always launched: a finished run only checks its settings and merges
+        # The run's own time, kept beside it: a resumed slice whose run had nothing left to generate reports that
+        generated = read_json(folder / "run_manifest.json")["summary"]["this_process"]["records"]
+        timing = folder / "slice_seconds.json"  # (a run resumed after a kill records the resumed part's time)
+        if generated == 0 and timing.is_file():
+            self.wall[label] = read_json(timing)["seconds"]
+            self.earlier.append(label)
+        elif not timing.is_file():
+            write_json(timing, {"seconds": self.wall[label]})
         return folder / "generations.jsonl"
 
     def label_probabilities(self, source: Source) -> list[dict]:
