@@ -148,7 +148,7 @@ class _StandInLLM:
         from types import SimpleNamespace as Out
 
         self.calls.append((prompts, params, lora_request))
-        if params.logprobs:
+        if not isinstance(params, list) and params.logprobs:  # a list: one SamplingParams a prompt (sampling)
             return [Out(outputs=[Out(logprobs=[{t: Out(logprob=1000.0 * len(p["prompt_token_ids"]) + t)
                                                 for t in reversed(params.allowed_token_ids)}])]) for p in prompts]
         return [Out(prompt_token_ids=p["prompt_token_ids"], outputs=[Out(text=f"answer {k}", token_ids=[7] * (k + 1))])
@@ -192,9 +192,10 @@ def test_vllm_request_and_response_mapping(corpus_lm, prompts, stand_in_vllm):
         (0.0, 9, 0, None, True)
     assert [(g.text, g.prompt_tokens, g.generated_tokens) for g in greedy] == \
         [(f"answer {k}", len(ids), k + 1) for k, ids in enumerate(encoded)]
-    backend.generate(prompts[:1], "A1", temperature=0.7, seed=5, stop=["\n\n", ""])
-    _, params, lora = engine.calls[-1]
-    assert (lora.name, lora.id) == ("A1", 1) and (params.temperature, params.seed, params.stop) == (0.7, 5, ["\n\n"])
+    backend.generate(prompts[:2], "A1", temperature=0.7, seed=5, stop=["\n\n", ""])
+    _, params, lora = engine.calls[-1]  # sampling: one request a prompt, each seeded on its own (seed + k)
+    assert (lora.name, lora.id) == ("A1", 1)
+    assert [(p.temperature, p.seed, p.stop) for p in params] == [(0.7, 5, ["\n\n"]), (0.7, 6, ["\n\n"])]
     backend.generate(prompts[:1], "A2")
     assert engine.calls[-1][2] is engine.calls[0][2]  # the same request (and id) every time
     backend.generate(prompts[:1], None)
