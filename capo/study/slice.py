@@ -202,20 +202,19 @@ class Slice:
                                               "Label:", "--stop", "\n\n"), limit=limit)
                     for k, limit in shots.items()]
         constant = ["--lr_scheduler_type", "constant_with_warmup"]
+        sft_start = lambda x: self.sft_checkpoint("sft", x, a.sft_steps)  # CAPO's start: SFT at sft_steps
         if a.part == "controls":
-            missing = [str(self.sft_checkpoint("sft", x, a.sft_steps)) for x in ANNOTATORS
-                       if not (self.sft_checkpoint("sft", x, a.sft_steps) / "run_manifest.json").is_file()]
+            missing = [str(sft_start(x)) for x in ANNOTATORS if not (sft_start(x) / "run_manifest.json").is_file()]
             if missing:
                 raise DataError(f"the controls part starts from the core part's SFT checkpoints: run --part core "
                                 f"--seed {a.seed} first", path=missing[0])
             sources = []
             for kind, (options, description) in CONTROL_VARIANTS.items():
-                self.train_capo(kind, lambda x: self.sft_checkpoint("sft", x, a.sft_steps), options)
-                sources.append(Source(kind, kind, total, description,
-                                      per(kind, lambda k, x: self.adapter_dir(k, x))))
+                self.train_capo(kind, sft_start, options)
+                sources.append(Source(kind, kind, total, description, per(kind, self.adapter_dir)))
             return sources
         self.train_sft("sft", total, constant)
-        self.train_capo("capo", lambda x: self.sft_checkpoint("sft", x, a.sft_steps), [])
+        self.train_capo("capo", sft_start, [])
         pseudo = ["--pseudo_annotators", str(a.pseudo_seed)]
         self.train_sft("pseudo_sft", a.sft_steps, constant + pseudo)
         self.train_capo("pseudo_capo", lambda x: self.adapter_dir("pseudo_sft", x), pseudo)
@@ -225,12 +224,11 @@ class Slice:
                  for s in range(a.save_steps, total, a.save_steps)]
         return [*curve,
                 Source("sft_matched", "sft_matched", total, f"SFT for {total} steps: compute-matched to SFT + CAPO",
-                       per("sft", lambda k, x: self.adapter_dir(k, x))),
+                       per("sft", self.adapter_dir)),
                 Source("capo", "capo", total, f"CAPO: {a.capo_steps} steps from SFT at step {a.sft_steps}",
-                       per("capo", lambda k, x: self.adapter_dir(k, x))),
+                       per("capo", self.adapter_dir)),
                 Source("pseudo_capo", "pseudo_capo", total, "control: CAPO of pseudo-annotators (annotator ids "
-                       "permuted within each item), expected at chance", per("pseudo_capo",
-                                                                              lambda k, x: self.adapter_dir(k, x)))]
+                       "permuted within each item), expected at chance", per("pseudo_capo", self.adapter_dir))]
 
     # -- generation and label probabilities -------------------------------------------------------------------
     def generate(self, source: Source) -> Path:
