@@ -12,7 +12,7 @@ from conftest import call_script
 from scipy.stats import bootstrap
 
 from capo.errors import DataError
-from capo.study.figures import cluster_bootstrap
+from capo.evaluate.intervals import cluster_bootstrap
 from capo.study.report import attribution, paired_difference, per_item, read_slices
 
 ITEMS = [f"i{k}" for k in range(6)]

@@ -22,6 +22,7 @@ from capo.evaluate.distributions.metrics import (
     lewidi_paraphrase_perspectivist,
     lewidi_paraphrase_soft,
 )
+from capo.evaluate.intervals import mean_interval
 from capo.lewidi.predictions import (
     AnnotatorPredictions,
     SoftPredictions,
@@ -79,15 +80,10 @@ def paired_bootstrap(items: Sequence[LewidiItem], a: tuple, b: tuple, *, reps: i
     """Per measure, the mean difference a - b of two predictors' item scores (each a (per-annotator predictions,
     soft labels or None) pair, as `score` takes them) and its percentile interval over `reps` resamples of the
     items, the same resample for both (paired); negative = a is better. Every official measure is a mean over
-    items, so an item resample is a resample of the score."""
+    items, so an item resample is a resample of the score. The same seed gives every measure the same resample."""
     score_a, score_b = item_scores(items, *a), item_scores(items, *b)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(items), size=(reps, len(items)))
     out = {}
     for key in score_a.keys() & score_b.keys():
-        diff = score_a[key] - score_b[key]
-        means = diff[draws].mean(axis=1)
-        low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-        out[key] = {"difference": float(diff.mean()), "low": float(low), "high": float(high),
-                    "share_a_better": float(np.mean(means < 0))}
+        est = mean_interval(score_a[key] - score_b[key], seed=seed, n_resamples=reps, level=level)
+        out[key] = {"difference": est.mean, "low": est.low, "high": est.high, "share_a_better": est.share_below_zero}
     return dict(sorted(out.items()))

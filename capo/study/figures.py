@@ -1,63 +1,16 @@
-"""The study report's item-clustered bootstrap and its figures, small multiples of the estimates it gives: attribution
-per source kind, one confusion grid per task and judge, and the learning curve. Every PNG goes through
+"""The study report's figures, small multiples of the item-bootstrap estimates (`capo.evaluate.intervals`) it gives:
+attribution per source kind, one confusion grid per task and judge, and the learning curve. Every PNG goes through
 `capo.evaluate.figures.save_figure` (complete or not at all); `capo.study.report` reads the slices and calls these."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import bootstrap
 
 from capo.evaluate.figures import save_figure
-
-N_RESAMPLES = 2000
-CONFIDENCE = 0.95
-
-
-@dataclass
-class Estimate:
-    value: float
-    low: float
-    high: float
-    n_items: int
-    n_seeds: int
-
-    def text(self) -> str:
-        if np.isnan(self.value):
-            return "–"
-        return f"{self.value:.3f}" + ("" if np.isnan(self.low) else f" [{self.low:.3f}, {self.high:.3f}]")
-
-
-def _seed_mean_ratio(*arrays, axis=-1):
-    """Mean over seeds of sum(numerator) / sum(denominator); arrays alternate numerator, denominator per seed."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = [np.sum(n, axis=axis) / np.sum(d, axis=axis) for n, d in zip(arrays[::2], arrays[1::2], strict=True)]
-    return np.mean(ratios, axis=0)
-
-
-def cluster_bootstrap(per_seed: list[dict[str, tuple[float, float]]], *, seed: int = 0,
-                      n_resamples: int = N_RESAMPLES) -> Estimate:
-    """The mean over seeds of a ratio of per-item sums (e.g. correct / responses), with a percentile interval from
-    `scipy.stats.bootstrap` that resamples items: one paired resample of the item axis for every seed's arrays,
-    so all of an item's responses (every target, every seed) move together."""
-    per_seed = [s for s in per_seed if sum(n for _, n in s.values()) > 0]
-    items = sorted(set().union(*per_seed)) if per_seed else []
-    if not items:
-        return Estimate(float("nan"), float("nan"), float("nan"), 0, 0)
-    arrays = []
-    for s in per_seed:
-        arrays += [np.array([s.get(i, (0.0, 0.0))[0] for i in items]), np.array([s.get(i, (0.0, 0.0))[1] for i in items])]
-    value = float(_seed_mean_ratio(*arrays))
-    low = high = float("nan")
-    if len(items) >= 2:
-        res = bootstrap(tuple(arrays), _seed_mean_ratio, paired=True, vectorized=True, n_resamples=n_resamples,
-                        confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(seed))
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return Estimate(value, low, high, len(items), len(per_seed))
-
+from capo.evaluate.intervals import Estimate
 
 
 def _triple(e: Estimate | None) -> tuple[float, float, float]:

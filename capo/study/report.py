@@ -18,12 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from capo.errors import DataError
+from capo.evaluate.intervals import N_RESAMPLES, Estimate, cluster_bootstrap
 from capo.io import atomic_write_text, check_output, iter_jsonl, read_json
 from capo.study.figures import (
-    N_RESAMPLES,
-    Estimate,
     attribution_figure,
-    cluster_bootstrap,
     confusion_grid,
     confusion_matrix,
     curve_figure,

@@ -23,6 +23,7 @@ from capo.cli import repeatable
 from capo.data.prompts import prompt_messages, render_chat, render_response
 from capo.data.schema import ANNOTATORS, Item, check_annotator
 from capo.errors import DataError
+from capo.evaluate.intervals import mean_interval
 from capo.generate.backends.base import DTYPES
 from capo.precision import resolve_dtype
 
@@ -132,15 +133,12 @@ def mean_rate(rates: dict[str, float]) -> float:
 
 def paired_gain(model_rates: Sequence[dict[str, float]], base_rates: dict[str, float], seed: int = 0,
                 n_resamples: int = 2000) -> dict[str, float]:
-    """Gain of the seed-averaged per-item win rate over the base model, with a 95 % bootstrap interval over items."""
-    from scipy.stats import bootstrap
-
+    """Gain of the seed-averaged per-item win rate over the base model, with a 95 % bootstrap interval over items
+    (paired: the interval of the mean per-item gain)."""
     ids = sorted(set(base_rates).intersection(*model_rates))
     gains = np.array([np.mean([rates[i] for rates in model_rates]) - base_rates[i] for i in ids])
-    result = bootstrap((gains,), np.mean, confidence_level=0.95, n_resamples=n_resamples, method="percentile",
-                       random_state=np.random.default_rng(seed))
-    return {"gain": float(gains.mean()), "low": float(result.confidence_interval.low),
-            "high": float(result.confidence_interval.high), "items": len(ids)}
+    est = mean_interval(gains, seed=seed, n_resamples=n_resamples, level=0.95)
+    return {"gain": est.mean, "low": est.low, "high": est.high, "items": len(ids)}
 
 
 def control_annotator(annotator: str, among: Sequence[str] = ANNOTATORS) -> str:

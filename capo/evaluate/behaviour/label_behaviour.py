@@ -10,8 +10,9 @@ both cover:
 - `loglik`: per item the mean natural-log probability of each of the target's labels (probabilities clipped at
   EPS = 1e-6 first), averaged over items;
 - `agreement`: per item the predicted mass on the set of labels the target gave, averaged over items.
-Intervals are item-level bootstraps (percentile, 1000 resamples, seeded). `reference_bands` scores the same
-measures for real-annotator, split-half, uniform and one-label predictors, so a number can be read against them.
+Intervals are item-level bootstraps (`capo.evaluate.intervals`: percentile, 1000 resamples, seeded).
+`reference_bands` scores the same measures for real-annotator, split-half, uniform and one-label predictors, so a
+number can be read against them.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy.spatial.distance import jensenshannon
-from scipy.stats import bootstrap
 
 from capo.data.schema import TASKS, LabelSpace
 from capo.errors import DataError
+from capo.evaluate.intervals import mean_interval
 
 EPS = 1e-6  # floor on a probability before its log
 SUM_TOLERANCE = 1e-4  # a predicted vector must sum to 1 within this
@@ -136,11 +137,8 @@ def per_item_scores(predicted: Mapping[str, Sequence[float]], human: Human, targ
 
 def _interval(values: np.ndarray, seed: int) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean over items; NaN where fewer than two items."""
-    if values.size < 2:
-        return float("nan"), float("nan")
-    res = bootstrap((values,), np.mean, n_resamples=N_RESAMPLES, confidence_level=CONFIDENCE,
-                    method="percentile", rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    est = mean_interval(values, seed=seed, n_resamples=N_RESAMPLES, level=CONFIDENCE)
+    return est.low, est.high
 
 
 def label_behaviour(predicted: Mapping[str, Sequence[float]], human: Human, target: str, labels: Labels,
@@ -242,11 +240,6 @@ def paired_difference(pred_a: Mapping[str, Sequence[float]], pred_b: Mapping[str
     items = sorted(a)
     va = np.array([a[i][measure] for i in items])
     vb = np.array([b[i][measure] for i in items])
-    low = high = float("nan")
-    if len(items) >= 2:
-        res = bootstrap((va, vb), lambda x, y: np.mean(x - y), paired=True, vectorized=False,
-                        n_resamples=N_RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
-                        rng=np.random.default_rng(seed))
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    low, high = _interval(va - vb, seed)  # paired: the mean of per-item differences, items resampled once
     return {"measure": measure, "estimate": float(np.mean(va - vb)), "ci_low": low, "ci_high": high,
             "n_items": len(items), "confidence": CONFIDENCE, "n_resamples": N_RESAMPLES, "seed": seed}

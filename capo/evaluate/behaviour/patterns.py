@@ -28,6 +28,7 @@ import numpy as np
 from capo.cli import repeatable
 from capo.data.schema import ANNOTATORS, Item
 from capo.errors import DataError
+from capo.evaluate.intervals import mean_interval
 
 FEATURES = ("char", "embedding")
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -187,17 +188,11 @@ def group_predictions(log_proba: np.ndarray, annotators: Sequence[str], item_ids
 
 def accuracy_interval(correct: np.ndarray, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """Accuracy and its percentile-bootstrap interval over the (independent) units in `correct`."""
-    from scipy.stats import bootstrap
-
     correct = np.asarray(correct, dtype=float)
-    if len(correct) == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(correct.mean())
-    if correct.min() == correct.max():
-        return mean, mean, mean
-    res = bootstrap((correct,), np.mean, n_resamples=2000, confidence_level=level, method="percentile",
-                    random_state=seed)
-    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if len(correct) == 1:  # one unit is a constant: its point interval, as before the shared engine
+        return (float(correct[0]),) * 3
+    est = mean_interval(correct, seed=seed, n_resamples=2000, level=level)
+    return est.mean, est.low, est.high
 
 
 def shuffle_within_items(annotators: Sequence[str], item_ids: Sequence[str], rng: np.random.Generator) -> list[str]:
