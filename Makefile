@@ -58,7 +58,8 @@ study: setup models/smollm2-135m-instruct/config.json
 	$(PY) recipes/pipeline.py --config recipes/configs/pipeline_study.yaml
 
 # The generation study in slices (issue 26): one (task, seed) slice a command, its compact results committed under
-# docs/study/slices/, then one report over every committed slice. make study-slice TASK=nli SEED=1 [PART=controls]
+# docs/study/slices/, then one report over every committed slice. make study-slice TASK=nli SEED=1
+# [PART=sft|capo|pseudo|controls|capo_same_label|...|prompting] (capo.study.slice.PARTS; default core = sft + capo + pseudo)
 TASK ?= nli
 SEED ?= 0
 PART ?= core

@@ -6,8 +6,10 @@ finished slice's measured job times scaled by the ratio of a reference machine's
         --reference_forward 1.8 --reference_train_step 6.7     # the issue's 2-core AVX2 EPYC, fp32 (its numbers)
 
 Training jobs (SFT, CAPO) scale by the training-step ratio; generation, label scoring and the rest by the forward
-ratio (generation decodes in small batches, which a throughput ratio approximates). The result is a projection from
-measured parts, not a run on that machine; the output says so, with `capo.precision.precision_report()`.
+ratio (generation decodes in small batches, which a throughput ratio approximates). A core slice is also projected
+as its three parts (`--part sft`, `capo`, `pseudo`: `capo.study.slice.CORE_PARTS`) and a controls slice as its three
+variants (`--part capo_same_label` ...), each paying the whole slice's unattributed time (judges, files). The result is a projection from measured parts, not a run on that
+machine; the output says so, with `capo.precision.precision_report()`.
 """
 
 from __future__ import annotations
@@ -77,9 +79,39 @@ def project(slice_meta: dict, here: dict, args: SliceCostArguments) -> dict:
     training = sum(v for k, v in wall.items() if k.startswith(TRAINING))
     rest = total - training
     return {"train_ratio": round(train_ratio, 2), "forward_ratio": round(forward_ratio, 2),
-            "measured_total_s": total, "measured_training_s": round(training, 1), "measured_rest_s": round(rest, 1),
+            "measured_total_s": round(total, 1), "measured_training_s": round(training, 1), "measured_rest_s": round(rest, 1),
             "projected_s": round(training * train_ratio + rest * forward_ratio),
             "projected_min": round((training * train_ratio + rest * forward_ratio) / 60, 1)}
+
+
+def smaller_part(job: str, sources: dict) -> str | None:
+    """The smaller part that runs a core or controls slice's job (`wall_s` label): `capo.study.slice.CORE_PARTS`, or
+    the CAPO variant's own part (`CONTROL_VARIANTS`)."""
+    from capo.study.slice import CONTROL_VARIANTS, CORE_PARTS
+
+    what, _, name = job.partition(" ")
+    if what in ("generate", "labels"):
+        kind = sources[name]["kind"]
+        return kind if kind in CONTROL_VARIANTS else next(p for p, kinds in CORE_PARTS.items() if kind in kinds)
+    if what in CONTROL_VARIANTS:
+        return what
+    return {"sft": "sft", "capo": "capo", "pseudo_sft": "pseudo", "pseudo_capo": "pseudo"}.get(what)
+
+
+def project_parts(slice_meta: dict, here: dict, args: SliceCostArguments) -> dict:
+    """A core or controls slice projected as its smaller parts (one command each); the unattributed rest (judges,
+    files) is charged to every part."""
+    wall = {k: v for k, v in slice_meta["wall_s"].items() if k != "total"}
+    unattributed = max(project(slice_meta, here, args)["measured_total_s"] - sum(wall.values()), 0.0)
+    parts: dict[str, dict] = {}
+    for job, seconds in wall.items():
+        part = parts.setdefault(smaller_part(job, slice_meta["sources"]), {"wall_s": {"total": unattributed}})
+        part["wall_s"][job] = seconds
+    out = {}
+    for name, part in parts.items():
+        part["wall_s"]["total"] += sum(v for k, v in part["wall_s"].items() if k != "total")
+        out[name] = project(part, here, args)
+    return out
 
 
 @run_main
@@ -94,7 +126,10 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"machine": precision_report(), "here": here,
               "reference": {"forward_s": args.reference_forward, "train_step_s": args.reference_train_step}}
     if args.slice:
-        report["projection"] = project(read_json(args.slice), here, args)
+        meta = read_json(args.slice)
+        report["projection"] = project(meta, here, args)
+        if meta.get("part") in ("core", "controls"):
+            report["projection_by_part"] = project_parts(meta, here, args)
         report["note"] = "a projection from measured parts (this machine's slice times x reference/here ratios)"
     print(json.dumps(report, indent=2))
     return report

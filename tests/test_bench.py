@@ -121,8 +121,10 @@ def test_smollm2_dtype_bench(corpus_lm, tmp_path):
 def test_study_slice_cost_bench(corpus_lm, tmp_path):
     # a finished slice's job times: 100 s of training, 50 s of the rest
     meta = tmp_path / "slice.json"
-    meta.write_text(json.dumps({"wall_s": {"sft A1": 60.0, "capo A1": 30.0, "pseudo_capo A1": 10.0,
-                                           "generate capo": 40.0, "labels capo": 5.0, "total": 150.0}}))
+    sources = {"capo": {"kind": "capo"}, "sft_step1": {"kind": "sft_curve"}, "sft_step2": {"kind": "sft"}}
+    meta.write_text(json.dumps({"part": "core", "sources": sources, "wall_s": {
+        "sft A1": 60.0, "capo A1": 30.0, "pseudo_capo A1": 10.0, "generate capo": 40.0, "labels capo": 5.0,
+        "generate sft_step1": 1.0, "generate sft_step2": 2.0, "total": 150.0}}))
     result = run_script("bench/study_slice_cost.py", "--model", corpus_lm, "--prompts", "2", "--tokens", "8",
                         "--rounds", "1", "--slice", meta, "--reference_forward", "1.0", "--reference_train_step", "2.0")
     _ok(result)
@@ -133,6 +135,21 @@ def test_study_slice_cost_bench(corpus_lm, tmp_path):
     assert projection["measured_training_s"] == 100.0 and projection["measured_rest_s"] == 50.0
     expected = 100.0 * 2.0 / here["train_step_s"] + 50.0 * 1.0 / here["forward_s"]
     assert abs(projection["projected_s"] - expected) <= 1
+    # the core's three parts: each its own jobs (the curve's earlier step with capo, the SFT explainer with sft) and
+    # the unattributed 2 s (150 - 148) each
+    parts = report["projection_by_part"]
+    assert {k: (v["measured_training_s"], v["measured_rest_s"]) for k, v in parts.items()} == {
+        "sft": (60.0, 4.0), "capo": (30.0, 48.0), "pseudo": (10.0, 2.0)}
+    # a controls slice: one part a CAPO variant
+    meta.write_text(json.dumps({"part": "controls", "sources": {"capo_same_label": {"kind": "capo_same_label"}},
+                                "wall_s": {"capo_same_label A1": 20.0, "generate capo_same_label": 6.0,
+                                           "labels capo_same_label": 3.0, "total": 30.0}}))
+    result = run_script("bench/study_slice_cost.py", "--model", corpus_lm, "--prompts", "2", "--tokens", "8",
+                        "--rounds", "1", "--slice", meta)
+    _ok(result)
+    parts = json.loads(result.stdout)["projection_by_part"]
+    assert {k: (v["measured_training_s"], v["measured_rest_s"]) for k, v in parts.items()} == {
+        "capo_same_label": (20.0, 10.0)}
 
 
 @pytest.mark.slow

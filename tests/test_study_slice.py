@@ -63,6 +63,11 @@ def test_slice_arguments_are_checked_before_any_work(tmp_path, capsys):
                          "--output_dir", str(tmp_path / "out"))
     assert result.returncode == 2 and "run --part core" in result.stderr and "checkpoint-10" in result.stderr
     assert not (tmp_path / "out").exists()
+    result = call_script("recipes/study_slice.py", "--part", "capo", "--seed", "3", "--work_dir",
+                         str(tmp_path / "w"), "--output_dir", str(tmp_path / "out"))
+    assert result.returncode == 2 and "(or sft) --seed 3" in result.stderr and "seed3" in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert SliceArguments(part="capo_sft_weight", seed=2).name == "nli_capo_sft_weight_s2"
 
 
 @pytest.mark.heavy  # ~60 s alone: 16 corpus-LM trainings, twice (make test-all)
@@ -118,3 +123,40 @@ def test_a_tiny_slice_end_to_end(corpus_lm, tmp_path):
     assert all(meta2["wall_s"][k] > 0 for k in training)
     assert (folder / "responses.jsonl").read_text() == "\n".join(json.dumps(r, ensure_ascii=False)
                                                                   for r in rows) + "\n"
+
+    # the core in its three parts (sft, then capo and pseudo) from a fresh work folder: the same sources, responses,
+    # judge scores and label probabilities, and the report reads the three folders as one seed
+    from capo.study.report import HUMAN, read_slices
+
+    parts = tmp_path / "parts"
+    for part in ("capo", "sft", "capo", "pseudo"):  # capo first: refused, nothing written
+        step = call_script("recipes/study_slice.py", *argv[:-4], "--part", part, "--work_dir",
+                           str(tmp_path / "work_parts"), "--output_dir", str(parts))
+        if not (parts / "nli_sft_s0").exists():
+            assert step.returncode == 2 and "run --part core (or sft)" in step.stderr and not parts.exists()
+            continue
+        assert step.returncode == 0, step.stderr[-3000:]
+    split = [json.loads(line) for part in ("sft", "capo", "pseudo")
+             for line in (parts / f"nli_{part}_s0" / "responses.jsonl").read_text().splitlines()]
+    key = lambda r: (r["source"], r["target"], r["item_id"])
+    model_rows = lambda rs: sorted((r for r in rs if r["source"] != HUMAN), key=key)
+    text = lambda rs: [(key(r), r["parsed"], r.get("label"), r.get("explanation")) for r in model_rows(rs)]
+    assert text(split) == text(rows)
+    for a, b in zip(model_rows(split), model_rows(rows), strict=True):
+        for judge in a.get("judge", {}):
+            assert np.allclose(a["judge"][judge], b["judge"][judge], atol=1e-4)
+    split_labels = sorted((json.loads(line) for part in ("sft", "capo", "pseudo")
+                           for line in (parts / f"nli_{part}_s0" / "labels.jsonl").read_text().splitlines()), key=key)
+    assert [key(r) for r in split_labels] == [key(r) for r in sorted(labels, key=key)]
+    assert np.allclose([r["probs"] for r in split_labels], [r["probs"] for r in sorted(labels, key=key)], atol=1e-5)
+    # one pair ablation on its own, from the sft part's checkpoints
+    step = call_script("recipes/study_slice.py", *argv[:-4], "--part", "capo_sft_weight", "--work_dir",
+                       str(tmp_path / "work_parts"), "--output_dir", str(parts))
+    assert step.returncode == 0, step.stderr[-3000:]
+    ablation = json.loads((parts / "nli_capo_sft_weight_s0" / "slice.json").read_text())
+    assert set(ablation["sources"]) == {"capo_sft_weight"} and set(ablation["wall_s"]) == {
+        "capo_sft_weight A1", "capo_sft_weight A2", "capo_sft_weight A3", "capo_sft_weight A4",
+        "generate capo_sft_weight", "labels capo_sft_weight", "total"}
+    seed = read_slices(parts)["nli"][0]
+    assert set(seed.sources) == set(meta["sources"]) | {"capo_sft_weight"} and len(seed.slices) == 4
+    assert len(seed.responses[HUMAN]) == by_source["human"]  # each part repeats the real responses: counted once

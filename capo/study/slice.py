@@ -1,7 +1,11 @@
-"""One slice of the generation study: one task and seed (part `core`), the pair ablations of one seed (`controls`),
-or the prompting baselines (`prompting`), run on one machine in one command, with its compact results written where
-they are committed (`docs/study/slices/<task>_<part>_s<seed>/`), so slices from different sessions and machines
-combine into one report (`eval/study_report.py`, `capo.study.report`).
+"""One slice of the generation study: one task and seed (part `core`, or its three parts `sft`, `capo` and `pseudo`
+in three commands), the pair ablations of one seed (`controls`, or one variant a command: `capo_same_label`, ...), or
+the prompting baselines (`prompting`), run on one machine, with its compact results written where they are committed
+(`docs/study/slices/<task>_<part>_s<seed>/`), so slices from different sessions and machines combine into one report
+(`eval/study_report.py`, `capo.study.report`). The smaller parts hold exactly the larger ones' jobs, split so that
+each fits 150 minutes on a 2-core AVX2 CPU (docs/benchmarks.md): `sft` the SFT run with the SFT explainer and the
+compute-matched SFT, `capo` CAPO and the learning curve's earlier checkpoints (it starts from `sft`'s adapters, so it
+runs after `sft` with the same `--work_dir`, as do the control variants), `pseudo` the pseudo-annotator control.
 
 What a `core` slice trains, all on half 0 of the training items (`--train_half 0`; the disjoint judge trains on
 half 1), each adapter with the recipes' own entry points (`recipes/sft.py`, `recipes/capo.py`):
@@ -39,7 +43,8 @@ from capo.errors import DataError
 from capo.io import read_json, write_json
 from capo.study.judging import JUDGES, judge_rows
 
-PARTS = ("core", "controls", "prompting")
+CORE_PARTS = {  # part -> the kinds of source it holds; `core` runs all three in one command
+    "sft": ("sft", "sft_matched"), "capo": ("capo", "sft_curve"), "pseudo": ("pseudo_capo",)}
 ANNOTATORS = ("A1", "A2", "A3", "A4")
 CONTROL_VARIANTS = {  # CAPO ablations of the `controls` part: source -> (recipes/capo.py options, description)
     "capo_same_label": (["--rejected_from", "same_label"], "CAPO, rejected responses with the chosen label only"),
@@ -48,6 +53,7 @@ CONTROL_VARIANTS = {  # CAPO ablations of the `controls` part: source -> (recipe
     "capo_sft_weight": (["--loss_weights", "1.0", "1.0"], ("CAPO with SFT weight 1.0 (0.2 in the study): "
                                                           "label-preserving")),
 }
+PARTS = ("core", *CORE_PARTS, "controls", *CONTROL_VARIANTS, "prompting")  # `controls`: its three variants at once
 
 
 @dataclass
@@ -203,32 +209,39 @@ class Slice:
                     for k, limit in shots.items()]
         constant = ["--lr_scheduler_type", "constant_with_warmup"]
         sft_start = lambda x: self.sft_checkpoint("sft", x, a.sft_steps)  # CAPO's start: SFT at sft_steps
-        if a.part == "controls":
+        controls = CONTROL_VARIANTS if a.part == "controls" else {a.part: CONTROL_VARIANTS.get(a.part)}
+        if a.part in ("controls", "capo", *CONTROL_VARIANTS):
             missing = [str(sft_start(x)) for x in ANNOTATORS if not (sft_start(x) / "run_manifest.json").is_file()]
             if missing:
-                raise DataError(f"the controls part starts from the core part's SFT checkpoints: run --part core "
-                                f"--seed {a.seed} first", path=missing[0])
+                raise DataError(f"the {a.part} part starts from the SFT checkpoints: run --part core (or sft) "
+                                f"--seed {a.seed} first, with the same --work_dir", path=missing[0])
+        if a.part == "controls" or a.part in CONTROL_VARIANTS:
             sources = []
-            for kind, (options, description) in CONTROL_VARIANTS.items():
+            for kind, (options, description) in controls.items():
                 self.train_capo(kind, sft_start, options)
                 sources.append(Source(kind, kind, total, description, per(kind, self.adapter_dir)))
             return sources
-        self.train_sft("sft", total, constant)
-        self.train_capo("capo", sft_start, [])
-        pseudo = ["--pseudo_annotators", str(a.pseudo_seed)]
-        self.train_sft("pseudo_sft", a.sft_steps, constant + pseudo)
-        self.train_capo("pseudo_capo", lambda x: self.adapter_dir("pseudo_sft", x), pseudo)
+        runs = lambda part: a.part in ("core", part)
+        if runs("sft"):
+            self.train_sft("sft", total, constant)
+        if runs("capo"):
+            self.train_capo("capo", sft_start, [])
+        if runs("pseudo"):
+            pseudo = ["--pseudo_annotators", str(a.pseudo_seed)]
+            self.train_sft("pseudo_sft", a.sft_steps, constant + pseudo)
+            self.train_capo("pseudo_capo", lambda x: self.adapter_dir("pseudo_sft", x), pseudo)
         curve = [Source(f"sft_step{s}", "sft" if s == a.sft_steps else "sft_curve", s,
                         f"SFT after {s} steps (checkpoint of the {total}-step run)",
                         per("sft", lambda k, x, s=s: self.sft_checkpoint(k, x, s)))
                  for s in range(a.save_steps, total, a.save_steps)]
-        return [*curve,
-                Source("sft_matched", "sft_matched", total, f"SFT for {total} steps: compute-matched to SFT + CAPO",
-                       per("sft", self.adapter_dir)),
-                Source("capo", "capo", total, f"CAPO: {a.capo_steps} steps from SFT at step {a.sft_steps}",
-                       per("capo", self.adapter_dir)),
-                Source("pseudo_capo", "pseudo_capo", total, "control: CAPO of pseudo-annotators (annotator ids "
-                       "permuted within each item), expected at chance", per("pseudo_capo", self.adapter_dir))]
+        sources = [*curve,
+                   Source("sft_matched", "sft_matched", total,
+                          f"SFT for {total} steps: compute-matched to SFT + CAPO", per("sft", self.adapter_dir)),
+                   Source("capo", "capo", total, f"CAPO: {a.capo_steps} steps from SFT at step {a.sft_steps}",
+                          per("capo", self.adapter_dir)),
+                   Source("pseudo_capo", "pseudo_capo", total, "control: CAPO of pseudo-annotators (annotator ids "
+                          "permuted within each item), expected at chance", per("pseudo_capo", self.adapter_dir))]
+        return [s for s in sources if a.part == "core" or s.kind in CORE_PARTS[a.part]]
 
     # -- generation and label probabilities -------------------------------------------------------------------
     def generate(self, source: Source) -> Path:
