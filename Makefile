@@ -4,7 +4,7 @@ PIP     := $(PY) -m pip
 STAMP   := .venv/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo study study-slice study-report attribution test test-all lint clean
+.PHONY: setup demo study study-slice study-report study-gpu attribution test test-all lint clean
 
 setup: $(STAMP)
 
@@ -68,6 +68,17 @@ study-slice: setup models/smollm2-135m-instruct/config.json
 
 study-report: setup
 	$(PY) eval/study_report.py --slices docs/study/slices --output docs/study/report.md --figures docs/study
+
+# Every slice of the study on one GPU (recipes/configs/study_slice_gpu.yaml: the same protocol, 50 shots on all
+# items, larger batches), both tasks, seeds 0-2, into docs/study/slices_gpu/ and its own report. Every slice resumes.
+study-gpu: setup models/smollm2-135m-instruct/config.json
+	set -e; for task in nli paraphrase; do \
+	  $(PY) recipes/study_slice.py --config recipes/configs/study_slice_gpu.yaml --task $$task --part prompting; \
+	  for seed in 0 1 2; do for part in core controls; do \
+	    $(PY) recipes/study_slice.py --config recipes/configs/study_slice_gpu.yaml --task $$task --seed $$seed \
+	      --part $$part; \
+	  done; done; done
+	$(PY) eval/study_report.py --slices docs/study/slices_gpu --output docs/study/report_gpu.md --figures docs/study/gpu
 
 models/corpus-lm/config.json: | setup
 	$(PY) recipes/build_corpus_lm.py --output_dir models/corpus-lm

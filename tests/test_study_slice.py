@@ -68,6 +68,24 @@ def test_slice_arguments_are_checked_before_any_work(tmp_path, capsys):
     assert result.returncode == 2 and "(or sft) --seed 3" in result.stderr and "seed3" in result.stderr
     assert not (tmp_path / "out").exists()
     assert SliceArguments(part="capo_sft_weight", seed=2).name == "nli_capo_sft_weight_s2"
+    with pytest.raises(DataError, match="fifty_shot_limit"):
+        SliceArguments(fifty_shot_limit=0)
+
+
+def test_the_gpu_config_keeps_the_protocol_and_runs_fifty_shots_on_every_item():
+    from capo.cli import parse_arguments
+    from capo.study.slice import Slice, SliceArguments
+
+    (gpu,) = parse_arguments((SliceArguments,), ["--config", "recipes/configs/study_slice_gpu.yaml", "--part",
+                                                 "prompting"])
+    cpu = SliceArguments(part="prompting")
+    protocol = ("model", "sft_steps", "capo_steps", "save_steps", "batch_size", "max_new_tokens", "sft_config",
+                "capo_config", "pseudo_seed", "split_seed", "limit")
+    assert {k: getattr(gpu, k) for k in protocol} == {k: getattr(cpu, k) for k in protocol}
+    assert gpu.output_dir != cpu.output_dir  # its own folder and report
+    limits = {s.name: s.limit for s in Slice(gpu, log=lambda _: None).train()}
+    assert limits == {"fs4": None, "fs16": None, "fs50": None}
+    assert {s.name: s.limit for s in Slice(cpu, log=lambda _: None).train()}["fs50"] == 12
 
 
 @pytest.mark.heavy  # ~60 s alone: 16 corpus-LM trainings, twice (make test-all)

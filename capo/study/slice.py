@@ -77,7 +77,8 @@ class SliceArguments:
     batch_size: int = field(default=8, metadata={"help": "rows (SFT) or item groups (CAPO) per optimizer step"})
     pseudo_seed: int = field(default=1000, metadata={"help": "annotator permutation of the pseudo-annotator control"})
     limit: int | None = field(default=None, metadata={"help": "the first N held-out items (default: all)"})
-    fifty_shot_limit: int = field(default=12, metadata={"help": "prompting part: items of the 50-shot run on CPU"})
+    fifty_shot_limit: int | None = field(default=12, metadata={
+        "help": "prompting part: items of the 50-shot run (12 on CPU; none: all, as the GPU config has it)"})
     max_new_tokens: int = 96
     generate_batch_size: int = 16
     generate_shard_size: int = field(default=64, metadata={
@@ -97,8 +98,9 @@ class SliceArguments:
         if self.sft_steps % self.save_steps:
             raise DataError(f"sft_steps ({self.sft_steps}) must be a multiple of save_steps ({self.save_steps}): CAPO "
                             "starts from the SFT checkpoint at sft_steps", field="save_steps")
-        if self.limit is not None and self.limit < 1:
-            raise DataError(f"must be at least 1, got {self.limit}", field="limit")
+        for name in ("limit", "fifty_shot_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise DataError(f"must be at least 1, got {getattr(self, name)}", field=name)
         for name in ("sft_config", "capo_config"):
             if not Path(getattr(self, name)).is_file():
                 raise DataError("file not found", path=getattr(self, name), field=name)
