@@ -84,18 +84,19 @@ def project(slice_meta: dict, here: dict, args: SliceCostArguments) -> dict:
             "projected_min": round((training * train_ratio + rest * forward_ratio) / 60, 1)}
 
 
-def smaller_part(job: str, sources: dict) -> str | None:
-    """The smaller part that runs a core or controls slice's job (`wall_s` label): `capo.study.slice.CORE_PARTS`, or
-    the CAPO variant's own part (`CONTROL_VARIANTS`)."""
+def part_of_job(job: str, sources: dict) -> str:
+    """The part command that runs a core or controls slice's job (its `wall_s` label): one of
+    `capo.study.slice.CORE_PARTS`, or the CAPO variant's own part (`CONTROL_VARIANTS`)."""
+    from capo.errors import DataError
     from capo.study.slice import CONTROL_VARIANTS, CORE_PARTS
 
     what, _, name = job.partition(" ")
-    if what in ("generate", "labels"):
-        kind = sources[name]["kind"]
-        return kind if kind in CONTROL_VARIANTS else next(p for p, kinds in CORE_PARTS.items() if kind in kinds)
-    if what in CONTROL_VARIANTS:
-        return what
-    return {"sft": "sft", "capo": "capo", "pseudo_sft": "pseudo", "pseudo_capo": "pseudo"}.get(what)
+    kind = sources.get(name, {}).get("kind") if what in ("generate", "labels") else what
+    parts = {**{k: p for p, kinds in CORE_PARTS.items() for k in kinds}, **{k: k for k in CONTROL_VARIANTS},
+             "pseudo_sft": "pseudo"}  # training jobs are named by kind: sft, capo, pseudo_sft, pseudo_capo, variants
+    if kind not in parts:
+        raise DataError(f"no part runs job {job!r}", field="wall_s")
+    return parts[kind]
 
 
 def project_parts(slice_meta: dict, here: dict, args: SliceCostArguments) -> dict:
@@ -105,7 +106,7 @@ def project_parts(slice_meta: dict, here: dict, args: SliceCostArguments) -> dic
     unattributed = max(project(slice_meta, here, args)["measured_total_s"] - sum(wall.values()), 0.0)
     parts: dict[str, dict] = {}
     for job, seconds in wall.items():
-        part = parts.setdefault(smaller_part(job, slice_meta["sources"]), {"wall_s": {"total": unattributed}})
+        part = parts.setdefault(part_of_job(job, slice_meta["sources"]), {"wall_s": {"total": unattributed}})
         part["wall_s"][job] = seconds
     out = {}
     for name, part in parts.items():

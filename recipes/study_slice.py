@@ -3,9 +3,9 @@ and seed, and write its compact results under docs/study/slices/ (see `capo.stud
 
     python recipes/study_slice.py --task nli --seed 0                     # core: SFT curve, CAPO, pseudo control
     python recipes/study_slice.py --task nli --seed 0 --part sft          # or the core in three commands, each
-    python recipes/study_slice.py --task nli --seed 0 --part capo         #   within 150 min on a 2-core AVX2 CPU
-    python recipes/study_slice.py --task nli --seed 0 --part pseudo       #   (capo after sft, same --work_dir)
-    python recipes/study_slice.py --task nli --seed 0 --part controls     # the CAPO pair ablations (after core)
+    python recipes/study_slice.py --task nli --seed 0 --part capo         #   projected within 150 min on a 2-core
+    python recipes/study_slice.py --task nli --seed 0 --part pseudo       #   AVX2 CPU (capo after sft, same --work_dir)
+    python recipes/study_slice.py --task nli --seed 0 --part controls     # the CAPO pair ablations (after core or sft)
     python recipes/study_slice.py --task nli --part prompting             # 4-, 16- and 50-shot prompting
     python eval/study_report.py --slices docs/study/slices --output docs/study/report.md
 

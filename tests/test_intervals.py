@@ -101,3 +101,21 @@ def test_cluster_bootstrap_empty_and_single_item():
     single = cluster_bootstrap([{"i0": (2.0, 4.0)}])
     assert single.value == pytest.approx(0.5) and np.isnan(single.low) and single.text() == "0.500"
     assert cluster_bootstrap([{"i0": (0.0, 0.0)}]).n_items == 0  # no responses: no item
+
+
+def test_callers_keep_the_random_streams_their_committed_numbers_were_made_with():
+    from scipy.stats import bootstrap
+
+    from capo.evaluate.behaviour.patterns import accuracy_interval
+
+    correct = np.random.default_rng(1).random(300) < 0.6
+    # pattern / imitation / judge accuracies: scipy's random_state stream, as before the shared engine
+    old = bootstrap((correct.astype(float),), np.mean, n_resamples=2000, method="percentile", random_state=4)
+    assert accuracy_interval(correct, 4)[1:] == (old.confidence_interval.low, old.confidence_interval.high)
+    assert accuracy_interval(correct, 5) != accuracy_interval(correct, 4)
+    # LeWiDi's paired bootstrap: the hand-written draws it replaced, rng.integers(0, n, (reps, n)) then quantiles
+    diff = _values(50, seed=2)
+    est = mean_interval(diff, seed=7)
+    means = diff[np.random.default_rng(7).integers(0, 50, size=(2000, 50))].mean(axis=1)
+    assert np.allclose((est.low, est.high), np.quantile(means, [0.025, 0.975]), rtol=0, atol=1e-12)
+    assert est.share_below_zero == pytest.approx(np.mean(means < 0))

@@ -126,6 +126,7 @@ def test_cli_writes_the_report_and_figures_the_same_bytes_twice(slices, tmp_path
     assert "0.500" in row["sft"] and "†" not in row["sft"] and "0.667" in row["human"]
     assert any(line.startswith("† above the human ceiling") for line in lines)
     assert "| capo − sft | 0.417" in report
+    assert "| capo − sft, seed 0 | 0.333" in report and "| capo − sft, seed 1 | 0.500" in report  # 5/6 - 3/6, 1 - 3/6
     assert "**nli: only seed(s) 0, 1; the issue asks for at least 3 seeds.**" in report
     assert "**paraphrase: no slice" in report
     assert "python eval/study_report.py --slices" in report and "pools slices nli_s0, nli_s1 (seeds 0, 1)" in report

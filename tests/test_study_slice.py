@@ -161,6 +161,7 @@ def test_a_tiny_slice_end_to_end(corpus_lm, tmp_path):
     text = lambda rs: [(key(r), r["parsed"], r.get("label"), r.get("explanation")) for r in model_rows(rs)]
     assert text(split) == text(rows)
     for a, b in zip(model_rows(split), model_rows(rows), strict=True):
+        assert a.get("judge", {}).keys() == b.get("judge", {}).keys()
         for judge in a.get("judge", {}):
             assert np.allclose(a["judge"][judge], b["judge"][judge], atol=1e-4)
     split_labels = sorted((json.loads(line) for part in ("sft", "capo", "pseudo")

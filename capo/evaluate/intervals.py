@@ -1,7 +1,8 @@
-"""One engine for every item-bootstrap interval: percentile intervals from `scipy.stats.bootstrap`, seeded.
+"""One engine for every bootstrap interval of a mean: percentile intervals from `scipy.stats.bootstrap`, seeded.
 
-Every interval in the project resamples items (never responses) with the percentile method and a
-`np.random.default_rng(seed)`, so one place fixes how that is done. `mean_interval` is the mean of per-item values;
+The study, LeWiDi and label-behaviour intervals resample items; the pattern and judge accuracies resample their own
+units (groups, responses). All use the percentile method and a seeded generator, so one place fixes how that is
+done. `mean_interval` is the mean of per-unit values;
 a paired difference is the `mean_interval` of the per-item differences (the same resample for both sides, so item
 difficulty cancels). `cluster_bootstrap` is the mean over seeds of a ratio of per-item sums, one paired resample of
 the item axis across every seed's arrays, so all of an item's responses move together.
@@ -34,12 +35,13 @@ class MeanInterval:
         return float(np.mean(self.distribution < 0)) if self.distribution.size else float("nan")
 
 
-def mean_interval(values: ArrayLike, *, seed: int = 0, n_resamples: int = N_RESAMPLES,
-                  level: float = CONFIDENCE) -> MeanInterval:
-    """The mean of `values` (one per independent item) and its percentile-bootstrap interval over the items.
+def mean_interval(values: ArrayLike, *, seed: int = 0, n_resamples: int = N_RESAMPLES, level: float = CONFIDENCE,
+                  legacy_random_state: int | None = None) -> MeanInterval:
+    """The mean of `values` (one per independent unit) and its percentile-bootstrap interval over the units.
 
     NaN interval (and an empty distribution) with fewer than two values; constant values give (mean, mean, mean),
-    since scipy warns and may return NaN on a degenerate resample distribution."""
+    since scipy warns and may return NaN on a degenerate resample distribution. `legacy_random_state` replaces
+    `default_rng(seed)` by scipy's older `random_state` stream, where a caller's committed numbers were made with it."""
     values = np.asarray(values, dtype=float).ravel()
     nan = float("nan")
     if values.size == 0:
@@ -50,7 +52,8 @@ def mean_interval(values: ArrayLike, *, seed: int = 0, n_resamples: int = N_RESA
     if values.min() == values.max():
         return MeanInterval(mean, mean, mean, np.full(n_resamples, mean))
     res = bootstrap((values,), np.mean, n_resamples=n_resamples, confidence_level=level, method="percentile",
-                    rng=np.random.default_rng(seed))
+                    **({"rng": np.random.default_rng(seed)} if legacy_random_state is None
+                       else {"random_state": legacy_random_state}))
     return MeanInterval(mean, float(res.confidence_interval.low), float(res.confidence_interval.high),
                         np.asarray(res.bootstrap_distribution, dtype=float))
 

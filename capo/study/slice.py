@@ -211,7 +211,6 @@ class Slice:
                     for k, limit in shots.items()]
         constant = ["--lr_scheduler_type", "constant_with_warmup"]
         sft_start = lambda x: self.sft_checkpoint("sft", x, a.sft_steps)  # CAPO's start: SFT at sft_steps
-        controls = CONTROL_VARIANTS if a.part == "controls" else {a.part: CONTROL_VARIANTS.get(a.part)}
         if a.part in ("controls", "capo", *CONTROL_VARIANTS):
             missing = [str(sft_start(x)) for x in ANNOTATORS if not (sft_start(x) / "run_manifest.json").is_file()]
             if missing:
@@ -219,7 +218,9 @@ class Slice:
                                 f"--seed {a.seed} first, with the same --work_dir", path=missing[0])
         if a.part == "controls" or a.part in CONTROL_VARIANTS:
             sources = []
-            for kind, (options, description) in controls.items():
+            for kind, (options, description) in CONTROL_VARIANTS.items():
+                if a.part not in ("controls", kind):
+                    continue
                 self.train_capo(kind, sft_start, options)
                 sources.append(Source(kind, kind, total, description, per(kind, self.adapter_dir)))
             return sources

@@ -191,7 +191,8 @@ def accuracy_interval(correct: np.ndarray, seed: int = 0, level: float = 0.95) -
     correct = np.asarray(correct, dtype=float)
     if len(correct) == 1:  # one unit is a constant: its point interval, as before the shared engine
         return (float(correct[0]),) * 3
-    est = mean_interval(correct, seed=seed, n_resamples=2000, level=level)
+    # scipy's random_state stream: the one every committed pattern, imitation and judge table was made with
+    est = mean_interval(correct, n_resamples=2000, level=level, legacy_random_state=seed)
     return est.mean, est.low, est.high
 
 
