@@ -440,7 +440,8 @@ def test_sft_error_is_the_only_stderr_line_without_the_checkpointing_warning(tmp
 
 
 CONFIG_PARSERS = {"capo": C, "finetune": F, "generate": G, "mjd": M, "model_explanations": E, "sft": S,
-                  "perspectivist": "recipes/perspectivist.py", "pipeline": "recipes/pipeline.py"}
+                  "perspectivist": "recipes/perspectivist.py", "pipeline": "recipes/pipeline.py",
+                  "study_slice": "recipes/study_slice.py"}
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "recipes" / "configs").glob("*.yaml")))
