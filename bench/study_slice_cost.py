@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs 10-25x
 
 from capo.cli import parse_arguments, run_main
+from capo.study.slice import slice_seconds
 
 TRAINING = ("sft ", "capo", "pseudo_sft ", "pseudo_capo ")
 
@@ -73,9 +74,8 @@ def project(slice_meta: dict, here: dict, args: SliceCostArguments) -> dict:
     """The slice's job times scaled to the reference machine (training by the step ratio, the rest by forward)."""
     train_ratio = args.reference_train_step / here["train_step_s"]
     forward_ratio = args.reference_forward / here["forward_s"]
-    wall = dict(slice_meta["wall_s"])
-    earlier = set(slice_meta.get("wall_s_earlier", ()))  # jobs a resumed slice kept: not in its own "total"
-    total = wall.pop("total") + sum(v for k, v in wall.items() if k in earlier)
+    wall = {k: v for k, v in slice_meta["wall_s"].items() if k != "total"}
+    total = slice_seconds(slice_meta["wall_s"], slice_meta.get("wall_s_earlier", ()))  # with the jobs a resume kept
     training = sum(v for k, v in wall.items() if k.startswith(TRAINING))
     rest = total - training
     return {"train_ratio": round(train_ratio, 2), "forward_ratio": round(forward_ratio, 2),
@@ -92,8 +92,8 @@ def part_of_job(job: str, sources: dict) -> str:
 
     what, _, name = job.partition(" ")
     kind = sources.get(name, {}).get("kind") if what in ("generate", "labels") else what
-    parts = {**{k: p for p, kinds in CORE_PARTS.items() for k in kinds}, **{k: k for k in CONTROL_VARIANTS},
-             "pseudo_sft": "pseudo"}  # training jobs are named by kind: sft, capo, pseudo_sft, pseudo_capo, variants
+    # a training job is named by its adapter kind, a generation or label job by its source: CORE_PARTS holds both
+    parts = {**{k: p for p, kinds in CORE_PARTS.items() for k in kinds}, **{k: k for k in CONTROL_VARIANTS}}
     if kind not in parts:
         raise DataError(f"no part runs job {job!r}", field="wall_s")
     return parts[kind]
@@ -103,7 +103,8 @@ def project_parts(slice_meta: dict, here: dict, args: SliceCostArguments) -> dic
     """A core or controls slice projected as its smaller parts (one command each); the unattributed rest (judges,
     files) is charged to every part."""
     wall = {k: v for k, v in slice_meta["wall_s"].items() if k != "total"}
-    unattributed = max(project(slice_meta, here, args)["measured_total_s"] - sum(wall.values()), 0.0)
+    unattributed = max(slice_seconds(slice_meta["wall_s"], slice_meta.get("wall_s_earlier", ())) - sum(wall.values()),
+                       0.0)
     parts: dict[str, dict] = {}
     for job, seconds in wall.items():
         part = parts.setdefault(part_of_job(job, slice_meta["sources"]), {"wall_s": {"total": unattributed}})

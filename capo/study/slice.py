@@ -43,8 +43,8 @@ from capo.errors import DataError
 from capo.io import read_json, write_json
 from capo.study.judging import JUDGES, judge_rows
 
-CORE_PARTS = {  # part -> the kinds of source it holds; `core` runs all three in one command
-    "sft": ("sft", "sft_matched"), "capo": ("capo", "sft_curve"), "pseudo": ("pseudo_capo",)}
+CORE_PARTS = {  # part -> the kinds of adapter it trains and of source it generates; `core` runs all three at once
+    "sft": ("sft", "sft_matched"), "capo": ("capo", "sft_curve"), "pseudo": ("pseudo_sft", "pseudo_capo")}
 ANNOTATORS = ("A1", "A2", "A3", "A4")
 CONTROL_VARIANTS = {  # CAPO ablations of the `controls` part: source -> (recipes/capo.py options, description)
     "capo_same_label": (["--rejected_from", "same_label"], "CAPO, rejected responses with the chosen label only"),
@@ -224,14 +224,15 @@ class Slice:
                 self.train_capo(kind, sft_start, options)
                 sources.append(Source(kind, kind, total, description, per(kind, self.adapter_dir)))
             return sources
-        runs = lambda part: a.part in ("core", part)
-        if runs("sft"):
+        mine = lambda kind: a.part == "core" or kind in CORE_PARTS[a.part]
+        pseudo = ["--pseudo_annotators", str(a.pseudo_seed)]
+        if mine("sft"):
             self.train_sft("sft", total, constant)
-        if runs("capo"):
+        if mine("capo"):
             self.train_capo("capo", sft_start, [])
-        if runs("pseudo"):
-            pseudo = ["--pseudo_annotators", str(a.pseudo_seed)]
+        if mine("pseudo_sft"):
             self.train_sft("pseudo_sft", a.sft_steps, constant + pseudo)
+        if mine("pseudo_capo"):
             self.train_capo("pseudo_capo", lambda x: self.adapter_dir("pseudo_sft", x), pseudo)
         curve = [Source(f"sft_step{s}", "sft" if s == a.sft_steps else "sft_curve", s,
                         f"SFT after {s} steps (checkpoint of the {total}-step run)",
@@ -244,7 +245,7 @@ class Slice:
                           per("capo", self.adapter_dir)),
                    Source("pseudo_capo", "pseudo_capo", total, "control: CAPO of pseudo-annotators (annotator ids "
                           "permuted within each item), expected at chance", per("pseudo_capo", self.adapter_dir))]
-        return [s for s in sources if a.part == "core" or s.kind in CORE_PARTS[a.part]]
+        return [s for s in sources if mine(s.kind)]
 
     # -- generation and label probabilities -------------------------------------------------------------------
     def generate(self, source: Source) -> Path:
