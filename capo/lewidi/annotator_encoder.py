@@ -33,7 +33,7 @@ from capo.errors import DataError
 from capo.evaluate.finetune.arguments import default_model_path
 from capo.io import last_complete_checkpoint, write_json
 from capo.lewidi.heads import SOFT_RULES, write_run
-from capo.lewidi.perspectivist import annotator_rows, read_run_splits, start_run
+from capo.lewidi.perspectivist import read_run_splits, start_run
 
 ANNOTATOR_INDEX: dict[str, int] = {a: k for k, a in enumerate(LEWIDI_ANNOTATORS)}
 MISSING = -100  # the label of an (item, annotator) slot the annotator did not fill
@@ -317,9 +317,7 @@ def run_encoder_ann(script, args: EncoderAnnArguments, training_args, log=print)
     started = time.monotonic()
     encoder = EncoderAnn(script.dataset, model_path, args, training_args, output_dir / "encoder",
                          max_length=script.max_length, log=log).fit(train_items)
-    metrics = {"dataset": script.dataset, "predictor": "encoder_ann", "model": model_path, "seed": training_args.seed,
-               "soft_rule": args.soft_rule, "encoder_ann": vars(args), **encoder.record,
-               "train_seconds": round(time.monotonic() - started, 1), "n_train_items": len(train_items),
-               "n_train_pairs": len(annotator_rows(train_items))}
+    metrics = {"model": model_path, "soft_rule": args.soft_rule, "encoder_ann": vars(args), **encoder.record,
+               "train_seconds": round(time.monotonic() - started, 1)}
     return write_run(output_dir, script, training_args, metrics, splits, encoder.predict, train_items, train_path,
                      args.soft_rule)

@@ -234,15 +234,18 @@ def decision_of(script) -> tuple[object, str]:
 
 def write_run(output_dir: Path, script, training_args, metrics: dict, splits: dict, predict, train_items,
               train_path, soft_rule: str) -> dict:
-    """Every perspectivist predictor's end of a run: each split of `splits` predicted (`predict(items)` -> the
-    probabilities of `annotator_rows(items)`), decided (`decision_of`), written (`capo.lewidi.outputs.write_split`,
-    with every SOFT_RULES soft score on a labelled split), then the manifest and `metrics.json` (last: its presence
-    marks a finished run)."""
+    """Every perspectivist predictor's end of a run: `metrics` (the predictor's own record) completed with what every
+    run records, each split of `splits` predicted (`predict(items)` -> the probabilities of `annotator_rows(items)`),
+    decided (`decision_of`), written (`capo.lewidi.outputs.write_split`, with every SOFT_RULES soft score on a
+    labelled split), then the manifest and `metrics.json` (last: its presence marks a finished run)."""
     from capo.manifest import write_manifest
 
     dataset, seed = script.dataset, training_args.seed
     decision, source = decision_of(script)
-    metrics.update({"decision": decision, "decision_source": source, "splits": {}})
+    metrics = {"dataset": dataset, "predictor": script.predictor, "seed": seed, **metrics,
+               "n_train_items": len(train_items),
+               "n_train_pairs": sum(len(item.annotators) for item in train_items),
+               "decision": decision, "decision_source": source, "splits": {}}
     for name, items in splits.items():
         rows = annotator_rows(items)
         probs = predict(items)
@@ -274,8 +277,6 @@ def run_heads(script, training_args, log=print) -> dict:
     model_path = script.model_name_or_path or default_model_path()
     heads = HeadsComponent(script.dataset, model_path, script.feature_cache or str(output_dir / "features"),
                            seed=seed, components=script.components, log=log).fit(train_items)
-    metrics = {"dataset": script.dataset, "predictor": "heads", "model": model_path, "seed": seed, **heads.record,
-               "components": script.components, "n_train_items": len(train_items),
-               "n_train_pairs": sum(len(item.annotators) for item in train_items)}
+    metrics = {"model": model_path, **heads.record, "components": script.components}
     return write_run(output_dir, script, training_args, metrics, splits, heads.predict, train_items, train_path,
                      heads.record["soft_rule"])

@@ -108,14 +108,13 @@ def run_stack(script, args: EncoderAnnArguments, training_args, log=print, make=
     w, rule, record, final = fit_stack(train_items, make or real, script.dataset, holdout=args.stack_holdout,
                                        seed=seed, log=log)
     heads, encoder = final["heads"], final["encoder_ann"]
-    metrics = {"dataset": script.dataset, "predictor": "stack", "model": model_path, "seed": seed, "w_heads": w,
+    metrics = {"model": model_path, "w_heads": w,
                "soft_rule": rule, "weight_fit": (f"one train item split: components fit on {record['n_fit_items']} "
                                                  f"train items, w chosen on the other {record['n_holdout_items']}, "
                                                  "then both refit on all of train"),
                **record, "heads": getattr(heads, "record", {}), "encoder_ann": {**vars(args),
                                                                                **getattr(encoder, "record", {})},
-               "fit_seconds": round(time.monotonic() - started, 1), "n_train_items": len(train_items),
-               "n_train_pairs": len(annotator_rows(train_items))}
+               "fit_seconds": round(time.monotonic() - started, 1)}
 
     def predict(items):
         return pool(w, heads.predict(items), encoder.predict(items))
